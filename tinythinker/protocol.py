@@ -1,0 +1,199 @@
+"""The coarse-to-fine text protocol: the ONLY module that writes or reads TinyThinker's stage text.
+
+REFERENCE.md sections 2 (question rendering), 4 (teacher-sample parsing), 6 (stage records) and
+8 (three-stage inference prompts and the answer regex). Every other module calls these functions;
+nobody else formats "Recall:" / "Analyze:" / "Summarize:" strings or parses teacher text.
+
+Stages are written so that every ablation variant is the same function with a part left out:
+``summarize_prompt(q)`` is the summarize-only input, ``summarize_prompt(q, recall=gk)`` the
+without-analyze input, ``summarize_prompt(q, analyses=...)`` the without-recall input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+LETTERS = "ABCDEFGHIJ"
+
+RECALL, ANALYZE, SUMMARIZE = "recall", "analyze", "summarize"
+
+# Which stages each data set variant (ablation) trains and runs, in pipeline order (REFERENCE 6).
+VARIANT_STAGES: dict[str, tuple[str, ...]] = {
+    "full": (RECALL, ANALYZE, SUMMARIZE),
+    "no_recall": (ANALYZE, SUMMARIZE),
+    "no_analyze": (RECALL, SUMMARIZE),
+    "summarize_only": (SUMMARIZE,),
+}
+VARIANTS = tuple(VARIANT_STAGES)
+
+ANSWER_RE = re.compile(r"the answer is option ([A-Z])\.")
+
+
+def letters_for(n_options: int) -> str:
+    if not 2 <= n_options <= len(LETTERS):
+        raise ValueError(f"a question needs 2 to {len(LETTERS)} options, got {n_options}")
+    return LETTERS[:n_options]
+
+
+def ensure_period(text: str) -> str:
+    """Strip, then end the text with '.' unless it already ends with '.', '"' or "'" (REFERENCE 4.3, 8)."""
+    text = text.strip()
+    if not text or text[-1] in ".\"'":
+        return text
+    return text + "."
+
+
+# --- section 2: how a question is shown to the student -------------------------------------------
+
+def render_question(stem: str, options: Sequence[str]) -> str:
+    """`{stem}\\n(A) opt (B) opt ...` from structured options (never re-parsed from rendered text)."""
+    letters = letters_for(len(options))
+    return stem + "\n" + " ".join(f"({x}) {text}" for x, text in zip(letters, options))
+
+
+# --- sections 6 and 8: stage inputs and targets --------------------------------------------------
+
+def recall_prompt(question: str) -> str:
+    return f"{question}\nRecall:"
+
+
+def analyze_prompt(question: str, letter: str, recall: str | None = None) -> str:
+    """Analyze input for one option; ``recall=None`` gives the without-recall variant."""
+    head = question if recall is None else f"{question}\nRecall: {recall}"
+    return f"{head}\nAnalyze: For option {letter},"
+
+
+def summarize_prompt(
+    question: str,
+    recall: str | None = None,
+    analyses: Sequence[tuple[str, str]] | Mapping[str, str] | None = None,
+) -> str:
+    """Summarize input. ``analyses`` is (letter, text) pairs in the order to list them; a mapping is
+    listed in label order (what inference does, REFERENCE 10)."""
+    parts = [question]
+    if recall is not None:
+        parts.append(f"Recall: {recall}")
+    if analyses is not None:
+        pairs = sorted(analyses.items()) if isinstance(analyses, Mapping) else list(analyses)
+        parts.append("Analyze: " + " ".join(f"For option {x}, {text}" for x, text in pairs))
+    parts.append("Summarize:")
+    return "\n".join(parts)
+
+
+def summarize_target(letter: str) -> str:
+    return f"So the answer is option {letter}."
+
+
+def first_prompts(question: str, letters: str, variant: str) -> list[tuple[str, str]]:
+    """The (option, input) pairs a validation/test record of ``variant`` starts from (REFERENCE 6):
+    one `...Recall:` input, one `...Summarize:` input, or one `...Analyze: For option X,` per option."""
+    first = VARIANT_STAGES[variant][0]
+    if first == RECALL:
+        return [("", recall_prompt(question))]
+    if first == ANALYZE:
+        return [(x, analyze_prompt(question, x)) for x in letters]
+    return [("", summarize_prompt(question))]
+
+
+def parse_answer(summary: str) -> str | None:
+    """The letter of `the answer is option X.` in a generated summary; None when absent."""
+    match = ANSWER_RE.search(summary)
+    return match.group(1) if match else None
+
+
+# --- section 4: parsing one teacher sample -------------------------------------------------------
+
+DELIMITERS = ("Because ", "Because, ", "Although ", "While ")
+_PREFIX_RE = re.compile(r"^[A-E] is (correct|incorrect)\.$")
+_KEY_BLOCK_RE = re.compile(r"Key Information(.*?)(?=Explanations:)", re.S)
+_EXPLANATIONS_WS_RE = re.compile(r"Explanations:\s+")
+
+# Rejection reasons (stable strings: they are counted in cards and reports).
+REJECT_TRUNCATED = "truncated"
+REJECT_NO_KEY_INFORMATION = "no_key_information"
+REJECT_EMPTY_KNOWLEDGE = "empty_knowledge"
+REJECT_BAD_PREFIX = "bad_explanation_prefix"
+REJECT_NO_CORRECT = "no_correct_option"
+REJECT_INCOMPLETE = "incomplete_options"
+REJECT_REASONS = (
+    REJECT_TRUNCATED,
+    REJECT_NO_KEY_INFORMATION,
+    REJECT_EMPTY_KNOWLEDGE,
+    REJECT_BAD_PREFIX,
+    REJECT_NO_CORRECT,
+    REJECT_INCOMPLETE,
+)
+
+
+@dataclass(frozen=True)
+class ParsedSample:
+    """One accepted teacher sample: general knowledge, per-option specific knowledge, its answer.
+
+    ``explanations`` keeps the teacher's order (the reference's summarize order); use
+    :meth:`analyses` for label order."""
+
+    general: str
+    explanations: tuple[tuple[str, str], ...]
+    answer: str
+
+    def analyses(self) -> dict[str, str]:
+        return dict(sorted(self.explanations))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    detail: str = field(default="", compare=False)
+
+
+def normalise_teacher_text(text: str) -> list[str]:
+    """REFERENCE 4.2: the Key Information block becomes one line, `Explanations:` + whitespace
+    becomes `Explanations: `, then non-empty stripped lines."""
+    text = _KEY_BLOCK_RE.sub(lambda m: "Key Information" + " ".join(m.group(1).split()) + "\n", text, count=1)
+    text = _EXPLANATIONS_WS_RE.sub("Explanations: ", text)
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = "stop") -> ParsedSample | Rejected:
+    """Parse one teacher completion by REFERENCE 4 (with the section-10 rule: split at the first
+    occurrence of the delimiter; completeness checked here, before any selection)."""
+    if finish_reason == "length":
+        return Rejected(REJECT_TRUNCATED)
+    letters = letters_for(n_options)
+    lines = normalise_teacher_text(text or "")
+    if not lines or "Key Information:" not in lines[0]:
+        return Rejected(REJECT_NO_KEY_INFORMATION)
+    general = ensure_period(lines[0].split("Key Information:", 1)[1])
+    if not general:
+        return Rejected(REJECT_EMPTY_KNOWLEDGE, "general knowledge")
+
+    explanations: list[tuple[str, str]] = []
+    answer = None
+    for line in lines[1 : 1 + n_options]:
+        if "Explanations:" in line and "correct" in line:
+            line = line.split("Explanations: ", 1)[-1]
+        elif "is correct" not in line and "is incorrect" not in line:
+            continue
+        delimiter = next((d for d in DELIMITERS if d in line), None)
+        if delimiter is None:
+            continue
+        prefix, knowledge = line.split(delimiter, 1)
+        prefix = prefix.strip()
+        verdict = _PREFIX_RE.match(prefix)
+        if not verdict:
+            return Rejected(REJECT_BAD_PREFIX, prefix[:80])
+        knowledge = ensure_period(knowledge)
+        if not knowledge:
+            return Rejected(REJECT_EMPTY_KNOWLEDGE, f"option {prefix[0]}")
+        if verdict.group(1) == "correct":
+            answer = prefix[0]  # several "is correct": the last wins (REFERENCE 4.5)
+        explanations.append((prefix[0], knowledge))
+
+    if answer is None:
+        return Rejected(REJECT_NO_CORRECT)
+    seen = [x for x, _ in explanations]
+    if sorted(seen) != list(letters):
+        return Rejected(REJECT_INCOMPLETE, "".join(seen))
+    return ParsedSample(general=general, explanations=tuple(explanations), answer=answer)

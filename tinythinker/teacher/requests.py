@@ -1,0 +1,99 @@
+"""Teacher requests exactly as REFERENCE section 3, as OpenAI Batch API input lines.
+
+One request per training question: the instruction plus k seeded few-shot exemplars as the system
+message, the question with a gold-label hint as the user message. A request is a dict shaped like a
+Batch API input line (``custom_id`` = question id), so the same object is what the async client
+sends, what ``--batch-api`` writes, and what ``build`` writes for "needs another round".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from functools import lru_cache
+from importlib import resources
+from typing import Iterable
+
+from ..sources import DatasetSpec, Question, get_spec
+
+TEMPERATURE = 0.8
+MAX_TOKENS = 256
+CHAT_PATH = "/v1/chat/completions"
+
+
+@lru_cache(maxsize=None)
+def _prompt_file(name: str):
+    return json.loads(resources.files("tinythinker").joinpath("resources/prompts", name).read_text(encoding="utf-8"))
+
+
+def instruction() -> str:
+    return _prompt_file("request.json")["Key"]
+
+
+def exemplars(dataset: str) -> list[dict]:
+    return _prompt_file(f"{dataset}_cot.json")
+
+
+def prompt_hash(dataset: str) -> str:
+    """Fingerprint of the instruction and the exemplar file (recorded in cards)."""
+    digest = hashlib.sha256(instruction().encode())
+    digest.update(json.dumps(exemplars(dataset), sort_keys=True).encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def render_exemplar(example: dict) -> str:
+    return (
+        f"\n###\n{example['Q']}\nOptions: {example['Options']}\nKey Information: {example['Key Information']}"
+        f"\nExplanations: {chr(10).join(example['Explanations'])}\n###\n"
+    )
+
+
+def system_message(spec: DatasetSpec, rng: random.Random) -> str:
+    pool = exemplars(spec.name)
+    chosen = rng.sample(pool, min(spec.exemplars, len(pool)))
+    return (instruction() + "".join(render_exemplar(e) for e in chosen)).strip()
+
+
+def user_message(question: Question) -> str:
+    """The question, `A. text, B. text` options, and the gold hint to be rationalised."""
+    options = ", ".join(f"{x}. {text}" for x, text in zip(question.letters, question.options))
+    lines = [question.stem, f"Options: {options}", "Key Information:", f"Explanations: {question.answer} is correct. Because"]
+    lines += [f"{x} is incorrect. Because" for x in question.letters if x != question.answer]
+    return "\n".join(lines).strip()
+
+
+def request_rng(seed: int, question_id: str, round_index: int) -> random.Random:
+    """One generator per (seed, question, round): requests do not depend on order or on resuming."""
+    return random.Random(f"{seed}:{question_id}:{round_index}")
+
+
+def build_request(
+    question: Question,
+    *,
+    dataset: str,
+    model: str,
+    seed: int = 42,
+    round_index: int = 1,
+    n: int | None = None,
+    max_tokens: int = MAX_TOKENS,
+    temperature: float = TEMPERATURE,
+) -> dict:
+    """A Batch-API-shaped request line for one question (``n`` defaults to the data set's samples)."""
+    spec = get_spec(dataset)
+    rng = request_rng(seed, question.id, round_index)
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system_message(spec, rng)},
+            {"role": "user", "content": user_message(question)},
+        ],
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "n": spec.samples if n is None else n,
+    }
+    return {"custom_id": question.id, "method": "POST", "url": CHAT_PATH, "body": body}
+
+
+def build_requests(questions: Iterable[Question], **kwargs) -> list[dict]:
+    return [build_request(q, **kwargs) for q in questions]
