@@ -21,7 +21,7 @@ COMMANDS = {
     "push": "data:push",
     "teach": "teach:teach",
     "student": "students:student",
-    "train": "students:train",
+    "train": "train:train",
     "infer": "students:infer",
     "reflect": "reflect:reflect",
     "eval": "evaluate:eval_command",

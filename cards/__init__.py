@@ -1,0 +1,1 @@
+"""Card templates (Jinja2 markdown) for data sets, preference sets, students and eval results."""

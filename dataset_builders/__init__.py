@@ -1,0 +1,1 @@
+"""Hugging Face `datasets` builders, one per data set, turning teacher rationales into stage configs."""
