@@ -1,1 +1,18 @@
-"""Hugging Face `datasets` builders, one per data set, turning teacher rationales into stage configs."""
+"""Hugging Face `datasets` builders, one per data set, turning teacher rationales into stage configs.
+
+``BUILDERS[name]`` is the builder class of a data set; :func:`dataset_builders.build.build_dataset`
+runs them for every variant and writes a folder laid out like a Hub dataset repo.
+"""
+
+from .base import StageConfig, TinyThinkerBuilder
+from .csqa import CsqaBuilder
+from .obqa import ObqaBuilder
+from .strategyqa import StrategyqaBuilder
+
+BUILDERS: dict[str, type[TinyThinkerBuilder]] = {
+    "csqa": CsqaBuilder,
+    "obqa": ObqaBuilder,
+    "strategyqa": StrategyqaBuilder,
+}
+
+__all__ = ["BUILDERS", "CsqaBuilder", "ObqaBuilder", "StageConfig", "StrategyqaBuilder", "TinyThinkerBuilder"]

@@ -23,6 +23,14 @@ from .errors import TinyThinkerError
 PARTIAL_MARK = ".partial-"
 
 
+def _umask_mode(mode: int) -> int:
+    """``mode`` under the process umask: mkdtemp/mkstemp make private (0700/0600) entries, but an
+    artifact should get the permissions an ordinary mkdir/open would give it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _stale_partials(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}{PARTIAL_MARK}*")) if out.parent.exists() else []
 
@@ -36,15 +44,19 @@ def staged_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     out = Path(out)
     if out.exists() and not overwrite:
         raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _stale_partials(out):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in _stale_partials(out):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
+    except OSError as error:
+        raise TinyThinkerError(f"{out}: cannot create the output folder ({error.strerror or error}); choose another --out") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    tmp.chmod(_umask_mode(0o777))
     if out.exists():
         trash = out.parent / f".{out.name}{PARTIAL_MARK}old-{os.getpid()}"
         out.rename(trash)
@@ -62,6 +74,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -90,15 +103,21 @@ def write_split(folder: str | Path, config: str, split: str, rows: Sequence[Mapp
     return path
 
 
-def configs_yaml(configs: Mapping[str, Sequence[str]], default: str | None = None) -> str:
-    """The YAML front matter that tells ``datasets`` which parquet files make which config/split."""
+def configs_metadata(configs: Mapping[str, Sequence[str]], default: str | None = None) -> dict:
+    """``{"configs": [...]}``: the card metadata that tells ``datasets`` which parquet files make
+    which config/split."""
     entries = []
     for config, splits in configs.items():
         entry = {"config_name": config, "data_files": [{"split": s, "path": split_file(config, s)} for s in splits]}
         if config == default:
             entry["default"] = True
         entries.append(entry)
-    return yaml.safe_dump({"configs": entries}, sort_keys=False, allow_unicode=True)
+    return {"configs": entries}
+
+
+def configs_yaml(configs: Mapping[str, Sequence[str]], default: str | None = None) -> str:
+    """:func:`configs_metadata` as YAML front matter text."""
+    return yaml.safe_dump(configs_metadata(configs, default), sort_keys=False, allow_unicode=True)
 
 
 def write_card(folder: str | Path, front_matter: Mapping | str, body: str) -> Path:

@@ -76,7 +76,7 @@ def summarize_prompt(
     if recall is not None:
         parts.append(f"Recall: {recall}")
     if analyses is not None:
-        pairs = sorted(analyses.items()) if isinstance(analyses, Mapping) else list(analyses)
+        pairs = analyses if isinstance(analyses, (list, tuple)) else sorted(analyses.items()) if isinstance(analyses, Mapping) else list(analyses)
         parts.append("Analyze: " + " ".join(f"For option {x}, {text}" for x, text in pairs))
     parts.append("Summarize:")
     return "\n".join(parts)
@@ -107,8 +107,8 @@ def parse_answer(summary: str) -> str | None:
 
 DELIMITERS = ("Because ", "Because, ", "Although ", "While ")
 _PREFIX_RE = re.compile(r"^[A-E] is (correct|incorrect)\.$")
-_KEY_BLOCK_RE = re.compile(r"Key Information(.*?)(?=Explanations:)", re.S)
-_EXPLANATIONS_WS_RE = re.compile(r"Explanations:\s+")
+_KEY, _EXPLANATIONS = "Key Information", "Explanations:"
+_EXPLANATIONS_WS_RE = re.compile(r"Explanations:\s*")
 
 # Rejection reasons (stable strings: they are counted in cards and reports).
 REJECT_TRUNCATED = "truncated"
@@ -149,11 +149,18 @@ class Rejected:
 
 
 def normalise_teacher_text(text: str) -> list[str]:
-    """REFERENCE 4.2: the Key Information block becomes one line, `Explanations:` + whitespace
-    becomes `Explanations: `, then non-empty stripped lines."""
-    text = _KEY_BLOCK_RE.sub(lambda m: "Key Information" + " ".join(m.group(1).split()) + "\n", text, count=1)
-    text = _EXPLANATIONS_WS_RE.sub("Explanations: ", text)
-    return [line.strip() for line in text.split("\n") if line.strip()]
+    """REFERENCE 4.2: the text from `Key Information` up to `Explanations:` becomes the first line
+    (anything before it is dropped, as the reference does; its own line breaks become spaces),
+    `Explanations:` and the whitespace after it become `Explanations: `, then non-empty stripped lines."""
+    start = text.find(_KEY)
+    end = text.find(_EXPLANATIONS, start + len(_KEY)) if start != -1 else -1
+    if end != -1:
+        parts = text[start + len(_KEY) : end].splitlines()
+        block = parts[0].strip() if len(parts) == 1 else " ".join(p for p in map(str.strip, parts) if p)
+        text = _KEY + block + "\n" + text[end:]
+    if _EXPLANATIONS in text:
+        text = _EXPLANATIONS_WS_RE.sub("Explanations: ", text)
+    return [line for line in map(str.strip, text.split("\n")) if line]
 
 
 def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = "stop") -> ParsedSample | Rejected:
@@ -173,12 +180,14 @@ def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = 
     answer = None
     for line in lines[1 : 1 + n_options]:
         if "Explanations:" in line and "correct" in line:
-            line = line.split("Explanations: ", 1)[-1]
+            line = line.split("Explanations: ")[-1]  # the text after the last marker, as the reference
         elif "is correct" not in line and "is incorrect" not in line:
             continue
-        delimiter = next((d for d in DELIMITERS if d in line), None)
-        if delimiter is None:
-            continue
+        for delimiter in DELIMITERS:
+            if delimiter in line:
+                break
+        else:
+            continue  # no delimiter: the line is skipped
         prefix, knowledge = line.split(delimiter, 1)
         prefix = prefix.strip()
         verdict = _PREFIX_RE.match(prefix)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -32,12 +33,13 @@ class DatasetSpec:
     samples: int  # n teacher samples per request
     num_augment: int  # rationales kept per question
     rounds: int  # teacher rounds the reference ran
+    license: str = "unknown"  # of the source data set (recorded in data set cards)
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "csqa": DatasetSpec("csqa", 5, "tau/commonsense_qa", 8, 8, 8, 3),
-    "obqa": DatasetSpec("obqa", 4, "allenai/openbookqa", 7, 4, 4, 3),
-    "strategyqa": DatasetSpec("strategyqa", 2, None, 8, 4, 4, 2),
+    "csqa": DatasetSpec("csqa", 5, "tau/commonsense_qa", 8, 8, 8, 3, "mit"),
+    "obqa": DatasetSpec("obqa", 4, "allenai/openbookqa", 7, 4, 4, 3, "apache-2.0"),
+    "strategyqa": DatasetSpec("strategyqa", 2, None, 8, 4, 4, 2, "mit"),
 }
 
 
@@ -63,7 +65,7 @@ class Question:
     def letters(self) -> str:
         return letters_for(len(self.options))
 
-    @property
+    @cached_property  # rendered once: records repeat it in every row of the question
     def text(self) -> str:
         """The rendered question the student sees (REFERENCE 2)."""
         return render_question(self.stem, self.options)
@@ -240,6 +242,11 @@ def _merge_duplicates(questions: list[Question]) -> tuple[list[Question], list[t
             out.append(q)
             continue
         first = out[index]
+        if first.answer != q.answer:
+            raise TinyThinkerError(
+                f"questions {first.id} and {q.id} are the same question ({q.stem[:60]!r}) with different answers "
+                f"({first.answer} and {q.answer}); fix one of them in the raw data"
+            )
         out[index] = Question(first.id, first.stem, first.options, first.answer, first.split, first.aliases + (q.id,))
         merged.append((first.id, q.id))
     return out, merged

@@ -63,6 +63,22 @@ def user_message(question: Question) -> str:
     return "\n".join(lines).strip()
 
 
+_HINT_MARK = "\nKey Information:"
+
+
+def match_key(user_text: str) -> str:
+    """The part of a user message that identifies its question (stem and `Options:` line, before
+    the `Key Information:` hint) with all whitespace removed: the reference wrote its requests from
+    unstripped raw text (31 StrategyQA stems and one CSQA option carry stray spaces).
+
+    This is how responses without an id (the reference's files) are matched back to questions."""
+    return "".join(user_text.split(_HINT_MARK, 1)[0].split())
+
+
+def question_match_key(question: Question) -> str:
+    return match_key(user_message(question))
+
+
 def request_rng(seed: int, question_id: str, round_index: int) -> random.Random:
     """One generator per (seed, question, round): requests do not depend on order or on resuming."""
     return random.Random(f"{seed}:{question_id}:{round_index}")

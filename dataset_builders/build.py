@@ -1,0 +1,245 @@
+"""`tinythinker build`: raw questions + teacher responses -> a data set folder laid out like a Hub repo.
+
+    README.md                                  card: YAML `configs` + provenance and counts
+    data/{dataset}-{variant}/{split}-00000-of-00001.parquet
+
+Steps: load and split the questions (``sources``), read the responses (``teacher/responses``),
+parse and select (``teacher/select``), then for every variant run the data set's ``datasets``
+builder (``download_and_prepare`` into parquet) inside a staged folder that replaces ``out`` in one
+rename, so an interrupted build leaves nothing behind. Same inputs and seed give byte-identical
+parquet files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tinythinker import __version__
+from tinythinker.artifacts import configs_metadata, split_file, staged_folder, write_card
+from tinythinker.cards import render_card
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import REJECT_REASONS, VARIANTS
+from tinythinker.records import config_name, variant_splits
+from tinythinker.sources import QuestionSet, get_spec, load_questions
+from tinythinker.teacher.requests import prompt_hash
+from tinythinker.teacher.responses import TeacherResponses, read_responses
+from tinythinker.teacher.select import (
+    FAILED_REQUEST,
+    NO_ACCEPTED_SAMPLE,
+    NO_RESPONSE,
+    REJECT_DISAGREES,
+    Selection,
+    next_round_requests,
+    select_rationales,
+    write_request_file,
+)
+
+from . import BUILDERS
+from .base import CITATION
+
+SPLIT_RULES = {
+    "csqa": "train = official train minus a random {validation} questions (the size of the official dev set), "
+    "which become validation; test = official dev",
+    "obqa": "the official train / dev / test splits",
+    "strategyqa": "the de-duplicated official train questions shuffled and cut 80 / 10 / 10",
+}
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    questions: QuestionSet
+    responses: TeacherResponses  # files, models, sampling, counts (per-question samples are released)
+    selection: Selection
+    counts: dict[str, dict[str, int]]  # config -> split -> rows
+    next_round_file: Path | None = None
+
+
+class _NoProgress:
+    """Stand-in for a rich Progress when the caller shows none."""
+
+    def add_task(self, description, total=None):
+        return 0
+
+    def advance(self, task, advance=1):
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """datasets' own tqdm bars would interleave with ours; switch them off for the build."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def write_configs(
+    folder: Path, questions: QuestionSet, selection: Selection, *, reference_order: bool = False, progress=None
+) -> dict[str, dict[str, int]]:
+    """Run the data set's builder for every variant into ``folder`` (Hub layout); -> row counts."""
+    progress = progress or _NoProgress()
+    builder_class = BUILDERS[questions.dataset]
+    work = folder / ".build"
+    counts: dict[str, dict[str, int]] = {}
+    task = progress.add_task("writing configs", total=sum(len(variant_splits(v)) for v in VARIANTS))
+    with _quiet_datasets():
+        for variant in VARIANTS:
+            config = config_name(questions.dataset, variant)
+            builder = builder_class(
+                questions=questions,
+                selection=selection,
+                reference_order=reference_order,
+                config_name=config,
+                cache_dir=str(work / "cache"),
+            )
+            prepared = work / config
+            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size="100GB")
+            counts[config] = {}
+            for split in variant_splits(variant):
+                target = folder / split_file(config, split)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(prepared / f"{builder.dataset_name}-{split}.parquet", target)
+                counts[config][split] = builder.info.splits[split].num_examples
+                progress.advance(task)
+    shutil.rmtree(work)
+    return counts
+
+
+def card_context(
+    result_counts: dict[str, dict[str, int]],
+    questions: QuestionSet,
+    responses: TeacherResponses,
+    selection: Selection,
+    *,
+    reference_order: bool,
+    load_path: str,
+) -> tuple[dict, dict]:
+    """(YAML metadata, template context) of a data set card."""
+    spec = get_spec(questions.dataset)
+    local = Path(questions.source).exists()  # else a Hub id
+    # a local path is shortened to its last two parts: the card must not publish the builder's file system
+    source_name = "/".join(Path(questions.source).parts[-2:]) if local else questions.source
+    source = f"local folder `{source_name}` (original release files)" if local else f"`{questions.source}`"
+    sampling = {
+        key: dict(sorted(counter.items())) if len(counter) > 1 else next(iter(counter), None)
+        for key, counter in (("temperature", responses.temperatures), ("max_tokens", responses.max_tokens), ("n", responses.n))
+    }
+    selection_counts = {split: tally.to_dict() for split, tally in selection.counts.items()}
+    provenance = {
+        "dataset": questions.dataset,
+        "source": f"local:{source_name}" if local else questions.source,
+        "source_revision": questions.source_revision,
+        "seed": questions.seed,
+        "splits": questions.sizes(),
+        "raw_counts": questions.raw_counts,
+        "merged_duplicates": [list(pair) for pair in questions.merged_duplicates],
+        "teacher": {
+            "model": selection.teacher_model,
+            "models": dict(sorted(responses.models.items())),
+            "sampling": sampling,
+            "prompt_hash": prompt_hash(questions.dataset),
+            "response_files": [Path(f).name for f in responses.files],
+            "rounds": responses.rounds,
+        },
+        "reference_order": reference_order,
+        "num_augment": selection.num_augment,
+        "counts": result_counts,
+        "selection": selection_counts,
+        "label_corrections": {qid: list(pair) for qid, pair in sorted(selection.corrections.items())},
+        "needs_round": {"questions": len(selection.needs_round), "missing_samples": sum(n.missing for n in selection.needs_round)},
+        "tinythinker_version": __version__,
+    }
+    metadata = {
+        "pretty_name": f"TinyThinker {questions.dataset} coarse-to-fine rationales",
+        "license": spec.license,
+        "language": ["en"],
+        "task_categories": ["question-answering"],
+        "tags": ["tinythinker", "rationale-distillation", "chain-of-thought", questions.dataset],
+        **configs_metadata(result_counts, default=config_name(questions.dataset, "full")),
+        "tinythinker": provenance,
+    }
+    split_names = []
+    for splits in result_counts.values():
+        split_names += [s for s in splits if s not in split_names]
+    reasons = list(REJECT_REASONS) + [REJECT_DISAGREES]
+    context = dict(
+        dataset=questions.dataset,
+        load_path=load_path,
+        split_names=split_names,
+        counts=result_counts,
+        reference_order=reference_order,
+        selection=selection.counts,
+        question_counts=questions.sizes(),
+        seed=questions.seed,
+        split_rule=SPLIT_RULES[questions.dataset].format(**questions.sizes()),
+        merged=questions.merged_duplicates,
+        reasons=reasons + sorted({r for t in selection.counts.values() for r in t.rejected} - set(reasons)),
+        missing_reasons=[NO_RESPONSE, FAILED_REQUEST, NO_ACCEPTED_SAMPLE],
+        needs_round=len(selection.needs_round),
+        missing_samples=sum(n.missing for n in selection.needs_round),
+        source=source,
+        source_revision=questions.source_revision,
+        license=spec.license,
+        teacher_model=f"`{selection.teacher_model}`" if selection.teacher_model else "not recorded in the responses",
+        sampling=", ".join(f"{k} {v}" for k, v in sampling.items() if v is not None) or "not recorded in the responses",
+        prompt_hash=prompt_hash(questions.dataset),
+        response_files=[f"`{Path(f).name}`" for f in responses.files],
+        version=__version__,
+        citation=CITATION,
+    )
+    return metadata, context
+
+
+def build_dataset(
+    dataset: str,
+    raw: str | Path | None,
+    responses: Sequence[str | Path],
+    out: str | Path,
+    *,
+    seed: int = 42,
+    overwrite: bool = False,
+    reference_order: bool = False,
+    next_round: str | Path | None = None,
+    progress=None,
+) -> BuildResult:
+    """Build the stage data set folder of ``dataset`` at ``out`` (see the module docstring).
+
+    ``next_round``: where to write the Batch-API request lines of the questions that need another
+    teacher round (written even when empty, so a round loop can tell it is done)."""
+    get_spec(dataset)
+    out = Path(out)
+    if out.exists() and not overwrite:  # fail before the slow part; staged_folder checks again
+        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
+    progress = progress or _NoProgress()
+    questions = load_questions(dataset, raw, seed=seed)
+    files = [Path(p) for p in responses]
+    read_task = progress.add_task("reading responses", total=len(files))
+    teacher = read_responses(files, questions, on_file=lambda _: progress.advance(read_task))
+    select_task = progress.add_task("parsing and selecting", total=sum(questions.sizes().values()))
+    selection = select_rationales(questions, teacher, seed=seed, on_question=lambda: progress.advance(select_task))
+    teacher.by_question.clear()  # the sample texts are parsed now: free them before writing
+    if not selection.counts["train"].with_rationales:
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(selection.counts["train"].rejected.items())) or "none"
+        raise TinyThinkerError(
+            f"no training question of {dataset} has a usable teacher rationale (rejected samples: {rejected}); "
+            "check that --responses holds the teacher's answers for these questions"
+        )
+    with staged_folder(out, overwrite=overwrite) as folder:
+        counts = write_configs(folder, questions, selection, reference_order=reference_order, progress=progress)
+        metadata, context = card_context(
+            counts, questions, teacher, selection, reference_order=reference_order, load_path=f"path/to/{out.name}"
+        )
+        write_card(folder, metadata, render_card("dataset.md.j2", **context))
+        # inside the staged folder: if the request file cannot be written, no data set appears either
+        next_round_file = write_request_file(next_round, next_round_requests(selection, questions)) if next_round else None
+    return BuildResult(out, questions, teacher, selection, counts, next_round_file)

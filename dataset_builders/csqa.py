@@ -1,0 +1,7 @@
+"""`datasets` builder for the TinyThinker stage records of CommonsenseQA (5 options)."""
+
+from .base import TinyThinkerBuilder
+
+
+class CsqaBuilder(TinyThinkerBuilder):
+    DATASET = "csqa"

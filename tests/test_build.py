@@ -1,0 +1,193 @@
+"""`build`: the data set folder (Hub layout, card, builders), reproducibility, offline loading,
+refusing existing output and leaving nothing behind when interrupted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from dataset_builders import BUILDERS
+from dataset_builders.build import build_dataset
+from tinythinker.artifacts import read_card_metadata, staged_folder
+from tinythinker.demo import build_demo, demo_raw_dir, demo_responses, main as demo_main
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import VARIANTS
+from tinythinker.records import FEATURES, all_configs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return {name: build_demo(name, root / name) for name in ("csqa", "obqa", "strategyqa")}
+
+
+def test_committed_demo_files_match_the_generator():
+    assert demo_main(["--check"]) == 0
+    total = sum(p.stat().st_size for p in demo_raw_dir("csqa").parents[1].rglob("*") if p.is_file())
+    assert total < 1_000_000
+
+
+def test_demo_builds_load_with_datasets(demo_folders):
+    for name, result in demo_folders.items():
+        assert sorted(p.name for p in result.out.iterdir()) == ["README.md", "data"]
+        for config, splits in all_configs(name).items():
+            loaded = datasets.load_dataset(str(result.out), config)
+            assert list(loaded) == list(splits)
+            for split in splits:
+                assert loaded[split].features == FEATURES
+                assert loaded[split].num_rows == result.counts[config][split] > 0
+        validation = datasets.load_dataset(str(result.out), f"{name}-full", split="validation")
+        assert all(row["teacher_recall"] and row["teacher_analyses"] for row in validation)
+
+
+def test_card_records_provenance_and_counts(demo_folders):
+    result = demo_folders["obqa"]
+    meta = read_card_metadata(result.out)
+    assert [c["config_name"] for c in meta["configs"]] == [f"obqa-{v}" for v in VARIANTS]
+    info = meta["tinythinker"]
+    assert info["seed"] == 42 and info["source_revision"].startswith("sha256:")
+    assert info["teacher"]["model"] == "tinythinker-demo-teacher"
+    assert info["teacher"]["sampling"] == {"temperature": 0.8, "max_tokens": 256, "n": 4}
+    assert info["teacher"]["prompt_hash"].startswith("sha256:")
+    assert info["merged_duplicates"] == [["demo-1-4", "demo-1-41"]]
+    assert info["counts"] == result.counts
+    train = info["selection"]["train"]
+    assert train["rejected"] == {"bad_explanation_prefix": 1, "disagrees_with_label": 1, "incomplete_options": 1,
+                                 "no_key_information": 1, "truncated": 1}
+    assert train["without_rationales"] == {"failed_request": 1}
+    text = (result.out / "README.md").read_text()
+    assert "| `truncated` | 1 |" in text and "`obqa-full`" in text and "load_dataset(" in text
+
+
+def test_same_inputs_same_bytes(demo_folders, tmp_path):
+    first = demo_folders["csqa"].out
+    again = build_demo("csqa", tmp_path / "csqa").out
+    files = sorted(p.relative_to(first) for p in first.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*.parquet")) and len(files) == 18
+    for rel in files:
+        assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert (first / "README.md").read_text() == (again / "README.md").read_text()
+
+
+def test_reference_order_switch(tmp_path):
+    result = build_dataset("csqa", demo_raw_dir("csqa"), [demo_responses("csqa")], tmp_path / "ref", reference_order=True)
+    row = pq.read_table(result.out / "data/csqa-full/summarize-00000-of-00001.parquet").to_pylist()[0]
+    gold = f"For option {row['GT']},"
+    assert row["input"].split("Analyze: ", 1)[1].startswith(gold)  # the teacher wrote the gold option first
+    assert read_card_metadata(result.out)["tinythinker"]["reference_order"] is True
+
+
+def test_builder_is_a_datasets_builder(demo_folders, tmp_path):
+    result = demo_folders["strategyqa"]
+    builder = BUILDERS["strategyqa"](questions=result.questions, selection=result.selection,
+                                     config_name="strategyqa-no_recall", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(builder, datasets.ArrowBasedBuilder)
+    assert [c.name for c in builder.BUILDER_CONFIGS] == [f"strategyqa-{v}" for v in VARIANTS]
+    builder.download_and_prepare(output_dir=str(tmp_path / "prepared"), file_format="parquet")
+    assert builder.info.features == FEATURES
+    assert builder.info.splits["analyze"].num_examples == result.counts["strategyqa-no_recall"]["analyze"]
+
+
+def test_next_round_requests_written(tmp_path):
+    result = build_dataset("obqa", demo_raw_dir("obqa"), [demo_responses("obqa")], tmp_path / "o",
+                           next_round=tmp_path / "round2.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "round2.jsonl").read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == [need.question_id for need in result.selection.needs_round]
+    by_id = {need.question_id: need for need in result.selection.needs_round}
+    for line in lines:
+        assert line["body"]["n"] == by_id[line["custom_id"]].missing
+        assert line["body"]["model"] == "tinythinker-demo-teacher"
+    assert {line["body"]["max_tokens"] for line in lines} == {256, 512}  # doubled where cut off
+
+
+def test_existing_output_is_refused(demo_folders):
+    out = demo_folders["obqa"].out
+    before = sorted(p for p in out.rglob("*"))
+    with pytest.raises(TinyThinkerError, match="output folder exists; pass --overwrite"):
+        build_demo("obqa", out)
+    assert sorted(p for p in out.rglob("*")) == before
+
+
+def test_no_training_rationale_is_an_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(TinyThinkerError, match="no training question of obqa has a usable teacher rationale"):
+        build_dataset("obqa", demo_raw_dir("obqa"), [empty], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+class _InterruptAfter:
+    """A progress sink that raises KeyboardInterrupt (Ctrl-C) after some steps of writing."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def add_task(self, description, total=None):
+        return description
+
+    def advance(self, task, advance=1):
+        if task == "writing configs":
+            self.steps -= 1
+            if self.steps == 0:
+                raise KeyboardInterrupt
+
+
+def test_interrupted_build_leaves_nothing(tmp_path):
+    out = tmp_path / "csqa"
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("csqa", demo_raw_dir("csqa"), [demo_responses("csqa")], out, progress=_InterruptAfter(5))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("bench_build", REPO / "benchmarks" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+def test_signalled_cli_build_leaves_no_output(tmp_path, signum):
+    raw, responses = _load_benchmark().write_inputs(tmp_path, 2000, 100, 4)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "tinythinker", "build", "csqa", "--raw", str(raw),
+                                "--responses", str(responses), "--out", str(out)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.partial-*")):
+        assert process.poll() is None and time.monotonic() < deadline, "the build ended before it was interrupted"
+        time.sleep(0.01)
+    process.send_signal(signum)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode != 0 and not out.exists()
+    if signum == signal.SIGINT:
+        assert "Traceback" not in stderr
+        assert list(tmp_path.glob(".out.partial-*")) == []
+    else:  # a killed process cannot clean up: the next write to the same output does
+        assert list(tmp_path.glob(".out.partial-*"))
+        with staged_folder(out):
+            pass
+        assert list(tmp_path.glob(".out.partial-*")) == [] and out.is_dir()
+
+
+def test_load_dataset_offline(demo_folders, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = ("import datasets, sys; d = datasets.load_dataset(sys.argv[1], 'csqa-full'); "
+            "print(d['summarize'].num_rows, d['test'][0]['target'])")
+    done = subprocess.run([sys.executable, "-c", code, str(demo_folders["csqa"].out)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows, target = done.stdout.split(" ", 1)
+    assert int(rows) == demo_folders["csqa"].counts["csqa-full"]["summarize"] and target.startswith("So the answer is option")

@@ -1,0 +1,62 @@
+"""`tinythinker quickstart` and `tinythinker run RECIPE`: the whole recipe, step by step, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _show_summary(summary: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summary['name']}: artifacts in {summary['run_dir']}")
+    table.add_column("step")
+    table.add_column("artifact")
+    table.add_column("seconds", justify="right")
+    for step in summary["steps"]:
+        seconds = step["seconds"]
+        table.add_row(step["name"], step["output"], "-" if seconds is None else f"{seconds:.1f}")
+    console.print(table)
+    console.print(f"run summary: {Path(summary['run_dir']) / 'summary.json'}")
+
+
+@click.command()
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("tinythinker-quickstart"), show_default=True,
+              help="Run folder for every artifact; rerunning continues a stopped run.")
+@click.option("--dataset", type=click.Choice(["csqa", "obqa", "strategyqa"]), default="csqa", show_default=True, help="Which embedded demo data set.")
+def quickstart(run_dir: Path, dataset: str):
+    """Embedded demo data -> build -> tiny student SFT -> 1 DPO iteration -> lm-eval -> report (no network, no key)."""
+    from rich.console import Console
+
+    from ..recipe import builtin_recipe, execute, plan
+
+    recipe = builtin_recipe("quickstart")
+    recipe["dataset"] = dataset
+    recipe["name"] = f"quickstart-{dataset}"
+    console = Console(stderr=True)
+    summary = execute(plan(recipe, run_dir), console=console)
+    _show_summary(summary, console)
+
+
+@click.command()
+@click.argument("recipe_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default: the recipe's run_dir, else runs/<name>).")
+@click.option("--dry-run", is_flag=True, help="Print the steps (as tinythinker command lines) and stop.")
+def run(recipe_file: Path, run_dir: Path | None, dry_run: bool):
+    """Execute a recipe step by step; finished steps are skipped on a rerun."""
+    import shlex
+
+    from rich.console import Console
+
+    from ..recipe import execute, load_recipe, plan
+
+    console = Console(stderr=True)
+    steps = plan(load_recipe(recipe_file), run_dir)
+    if dry_run:
+        for step in steps.steps:
+            launcher = f"accelerate launch --num_processes {step.processes} -m " if step.processes > 1 else ""
+            click.echo(f"# {step.name}\n{launcher}tinythinker {shlex.join(step.argv)}")
+        return
+    _show_summary(execute(steps, console=console), console)

@@ -1,0 +1,260 @@
+"""Recipes: the whole TinyThinker run as a list of CLI steps, executed in order, resumable.
+
+A recipe (YAML) names a data set, where its questions and teacher rationales come from, a student
+and the hyperparameters of each phase. :func:`plan` turns it into :class:`Step` s, each one
+``tinythinker`` command line (the same commands a user types, so there is one implementation of
+every phase); :func:`execute` runs them as subprocesses, records each finished step in
+``RUN/run_state.json`` and skips it on a rerun. The long steps (teach, SFT, reflection) resume on
+their own, so a run killed in the middle of one continues inside that step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .artifacts import atomic_write_text
+from .errors import TinyThinkerError
+from .protocol import VARIANTS
+from .sources import get_spec
+
+# Recipe keys and their defaults (REFERENCE sections 3, 7 and 9 for the hyperparameters).
+DEFAULTS: dict = {
+    "name": None,
+    "dataset": None,
+    "run_dir": None,
+    "seed": 42,
+    "raw": None,  # local folder, Hub id, or "demo"; default: the data set's Hub id
+    "teacher": {
+        "model": "gpt-4o-2024-05-13",
+        "base_url": None,
+        "api_key_env": "OPENAI_API_KEY",
+        "rounds": None,  # default: the data set's reference rounds
+        "concurrency": 32,
+        "rpm": None,
+        "tpm": None,
+        "splits": "train",
+        "responses": None,  # list of existing response files: skip teaching ("demo": the embedded ones)
+    },
+    "student": "google-t5/t5-small",  # Hub id, local path, or "tiny-seq2seq" / "tiny-causal"
+    "processes": 1,  # > 1: SFT and reflection run under `accelerate launch --num_processes N`
+    "sft": {"variants": ["full"], "epochs": 10, "lr": 5e-4, "batch_size": 64, "interval": 100, "bf16": False, "eval_limit": None},
+    "reflect": {"iterations": 5, "samples": 10, "beta": 0.5, "nll_weight": 0.5, "lr": 5e-6, "batch_size": 32, "bf16": False, "eval_limit": None},
+    "eval": {"split": "test", "limit": None, "batch_size": 64},
+}
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]  # tinythinker arguments
+    output: Path  # what the step makes (shown in the summary)
+    processes: int = 1
+
+    def command(self) -> list[str]:
+        if self.processes > 1:
+            return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(self.processes), "-m", "tinythinker", *self.argv]
+        return [sys.executable, "-m", "tinythinker", *self.argv]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.argv).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    recipe: dict
+    run_dir: Path
+    steps: list[Step] = field(default_factory=list)
+
+
+def _merge(defaults: dict, given: dict, where: str) -> dict:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TinyThinkerError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(defaults)}")
+    merged = {}
+    for key, default in defaults.items():
+        value = given.get(key, default)
+        if isinstance(default, dict):
+            if value is not None and not isinstance(value, dict):
+                raise TinyThinkerError(f"{where}: '{key}' must be a mapping")
+            value = _merge(default, value or {}, f"{where}.{key}")
+        merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read and validate a recipe file (unknown keys and bad values are user errors)."""
+    path = Path(path)
+    try:
+        given = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise TinyThinkerError(f"{path}: recipe not found") from None
+    except yaml.YAMLError as error:
+        raise TinyThinkerError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(given, dict):
+        raise TinyThinkerError(f"{path}: a recipe is a YAML mapping")
+    return validate_recipe(given, str(path))
+
+
+def validate_recipe(given: dict, where: str = "recipe") -> dict:
+    recipe = _merge(DEFAULTS, given, where)
+    if not recipe["dataset"]:
+        raise TinyThinkerError(f"{where}: 'dataset' is required (csqa, obqa or strategyqa)")
+    get_spec(recipe["dataset"])
+    recipe["name"] = recipe["name"] or f"{recipe['dataset']}-run"
+    variants = recipe["sft"]["variants"]
+    if isinstance(variants, str):
+        variants = recipe["sft"]["variants"] = [variants]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise TinyThinkerError(f"{where}: sft.variants {bad or variants} must be among {', '.join(VARIANTS)}")
+    if int(recipe["processes"]) < 1:
+        raise TinyThinkerError(f"{where}: processes must be at least 1")
+    return recipe
+
+
+def _opt(flag: str, value) -> list[str]:
+    """`--flag value` for a set value, `--flag` for True, nothing for None/False."""
+    if value is None or value is False:
+        return []
+    if value is True:
+        return [flag]
+    return [flag, str(value)]
+
+
+def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
+    """The steps of a recipe, in order, with every artifact inside one run folder."""
+    run = Path(run_dir or recipe["run_dir"] or Path("runs") / recipe["name"])
+    ds, seed = recipe["dataset"], str(recipe["seed"])
+    teacher, sft, reflect, evaluation = recipe["teacher"], recipe["sft"], recipe["reflect"], recipe["eval"]
+    steps: list[Step] = []
+
+    raw = recipe["raw"]
+    if raw == "demo":
+        from .demo import demo_raw_dir
+
+        raw = str(demo_raw_dir(ds))
+    raw_args = _opt("--raw", raw)
+
+    responses = teacher["responses"]
+    if responses == "demo":
+        from .demo import demo_responses
+
+        responses = [str(demo_responses(ds))]
+    elif responses is None:
+        answers = run / "teacher" / f"{ds}.jsonl"
+        steps.append(Step("teach", ["teach", ds, *raw_args, "--out", str(answers), "--model", teacher["model"], "--seed", seed,
+                                    *_opt("--base-url", teacher["base_url"]), *_opt("--api-key-env", teacher["api_key_env"]),
+                                    *_opt("--rounds", teacher["rounds"]), *_opt("--concurrency", teacher["concurrency"]),
+                                    *_opt("--rpm", teacher["rpm"]), *_opt("--tpm", teacher["tpm"]), *_opt("--splits", teacher["splits"])],
+                          answers))
+        responses = [str(answers)]
+    elif isinstance(responses, str):
+        responses = [responses]
+
+    data = run / "data" / ds
+    steps.append(Step("build", ["build", ds, *raw_args, *[a for r in responses for a in ("--responses", r)], "--out", str(data), "--seed", seed, "--overwrite"], data))
+
+    student = recipe["student"]
+    if isinstance(student, str) and student.startswith("tiny-"):
+        tiny = run / "students" / student
+        steps.append(Step("student", ["student", "init", "--tiny", "--kind", student.removeprefix("tiny-"), "--data", str(data), "--config", f"{ds}-full", "--out", str(tiny), "--overwrite"], tiny))
+        student = str(tiny)
+
+    best_full = None
+    for variant in sft["variants"]:
+        out = run / f"sft-{variant}"
+        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", f"{ds}-{variant}", "--student", str(student), "--out", str(out), "--seed", seed,
+                                             *_opt("--epochs", sft["epochs"]), *_opt("--lr", sft["lr"]), *_opt("--batch-size", sft["batch_size"]),
+                                             *_opt("--interval", sft["interval"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
+                          out / "best", int(recipe["processes"])))
+        steps.append(_eval_step(f"eval-sft-{variant}", out / "best", data, ds, variant, evaluation, run / "results" / f"sft-{variant}"))
+        if variant == "full":
+            best_full = out / "best"
+
+    if best_full is not None and int(reflect["iterations"] or 0) > 0:
+        out = run / "dpo"
+        steps.append(Step("reflect", ["reflect", "--student", str(best_full), "--data", str(data), "--config", f"{ds}-full", "--out", str(out), "--seed", seed,
+                                      *_opt("--iterations", reflect["iterations"]), *_opt("--samples", reflect["samples"]), *_opt("--beta", reflect["beta"]),
+                                      *_opt("--nll-weight", reflect["nll_weight"]), *_opt("--lr", reflect["lr"]), *_opt("--batch-size", reflect["batch_size"]),
+                                      *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"])],
+                          out / "best", int(recipe["processes"])))
+        steps.append(_eval_step("eval-dpo", out / "best", data, ds, "full", evaluation, run / "results" / "dpo"))
+
+    steps.append(Step("report", ["report", str(run / "results"), "--plots", str(run / "report"), "--markdown", str(run / "report" / "report.md"), "--json", str(run / "report" / "report.json")], run / "report"))
+    return Plan(recipe, run, steps)
+
+
+def _eval_step(name: str, student: Path, data: Path, ds: str, variant: str, evaluation: dict, out: Path) -> Step:
+    return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", f"{ds}-{variant}", "--split", evaluation["split"],
+                       "--output-path", str(out), *_opt("--limit", evaluation["limit"]), *_opt("--batch-size", evaluation["batch_size"])], out)
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"finished": {}}
+    except json.JSONDecodeError:
+        raise TinyThinkerError(f"{path}: run state is corrupt; delete it to rerun every step") from None
+
+
+def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
+    """Run the plan's steps in order, skipping the ones already finished with the same arguments.
+
+    A step whose arguments changed since it finished runs again, and so does every step after it."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run.run_dir / "run_state.json"
+    state = _read_state(state_path)
+    atomic_write_text(run.run_dir / "recipe.yaml", yaml.safe_dump(run.recipe, sort_keys=False))
+    invalidated = False
+    timings: dict[str, float] = {}
+    for index, step in enumerate(run.steps, 1):
+        done = state["finished"].get(step.name)
+        if done and done["fingerprint"] == step.fingerprint() and not invalidated:
+            console.print(f"[green]✓[/] [{index}/{len(run.steps)}] {step.name}: finished earlier, skipped")
+            timings[step.name] = done.get("seconds", 0.0)
+            continue
+        invalidated = invalidated or bool(done)
+        console.rule(f"[{index}/{len(run.steps)}] {step.name}")
+        console.print("[dim]$ tinythinker " + shlex.join(step.argv) + "[/]")
+        started = time.perf_counter()
+        result = subprocess.run(step.command(), env={**os.environ, **(env or {})})
+        if result.returncode != 0:
+            raise TinyThinkerError(f"step '{step.name}' failed (exit {result.returncode}); fix the cause and rerun the same command to continue from it")
+        seconds = round(time.perf_counter() - started, 2)
+        timings[step.name] = seconds
+        state["finished"][step.name] = {"fingerprint": step.fingerprint(), "seconds": seconds, "output": str(step.output)}
+        atomic_write_text(state_path, json.dumps(state, indent=2))
+    summary = {
+        "name": run.recipe["name"],
+        "dataset": run.recipe["dataset"],
+        "run_dir": str(run.run_dir),
+        "steps": [{"name": s.name, "output": str(s.output), "seconds": timings.get(s.name)} for s in run.steps],
+    }
+    report_json = run.run_dir / "report" / "report.json"
+    if report_json.exists():
+        summary["report"] = json.loads(report_json.read_text(encoding="utf-8"))
+    atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def builtin_recipe(name: str) -> dict:
+    """A recipe shipped with the package (`tinythinker/resources/recipes/<name>.yaml`)."""
+    path = resources.files("tinythinker").joinpath("resources/recipes", f"{name}.yaml")
+    if not path.is_file():
+        raise TinyThinkerError(f"no built-in recipe {name!r}")
+    return validate_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), f"built-in recipe {name}")
