@@ -1,0 +1,335 @@
+"""The teacher client, cache, output file and cost estimate against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import time
+
+import pytest
+
+from openai_server import serve
+from teacher_helpers import write_tiny_csqa
+from tinythinker.errors import TinyThinkerError
+from tinythinker.sources import load_questions
+from tinythinker.teacher.cache import (
+    ResponseCache,
+    ResponsesFile,
+    encode_response,
+    output_line,
+    output_line_text,
+    read_output_lines,
+    request_hash,
+)
+from tinythinker.teacher.client import Endpoint, Limits, TeacherClient, TeacherServerError, retry_after_seconds
+from tinythinker.teacher.cost import TokenCounter, estimate_tokens, load_prices, price_for
+from tinythinker.teacher.requests import build_request, exemplars, instruction, render_exemplar
+
+FAST = dict(rpm=1e6, tpm=1e12, backoff_base=0.01, backoff_max=0.05, max_retries=8)
+
+
+@pytest.fixture(scope="module")
+def requests_csqa(tmp_path_factory):
+    raw = write_tiny_csqa(tmp_path_factory.mktemp("raw") / "csqa")
+    questions = load_questions("csqa", raw).splits["train"]
+    return [build_request(q, dataset="csqa", model="gpt-4o-2024-05-13") for q in questions]
+
+
+def answer_all(base_url, requests, *, key="sk-test", check=True, **limits):
+    """Run the client over ``requests``; returns ({custom_id: Reply}, {custom_id: RequestFailed}, Stats)."""
+    replies, failures = {}, {}
+
+    async def main():
+        async with TeacherClient(Endpoint(base_url, key), Limits(**{**FAST, **limits})) as client:
+            if check:
+                await client.check(requests[0]["body"]["model"])
+            await client.run(requests, lambda r, reply: replies.__setitem__(r["custom_id"], reply),
+                             lambda r, failure: failures.__setitem__(r["custom_id"], failure))
+            return client.stats
+
+    stats = asyncio.run(main())
+    return replies, failures, stats
+
+
+# --- token counts and prices ---------------------------------------------------------------------
+
+# o200k_base token counts of real prompt text, measured with bpe-openai 0.1.4 (the tokenizer gpt-4o uses).
+O200K_COUNTS = [
+    (instruction(), 141),
+    (render_exemplar(exemplars("csqa")[0]), 191),
+    (render_exemplar(exemplars("obqa")[3]), 202),
+    (render_exemplar(exemplars("strategyqa")[5]), 90),
+    ("The sanctions against the school were a punishing blow, and they seemed to what the efforts the school had made "
+     "to change?\nOptions: A. ignore, B. enforce, C. authoritarian, D. yell at, E. avoid\nKey Information:\n"
+     "Explanations: A is correct. Because\nB is incorrect. Because", 66),
+    ("Photosynthesis converts light energy into chemical energy stored in glucose; chlorophyll absorbs mostly blue and red wavelengths.", 21),
+    ("In 1969, Apollo 11 landed on the Moon: Neil Armstrong's first steps were watched by ~600 million people.", 26),
+]
+
+
+def test_token_estimate_is_close_to_the_real_tokenizer():
+    for text, real in O200K_COUNTS:
+        assert abs(estimate_tokens(text) - real) <= max(2, 0.1 * real), text[:40]
+    total_real = sum(real for _, real in O200K_COUNTS)
+    total_estimate = sum(estimate_tokens(text) for text, _ in O200K_COUNTS)
+    assert abs(total_estimate - total_real) / total_real < 0.03
+
+
+def test_chat_overhead_is_counted_per_message():
+    counter = TokenCounter("some-local-llama")  # no tokenizer known: the estimate
+    assert not counter.exact and counter.method.startswith("estimate")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    contents = sum(counter.count(m["role"]) + counter.count(m["content"]) for m in messages)
+    assert counter.count_messages(messages) == contents + 2 * 3 + 3
+
+
+def test_price_table_lookup_and_user_file(tmp_path):
+    assert price_for("gpt-4o-2024-05-13").input == 5.0
+    assert price_for("gpt-4o-mini-2024-07-18").model == "gpt-4o-mini"  # dash-prefix match, longest wins
+    assert price_for("my-llama") is None
+    assert price_for("gpt-4o-2024-05-13").cost(1_000_000, 1_000_000) == pytest.approx(20.0)
+    assert price_for("gpt-4o-2024-05-13").cost(1_000_000, 0, batch=True) == pytest.approx(2.5)
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("my-llama: {input: 0, output: 0.5}\ngpt-4o: {input: 1, output: 2}\n")
+    table = load_prices(prices)
+    assert price_for("my-llama", table).output == 0.5
+    assert price_for("gpt-4o", table).input == 1.0  # the user's file wins
+    assert price_for("gpt-4o-2024-05-13", table).input == 5.0  # built-ins stay
+
+    for text, fragment in [("- a\n- b\n", "mapping"), ("m: {input: 1}\n", "needs exactly"),
+                           ("m: {input: -1, output: 1}\n", "non-negative"), ("m: [unclosed\n", "not valid YAML")]:
+        prices.write_text(text)
+        with pytest.raises(TinyThinkerError, match=fragment) as error:
+            load_prices(prices)
+        assert str(prices) in str(error.value)
+    with pytest.raises(TinyThinkerError, match="cannot read"):
+        load_prices(tmp_path / "missing.yaml")
+
+
+def test_retry_after_header_forms():
+    assert retry_after_seconds({"retry-after-ms": "250"}) == pytest.approx(0.25)
+    assert retry_after_seconds({"Retry-After": "3"}) == 3.0
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 < retry_after_seconds({"Retry-After": when}) <= 31
+    assert retry_after_seconds({"Retry-After": "soon"}) is None
+    assert retry_after_seconds({}) is None
+
+
+# --- the client against the server ---------------------------------------------------------------
+
+def test_answers_every_request_through_429_500_drops_garbage_and_latency(requests_csqa):
+    with serve(latency=0.02, rate_limit_every=5, retry_after=0.05, fail_every=7, drop_every=6, malformed_every=11) as server:
+        replies, failures, stats = answer_all(server.base_url, requests_csqa, concurrency=8)
+        received = server.stats
+    assert not failures
+    assert set(replies) == {r["custom_id"] for r in requests_csqa}
+    for request in requests_csqa:
+        body = replies[request["custom_id"]].response["body"]
+        assert len(body["choices"]) == request["body"]["n"] == 8
+        assert body["usage"]["prompt_tokens"] > 0
+    faults = received.statuses[429] + received.statuses[500] + received.dropped + received.malformed
+    assert faults > 0 and stats.retried == faults
+    assert received.posts == len(requests_csqa) + faults
+    assert set(stats.retry_reasons) == {"429", "500", "connection", "bad_reply"}
+    assert set(received.answered) == {request_hash(r) for r in requests_csqa}  # the server sees our cache keys
+    assert received.max_in_flight <= 8
+
+
+def test_retry_after_is_honoured(requests_csqa):
+    with serve(rate_limit_first=1, retry_after=0.5) as server:
+        replies, failures, _ = answer_all(server.base_url, requests_csqa[:1], concurrency=1)
+        times = list(server.stats.post_times)
+    assert not failures and len(replies) == 1
+    assert len(times) == 2 and times[1] - times[0] >= 0.5  # the backoff alone would be ~0.01 s
+
+
+@pytest.mark.parametrize("listed, alone", [("gpt-4o-2024-05-13", False), ("some-other-model", True)])
+def test_first_request_goes_alone_unless_the_model_is_listed(requests_csqa, listed, alone):
+    with serve(latency=0.5, models=listed) as server:
+        answer_all(server.base_url, requests_csqa[:4], concurrency=4)
+        first, second = sorted(server.stats.post_times)[:2]
+    assert (second - first >= 0.5) == alone
+
+
+def test_rpm_budget_spaces_requests(requests_csqa):
+    with serve() as server:
+        answer_all(server.base_url, requests_csqa[:13], concurrency=16, rpm=600)  # 10 per second
+        times = sorted(server.stats.post_times)
+    assert len(times) == 13
+    assert times[-1] - times[0] >= 12 / 10 * 0.9
+
+
+@pytest.mark.parametrize("behaviour, posts_per_request", [({"ignore_n": True}, 8), ({"max_choices": 3}, 6)])
+def test_fewer_samples_than_asked_are_completed_with_n1_requests(requests_csqa, behaviour, posts_per_request):
+    requests = requests_csqa[:3]
+    with serve(**behaviour) as server:
+        replies, failures, stats = answer_all(server.base_url, requests, concurrency=4)
+        posts = server.stats.posts
+    assert not failures
+    assert posts == posts_per_request * len(requests)
+    assert stats.n_completions == (posts_per_request - 1) * len(requests)
+    for reply in replies.values():
+        body = reply.response["body"]
+        assert [c["index"] for c in body["choices"]] == list(range(8))
+        assert len({c["message"]["content"] for c in body["choices"]}) > 1  # real samples, not one copied
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+        assert reply.http_requests == posts_per_request
+
+
+def test_truncated_samples_are_kept_as_answered(requests_csqa):
+    with serve(truncate_every=3) as server:
+        replies, failures, _ = answer_all(server.base_url, requests_csqa[:4], concurrency=4)
+        assert server.stats.posts == 4  # a cut-off sample is the next round's business, not a retry
+    reasons = [c["finish_reason"] for r in replies.values() for c in r.response["body"]["choices"]]
+    assert reasons.count("length") == 32 // 3 and not failures
+
+
+def test_bad_key_is_one_clear_error_without_retries(requests_csqa):
+    secret = "sk-wrong-0123456789abcdef"
+    with serve(api_key="sk-right") as server:
+        with pytest.raises(TeacherServerError) as error:
+            answer_all(server.base_url, requests_csqa, key=secret)
+        assert server.stats.posts == 0  # the check before the run caught it
+        message = str(error.value)
+        assert "refused the API key (HTTP 401" in message and "$OPENAI_API_KEY" in message and secret not in message
+
+        with pytest.raises(TeacherServerError, match="refused the API key"):
+            answer_all(server.base_url, requests_csqa, key=secret, check=False)
+        assert server.stats.posts == 1  # no retry storm: the first 401 stops the run
+
+        with pytest.raises(TeacherServerError, match=r"set \$OPENAI_API_KEY"):
+            answer_all(server.base_url, requests_csqa, key=None)
+
+
+def test_an_empty_account_is_one_clear_error_not_endless_waiting(requests_csqa):
+    with serve(no_quota=True, models="") as server:  # /models does not vouch for the model: one request goes first
+        with pytest.raises(TeacherServerError, match="no quota left"):
+            answer_all(server.base_url, requests_csqa)
+        assert server.stats.posts == 1
+    with serve(no_quota=True) as server:  # it does: a first wave, but nothing is retried
+        with pytest.raises(TeacherServerError, match="no quota left"):
+            answer_all(server.base_url, requests_csqa, concurrency=8)
+        assert server.stats.posts <= 8 and max(server.stats.received.values()) == 1
+
+
+def test_unreachable_base_url_is_one_clear_error(requests_csqa):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(TeacherServerError, match=f"cannot reach the teacher at http://127.0.0.1:{port}/v1"):
+        answer_all(f"http://127.0.0.1:{port}/v1", requests_csqa)
+    assert time.monotonic() - started < 10
+
+
+def test_a_server_gone_mid_run_stops_the_run(requests_csqa):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(TeacherServerError, match="connections in a row failed"):  # not max_retries x every request
+        answer_all(f"http://127.0.0.1:{port}/v1", requests_csqa, check=False, concurrency=4, max_retries=1000)
+    assert time.monotonic() - started < 10
+
+
+def test_wrong_path_or_model_stops_the_run(requests_csqa):
+    with serve() as server:
+        with pytest.raises(TeacherServerError, match="answered 404"):
+            answer_all(server.base_url.replace("/v1", "/v2"), requests_csqa, concurrency=4)
+        assert server.stats.posts == 0
+
+
+def test_timeouts_and_bad_requests_fail_the_request_not_the_run(requests_csqa):
+    with serve(latency=1.0) as server:
+        _, failures, stats = answer_all(server.base_url, requests_csqa[:1], timeout=0.2, max_retries=1)
+        assert failures[requests_csqa[0]["custom_id"]].reason == "timeout"
+        assert server.stats.posts == 2 and stats.retry_reasons == {"timeout": 1}
+    broken = {"custom_id": "broken", "body": {"model": "m", "n": 1}}  # no messages: a 400
+    with serve() as server:
+        replies, failures, _ = answer_all(server.base_url, [broken, requests_csqa[0]])
+        assert server.stats.posts == 2
+    assert failures["broken"].reason == "400" and "messages" in str(failures["broken"])
+    assert requests_csqa[0]["custom_id"] in replies
+
+
+# --- cache and output file -----------------------------------------------------------------------
+
+def test_cache_round_trip_damage_and_sharing(tmp_path, requests_csqa):
+    digest = request_hash(requests_csqa[0])
+    assert digest == request_hash({"custom_id": "other", "body": dict(reversed(list(requests_csqa[0]["body"].items())))})
+    response = {"status_code": 200, "request_id": "req_1", "body": {"choices": []}}
+    with ResponseCache(tmp_path / "cache") as cache:
+        assert cache.get(digest) is None and not (tmp_path / "cache").exists()  # nothing made by a lookup
+        cache.put(digest, response)
+        assert cache.get(digest) == response and digest in cache and len(cache) == 1
+        with ResponseCache(tmp_path / "cache") as other:  # another run sharing the cache sees it
+            assert other.get(digest) == response
+            other.put("0" * 64, {"body": "not an object"})
+        assert cache.get("0" * 64) is None  # a damaged entry is asked again rather than trusted
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / ResponseCache.FILE).write_text("this is not a database" * 100)
+    with pytest.raises(TinyThinkerError, match="cannot (use|read) the answer cache"):
+        ResponseCache(tmp_path / "broken").get(digest)
+
+
+def test_output_file_appends_once_cuts_torn_tail_and_locks(tmp_path, requests_csqa):
+    out = tmp_path / "out.jsonl"
+    response = {"status_code": 200, "request_id": "req_1", "body": {"choices": [{"index": 0, "message": {"content": "x"}}]}}
+    lines = [output_line(r, response, round_index=1) for r in requests_csqa[:3]]
+    digest = request_hash(requests_csqa[0])
+    text = output_line_text(requests_csqa[0], encode_response(response), round_index=1, digest=digest)
+    assert text.endswith("\n") and json.loads(text) == lines[0]  # the encode-once path writes the same line
+    with ResponsesFile(out) as output:
+        assert all(output.append(line) for line in lines)
+        assert not output.append(lines[0])  # never twice
+        with pytest.raises(TinyThinkerError, match="another `tinythinker teach` is writing"):
+            ResponsesFile(out).__enter__()
+    with out.open("ab") as handle:  # what a kill in the middle of a write leaves
+        handle.write(json.dumps(lines[0]).encode()[:50])
+    with ResponsesFile(out) as output:
+        assert len(output.done) == 3
+    assert out.read_bytes().endswith(b"\n") and len(read_output_lines(out)) == 3
+    assert read_output_lines(out)[0] == lines[0] and lines[0]["custom_id"] == requests_csqa[0]["custom_id"]
+
+    missing = tmp_path / "none.jsonl"
+    with ResponsesFile(missing, readonly=True) as output:
+        assert not output.done
+    assert not missing.exists()
+
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"a": 1}\n')
+    with pytest.raises(TinyThinkerError, match=f"{other}:1: not an OpenAI Batch output line"):
+        ResponsesFile(other).__enter__()
+    with pytest.raises(TinyThinkerError, match="cannot open the output file"):
+        ResponsesFile(tmp_path).__enter__()
+    assert os.listdir(tmp_path)  # nothing removed
+
+
+def test_import_batch_rejects_bad_files_with_file_and_line(tmp_path, requests_csqa):
+    from tinythinker.teacher.teach import import_batch
+
+    requests = tmp_path / "in.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in requests_csqa[:2]))
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+    good = {"custom_id": requests_csqa[0]["custom_id"], "response": {"status_code": 200, "request_id": "r", "body": body}, "error": None}
+    cases = [
+        ("{not json\n", "batch.jsonl:1: not valid JSON"),
+        (json.dumps(good) + "\n[1, 2]\n", "batch.jsonl:2: expected a JSON object"),
+        (json.dumps({**good, "custom_id": ["x"]}) + "\n", "batch.jsonl:1: custom_id ['x'] is not in"),
+        (b"\xff\xfe".decode("latin-1") + "\n", "not valid JSON"),
+    ]
+    for text, fragment in cases:
+        (tmp_path / "batch.jsonl").write_text(text)
+        with pytest.raises(TinyThinkerError, match=re.escape(fragment)):
+            import_batch([tmp_path / "batch.jsonl"], requests, tmp_path / "out.jsonl", cache_dir=tmp_path / "cache")
+    with pytest.raises(TinyThinkerError, match="Batch output file not found"):
+        import_batch([tmp_path / "missing.jsonl"], requests, tmp_path / "out.jsonl", cache_dir=tmp_path / "cache")
+    requests.write_text(json.dumps(requests_csqa[0]) + "\n" + json.dumps(requests_csqa[0]) + "\n")
+    with pytest.raises(TinyThinkerError, match="in.jsonl:2: custom_id .* appears twice"):
+        import_batch([tmp_path / "batch.jsonl"], requests, tmp_path / "out.jsonl", cache_dir=tmp_path / "cache")
+    assert {p.name for p in tmp_path.iterdir()} <= {"in.jsonl", "batch.jsonl", "out.jsonl", "cache"}  # nothing else touched
