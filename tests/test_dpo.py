@@ -1,0 +1,216 @@
+"""DPO loss for seq2seq and causal students: parity with TRL's DPOTrainer, the NLL term, the reference cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tinythinker.dpo import (
+    chosen_token_count,
+    data_fingerprint,
+    dpo_loss,
+    encode_pairs,
+    model_fingerprint,
+    pair_logprobs,
+    reference_logprobs,
+)
+from tinythinker.students import Student, make_tiny_student
+
+TEXTS = [
+    "What do people use to cut paper?\n(A) scissors (B) spoon (C) cup\nRecall: Scissors have blades that cut paper.",
+    "Analyze: For option A, scissors are made to cut. For option B, a spoon cannot cut paper.",
+    "Summarize: So the answer is option A.",
+]
+PAIRS = [
+    {"prompt": "What do people use to cut paper?\n(A) scissors (B) spoon (C) cup\nRecall:", "chosen": "Scissors cut paper.",
+     "rejected": "Spoons are used to cut paper quickly."},
+    {"prompt": "Where is ice?\n(A) fire (B) freezer\nRecall: Cold keeps ice.\nAnalyze: For option B,", "chosen": "a freezer is cold.",
+     "rejected": "no."},
+    {"prompt": "Which is a fruit?\n(A) apple (B) brick\nRecall:", "chosen": "An apple grows on trees.", "rejected": "Bricks."},
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Per kind: a reference checkpoint and a policy checkpoint (the reference with its weights nudged)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("dpo")
+    out = {}
+    for kind in ("causal", "seq2seq"):
+        reference = make_tiny_student(kind, TEXTS * 4, root / f"{kind}-ref", seed=0)
+        policy = Student.load(reference, device="cpu")
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in policy.model.parameters():
+                parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+        policy.save(root / f"{kind}-policy")
+        out[kind] = (reference, root / f"{kind}-policy")
+    return out
+
+
+def our_loss(policy: Student, reference: Student, beta=0.5, nll_weight=0.5):
+    batch = encode_pairs(policy, PAIRS, 200)
+    with torch.no_grad():
+        ref_chosen, ref_rejected = pair_logprobs(reference, batch)
+    chosen, rejected = pair_logprobs(policy, batch)
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta, nll_weight=nll_weight,
+                             chosen_tokens=chosen_token_count(policy, batch))
+    return batch, loss, metrics
+
+
+def test_loss_and_gradients_match_trl_dpo_trainer_for_a_causal_student(checkpoints, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    reference_path, policy_path = checkpoints["causal"]
+    reference = Student.load(reference_path, device="cpu")
+    ours = Student.load(policy_path, device="cpu")
+    batch, loss, _ = our_loss(ours, reference)
+    loss.backward()
+
+    # TRL 1.x: the reference's rpo_alpha is loss_type ["sigmoid", "sft"] with weights [1, rpo_alpha]
+    theirs = Student.load(policy_path, device="cpu")
+    trl_reference = Student.load(reference_path, device="cpu")
+    config = DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.5, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5],
+                       max_length=None, per_device_train_batch_size=len(PAIRS), use_cpu=True, bf16=False, report_to=[],
+                       precompute_ref_log_probs=False)
+    # a causal student reads the target after one space (Student.encode); TRL appends eos itself
+    data = Dataset.from_list([{"prompt": p["prompt"], "chosen": " " + p["chosen"], "rejected": " " + p["rejected"]} for p in PAIRS])
+    trainer = DPOTrainer(model=theirs.model, ref_model=trl_reference.model, args=config, train_dataset=data,
+                         processing_class=theirs.tokenizer)
+    trl_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PAIRS))])
+    # the same batch: TRL's own tokenisation gives exactly our sequences and completion positions
+    assert torch.equal(trl_batch["input_ids"], batch["input_ids"])
+    assert torch.equal(trl_batch["completion_mask"], (batch["labels"] != -100).long())
+
+    trl_loss = trainer.compute_loss(trainer.model, trl_batch)
+    trl_loss.backward()
+    assert abs(float(trl_loss.detach()) - float(loss.detach())) < 1e-5
+    their_grads = dict(trainer.model.named_parameters())
+    checked = 0
+    for name, parameter in ours.model.named_parameters():
+        torch.testing.assert_close(parameter.grad, their_grads[name].grad, atol=1e-5, rtol=0)
+        checked += 1
+    assert checked == len(their_grads) > 0
+    assert any(float(p.grad.abs().max()) > 1e-3 for p in ours.model.parameters())  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_nll_term_is_the_models_own_mean_token_loss_and_dpo_starts_at_log2(checkpoints, kind):
+    reference_path, policy_path = checkpoints[kind]
+    reference = Student.load(reference_path, device="cpu")
+    policy = Student.load(policy_path, device="cpu")
+    # policy == reference: every log-ratio is 0, so the sigmoid loss is log 2 and rewards are 0
+    _, loss, metrics = our_loss(reference, reference, nll_weight=0.0)
+    assert metrics["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6) and metrics["reward_margin"] == pytest.approx(0, abs=1e-6)
+
+    batch, loss, metrics = our_loss(policy, reference, beta=0.5, nll_weight=0.5)
+    half = len(PAIRS)
+    chosen_only = {k: v[:half] for k, v in batch.items()}
+    with torch.no_grad():
+        model_nll = float(policy.model(**chosen_only).loss)  # transformers' mean token cross-entropy
+    assert metrics["nll"] == pytest.approx(model_nll, abs=1e-5)
+    assert float(loss) == pytest.approx(metrics["dpo_loss"] + 0.5 * model_nll, abs=1e-5)
+    assert metrics["dpo_loss"] != pytest.approx(math.log(2), abs=1e-4)  # the nudged policy differs from its reference
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_a_few_steps_on_the_dpo_loss_raise_the_reward_margin(checkpoints, kind):
+    reference_path, _ = checkpoints[kind]
+    reference = Student.load(reference_path, device="cpu")
+    policy = Student.load(reference_path, device="cpu")
+    policy.model.eval()  # no dropout, as in DPO training
+    optimizer = torch.optim.AdamW(policy.model.parameters(), lr=1e-3)
+    for _ in range(5):
+        _, loss, metrics = our_loss(policy, reference, nll_weight=0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _, _, metrics = our_loss(policy, reference, nll_weight=0.0)
+    assert metrics["reward_margin"] > 0.5 and metrics["reward_accuracy"] == 1.0
+
+
+def test_reference_logprobs_are_cached_by_model_and_data_fingerprint(checkpoints, tmp_path):
+    reference_path, policy_path = checkpoints["seq2seq"]
+    reference = Student.load(reference_path, device="cpu")
+    calls = []
+    hook = reference.model.register_forward_hook(lambda *args: calls.append(1))
+    first = reference_logprobs(reference, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert len(calls) == 2 and first.shape == (len(PAIRS), 2) and len(list(tmp_path.glob("ref-logps-*.pt"))) == 1
+
+    # a rerun (another process, same checkpoint) reads the cache: no forward pass at all
+    reloaded = Student.load(reference_path, device="cpu")
+    reloaded.model.register_forward_hook(lambda *args: calls.append(1))
+    calls.clear()
+    again = reference_logprobs(reloaded, PAIRS, cache_dir=tmp_path, batch_size=2)
+    assert calls == [] and torch.equal(again, first)
+    assert model_fingerprint(reloaded) == model_fingerprint(reference)
+
+    # what they are: the pairs' log-probabilities under the model
+    with torch.no_grad():
+        chosen, rejected = pair_logprobs(reference, encode_pairs(reference, PAIRS))
+    torch.testing.assert_close(first, torch.stack([chosen, rejected], dim=1), atol=1e-5, rtol=1e-5)
+
+    # other data or other weights: another key, computed again
+    changed = [dict(PAIRS[0], chosen="Scissors cut paper well."), *PAIRS[1:]]
+    assert data_fingerprint(changed, 200) != data_fingerprint(PAIRS, 200) != data_fingerprint(PAIRS, 100)
+    calls.clear()
+    reference_logprobs(reloaded, changed, cache_dir=tmp_path, batch_size=8)
+    assert len(calls) == 1
+    policy = Student.load(policy_path, device="cpu")
+    assert model_fingerprint(policy) != model_fingerprint(reference)
+    reference_logprobs(policy, PAIRS, cache_dir=tmp_path, batch_size=8)
+    assert len(list(tmp_path.glob("ref-logps-*.pt"))) == 3
+    hook.remove()
+
+
+def test_dpo_schedule_alternates_whole_passes_of_recall_and_analyze_pairs():
+    from tinythinker.dpo import dpo_schedule
+
+    plan = dpo_schedule({"recall": 10, "analyze": 45}, batch_size=4, cycles=3, seed=1)
+    steps = list(plan.steps())
+    # per cycle: every recall pair once (3 batches), then every analyze pair once (12 batches)
+    assert len(steps) == plan.total_steps == 3 * (3 + 12)
+    for cycle in range(3):
+        in_cycle = [s for s in steps if s.cycle == cycle]
+        assert [s.stage for s in in_cycle] == ["recall"] * 3 + ["analyze"] * 12
+        for stage, size in (("recall", 10), ("analyze", 45)):
+            rows = sorted(int(r) for s in in_cycle if s.stage == stage for r in s.rows)
+            assert rows == list(range(size))
+        assert [s.cycle_end for s in in_cycle].count(True) == 1 and in_cycle[-1].cycle_end
+    orders = [[int(r) for s in steps if s.cycle == c and s.stage == "recall" for r in s.rows] for c in range(3)]
+    assert orders[0] != orders[1]  # reshuffled every cycle
+    assert [s.rows.tolist() for s in dpo_schedule({"recall": 10, "analyze": 45}, batch_size=4, cycles=3, seed=1).steps()] == \
+        [s.rows.tolist() for s in steps]  # seeded
+    # a stage without pairs is left out; the other keeps one pass per cycle
+    only = dpo_schedule({"recall": 0, "analyze": 9}, batch_size=4, cycles=2, seed=1)
+    assert [s.stage for s in only.steps()] == ["analyze"] * 6 and only.cycles_per_epoch == 1
+    with pytest.raises(ValueError):
+        dpo_schedule({"recall": 0, "analyze": 0}, batch_size=4, cycles=2, seed=1)
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind, tmp_path):
+    from tinythinker.dpo import DPORun, DPOSettings
+
+    reference_path, _ = checkpoints[kind]
+    reference = Student.load(reference_path, device="cpu")
+    pairs = {"recall": [PAIRS[0], PAIRS[2]], "analyze": [PAIRS[1]]}
+    ref = {stage: reference_logprobs(reference, rows, cache_dir=tmp_path / "cache") for stage, rows in pairs.items()}
+    settings = DPOSettings(lr=5e-3, batch_size=2, cycles=4, nll_weight=0.1, warmup_ratio=0.0)
+    run = DPORun(reference_path, pairs, ref, settings, tmp_path / "run", progress=False, log_every=1)
+    run.setup()
+    result = run.train()
+    assert result.steps == result.total_steps == 4 * (1 + 1) and result.best_accuracy is None  # no validation items
+    trained = [r for r in result.records if r["kind"] == "train"]
+    assert [r["stage"] for r in trained] == ["recall", "analyze"] * 4
+    assert trained[-1]["reward_margin"] > trained[0]["reward_margin"]
+    assert (tmp_path / "run" / "last" / "state.json").exists()
+    best = Student.load(result.best, device="cpu")
+    assert model_fingerprint(best) != model_fingerprint(reference)
+    # a finished run called again returns its result without training
+    again = DPORun(reference_path, pairs, ref, settings, tmp_path / "run", progress=False)
+    again.setup()
+    assert again.train().resumed_at == result.total_steps

@@ -1,0 +1,94 @@
+"""`tinythinker reflect`: iterative self-reflection (REFERENCE 9) -- sample, build preference pairs,
+DPO, keep the best, repeat. Resumable; multi-process through `accelerate launch -m tinythinker reflect ...`.
+Heavy imports stay inside the command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+def _stages(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@click.command()
+@click.option("--student", required=True, help="Starting checkpoint (the SFT best, e.g. runs/csqa-sft/best) or Hub id.")
+@click.option("--data", required=True, help="Stage data set folder made by `tinythinker build` (or its Hub id).")
+@click.option("--config", required=True, help="Its -full config, e.g. csqa-full (training questions, teacher records, validation).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Run folder: best/, preferences/, iter<k>/, state.json, metrics.jsonl.")
+@click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True,
+              help="DPO iterations (a finished run continues with a larger number).")
+@click.option("--stages", default="recall,analyze", show_default=True, help="Pair stages to train on (comma-separated).")
+@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Sampled recalls per question, and sampled analysis runs per chosen recall.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True, help="Sampling temperature.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Top-k cut when sampling (0: off).")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True, help="DPO beta.")
+@click.option("--nll-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Weight of the NLL term on the chosen response (TRL's rpo_alpha).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-6, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per optimizer step, all processes together.")
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
+              help="Pairs per forward pass on one process (gradient accumulation; saves memory, same result).")
+@click.option("--cycles", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Cycles per iteration (one pass over the recall pairs, then the analyze pairs); validation after each.")
+@click.option("--max-length", type=click.IntRange(min=1), default=200, show_default=True, help="Token cap of prompts and responses.")
+@click.option("--eval-limit", type=click.IntRange(min=0), default=None,
+              help="Validation questions per evaluation (default: all; 0: no validation, keep each iteration's final model).")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Sample only the first N training questions (a quick trial).")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Sequences per generation batch (sampling, validation) and pairs per reference-scoring batch; "
+                   "sampled texts depend on it, so a run keeps the value it started with.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it).")
+@click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of continuing it.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def reflect(student, data, config, out, iterations, stages, samples, temperature, top_k, beta, nll_weight, lr, batch_size,
+            micro_batch_size, cycles, max_length, eval_limit, train_limit, eval_batch_size, seed, bf16, overwrite, progress):
+    """Self-reflection: each iteration samples the student's own recalls and analyses of the training
+    questions, makes recall and analyze preference pairs (OUT/preferences, config {dataset}-dpo-iter<k>),
+    trains DPO + NLL from the previous best checkpoint (also the frozen reference) and keeps the
+    checkpoint with the best validation accuracy. OUT/best is the last iteration's best.
+
+    Interrupted? Rerun the same command: it continues from the last finished step."""
+    from rich.console import Console
+    from transformers.utils import logging as transformers_logging
+
+    from ..reflect import ReflectSettings, reflect as run_reflection
+
+    transformers_logging.disable_progress_bar()  # checkpoint load/save bars would break through the run's own
+    console = Console(stderr=True)
+    settings = ReflectSettings(student=student, data=data, config=config, iterations=iterations, stages=_stages(stages),
+                               samples=samples, temperature=temperature, top_k=top_k, beta=beta, nll_weight=nll_weight, lr=lr,
+                               batch_size=batch_size, cycles=cycles, max_length=max_length, seed=seed, bf16=bf16,
+                               eval_limit=eval_limit, train_limit=train_limit, eval_batch_size=eval_batch_size)
+    try:
+        result = run_reflection(settings, out, overwrite=overwrite, progress=progress, console=console,
+                                micro_batch_size=micro_batch_size)
+    except KeyboardInterrupt as stop:
+        console.print(f"Interrupted{': ' + str(stop) if str(stop) else ''}; rerun the same command to continue.")
+        sys.exit(130)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"self-reflection: {result.out}")
+    for column in ("iteration", "recall pairs", "analyze pairs", "best accuracy", "best step", "seconds"):
+        table.add_column(column, justify="right")
+    if result.baseline:
+        table.add_row("0 (start)", "", "", f"{result.baseline['accuracy']:.4f}", "", "")
+    for summary in result.iterations:
+        accuracy = summary.get("best_accuracy")
+        table.add_row(str(summary["iteration"]), f"{summary['pairs'].get('recall', 0):,}", f"{summary['pairs'].get('analyze', 0):,}",
+                      "-" if accuracy is None else f"{accuracy:.4f}", str(summary.get("best_step") or "-"),
+                      f"{summary.get('seconds', {}).get('total', 0):.1f}")
+    console.print(table)
+    if result.stopped:
+        console.print(f"stopped early: {result.stopped}")
+    console.print(f"best student: {result.best}; preference pairs: {Path(result.out) / 'preferences'}")

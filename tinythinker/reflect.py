@@ -1,0 +1,543 @@
+"""Phase 2 of TinyThinker (REFERENCE 9): iterative self-reflection, resumable step by step.
+
+Iteration k starts from a checkpoint -- iteration 1 from the SFT best, then from the previous
+iteration's best -- which is also the frozen DPO reference of that iteration. Its steps:
+
+1. **sample**: the student samples ``samples`` recalls of every training question (temperature 0.7,
+   top-k off) and completes each with greedy analyze and summarize; then, for every chosen recall of
+   the recall pairs, it samples ``samples`` analysis runs (every option) and summarizes greedily.
+   Traces go to ``iter{k}/samples/`` in chunks, so a rerun keeps the finished ones.
+2. **pairs**: :mod:`tinythinker.preferences` turns the traces into recall and analyze pairs, written
+   as config ``{dataset}-dpo-iter{k}`` of the preference set ``OUT/preferences`` (Hub layout).
+3. **reference**: the start checkpoint's log-probabilities of every pair, cached in
+   ``iter{k}/reference/`` by model and data fingerprint.
+4. **dpo**: :class:`tinythinker.dpo.DPORun` trains on the pairs and keeps the checkpoint with the
+   best validation accuracy in ``iter{k}/best`` (resumable inside the step from ``iter{k}/last``).
+5. **next**: ``OUT/best`` becomes that checkpoint, and iteration k+1 starts from it.
+
+``OUT/state.json`` (atomic writes) records every finished step, so the same command continues an
+interrupted run from the last finished step; ``OUT/metrics.jsonl`` holds the validation curve,
+training log and one summary line per iteration. Every random draw is seeded by the run's seed,
+the iteration and the step, so an interrupted run ends exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from .artifacts import atomic_write_text, staged_folder
+from .dpo import BEST, DPORun, DPOSettings, make_accelerator, model_fingerprint, reference_logprobs
+from .errors import TinyThinkerError
+from .preferences import (
+    PAIR_STAGES,
+    PairSet,
+    analyze_pairs,
+    chosen_recalls,
+    config_name,
+    pair_rng,
+    recall_pairs,
+    teacher_analyses,
+    teacher_recalls,
+    write_preference_config,
+)
+from .protocol import ANALYZE, RECALL
+
+SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
+STEPS = ("sample", "pairs", "reference", "dpo", "next")
+
+
+@dataclass(frozen=True)
+class ReflectSettings:
+    """What a self-reflection run is (defaults: REFERENCE 9). Rerunning with the same settings and
+    output folder resumes it; only ``iterations`` may change (to extend a finished run)."""
+
+    student: str
+    data: str
+    config: str
+    iterations: int = 5
+    stages: tuple[str, ...] = (RECALL, ANALYZE)
+    samples: int = 10
+    temperature: float = 0.7
+    top_k: int = 0
+    beta: float = 0.5
+    nll_weight: float = 0.5
+    lr: float = 5e-6
+    batch_size: int = 32
+    cycles: int = 10
+    max_length: int = 200
+    seed: int = 42
+    bf16: bool = False
+    eval_limit: int | None = None  # validation questions per evaluation (None: all; 0: no validation)
+    train_limit: int | None = None  # training questions sampled (None: all)
+    eval_batch_size: int = 64  # sequences per generation batch (sampled texts depend on it, so it is fixed per run)
+
+    def resolved(self) -> "ReflectSettings":
+        """Local paths made absolute (a rerun from elsewhere matches); stages in pipeline order."""
+        local = lambda p: str(Path(p).resolve()) if Path(p).exists() else str(p)  # noqa: E731
+        stages = tuple(stage for stage in PAIR_STAGES if stage in self.stages)
+        return ReflectSettings(**{**asdict(self), "student": local(self.student), "data": local(self.data), "stages": stages})
+
+    def check(self) -> None:
+        unknown = [s for s in self.stages if s not in PAIR_STAGES]
+        if unknown or not self.stages:
+            raise TinyThinkerError(f"--stages {','.join(self.stages) or '(none)'}: choose from {', '.join(PAIR_STAGES)} (comma-separated)")
+        for name in ("iterations", "samples", "batch_size", "cycles", "max_length", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise TinyThinkerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("beta", "lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise TinyThinkerError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.nll_weight < 0 or self.top_k < 0:
+            raise TinyThinkerError(f"--nll-weight and --top-k must be 0 or more (got {self.nll_weight}, {self.top_k})")
+        for name in ("eval_limit", "train_limit"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "eval_limit" else 1):
+                raise TinyThinkerError(f"--{name.replace('_', '-')} must be {'0' if name == 'eval_limit' else '1'} or more, got {value}")
+
+    def dpo(self, iteration: int) -> DPOSettings:
+        return DPOSettings(beta=self.beta, nll_weight=self.nll_weight, lr=self.lr, batch_size=self.batch_size,
+                           cycles=self.cycles, max_length=self.max_length, seed=derived_seed(self.seed, iteration, "dpo"),
+                           bf16=self.bf16)
+
+    def sampling(self):
+        from .pipeline import Sampling
+
+        return Sampling(do_sample=True, temperature=self.temperature, top_k=self.top_k)
+
+
+def derived_seed(seed: int, iteration: int, step: str, *more: int) -> int:
+    """The seed of one step of one iteration (one generator per step)."""
+    return int(np.random.SeedSequence([seed, iteration, STEPS.index(step) if step in STEPS else PAIR_STAGES.index(step) + 10, *more]).generate_state(1)[0])
+
+
+@dataclass
+class ReflectResult:
+    out: Path
+    best: Path
+    iterations: list[dict] = field(default_factory=list)  # one summary per finished iteration
+    baseline: dict | None = None  # validation accuracy of the starting student
+    stopped: str | None = None  # why the loop ended early
+
+
+# --- the training questions and the teacher's records ----------------------------------------------
+
+class ReflectData:
+    """The stage data set config the student was trained on: training questions (``recall_single``),
+    the teacher's recalls and analyses (``recall`` / ``analyze``) and the validation questions."""
+
+    def __init__(self, settings: ReflectSettings):
+        import datasets
+
+        from .pipeline import Item, items_from_dataset  # noqa: F401 - Item types self.items
+
+        need = ["recall_single", "recall"] + (["analyze"] if ANALYZE in settings.stages else [])
+        if settings.eval_limit != 0:
+            need.append("validation")
+        try:
+            splits = datasets.load_dataset(settings.data, settings.config)
+        except Exception as error:  # noqa: BLE001 - any loading failure is one line for the user
+            first_line = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+            raise TinyThinkerError(f"{settings.data}: cannot load config {settings.config!r} ({first_line[:200]}); "
+                                   "pass a data set folder made by `tinythinker build` (or its Hub id) and its -full config") from None
+        missing = [split for split in need if split not in splits]
+        if missing:
+            raise TinyThinkerError(f"{settings.data} config {settings.config!r} has no {', '.join(missing)} split "
+                                   f"(it has {', '.join(splits)}); self-reflection needs a -full config")
+        self.dataset = settings.config.rsplit("-", 1)[0] if "-" in settings.config else settings.config
+        self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single")[: settings.train_limit]
+        self.questions = {item.id: item for item in self.items}
+        if not self.items:
+            raise TinyThinkerError(f"{settings.data} config {settings.config!r}: no training questions in recall_single")
+        ids = pl.DataFrame({"id": list(self.questions)})
+
+        def rows(split: str, columns: list[str]) -> list[dict]:
+            return splits[split].select_columns(columns).to_polars().join(ids, on="id", how="semi", maintain_order="left").to_dicts()
+
+        recall_rows = rows("recall", ["id", "target"])
+        self.teacher_recalls = teacher_recalls(recall_rows)
+        self.teacher_analyses = {}
+        if ANALYZE in settings.stages:
+            self.teacher_analyses = teacher_analyses(recall_rows, rows("analyze", ["id", "input", "target"]), self.questions)
+        self.validation = []
+        if settings.eval_limit != 0:
+            self.validation = items_from_dataset(settings.data, settings.config, "validation")[: settings.eval_limit]
+
+
+# --- sampling, in resumable chunks -----------------------------------------------------------------
+
+CHUNK = 64  # questions (or recalls) per chunk file
+
+
+def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_size: int = 64) -> list:
+    """``n`` sampled recalls per question, each completed with greedy analyze and summarize
+    (distinct recalls of a question are completed once). One trace per (question, sample)."""
+    from .pipeline import GREEDY, Trace, generate_analyses, generate_recalls, generate_summaries
+
+    recalls = generate_recalls(student, items, n, sampling, seed, batch_size=batch_size)
+    by_id = {item.id: item for item in items}
+    units = list(dict.fromkeys((item.id, recall) for item in items for recall in recalls[item.id]))
+    analyses = generate_analyses(student, [(by_id[qid], recall) for qid, recall in units], 1, GREEDY, seed, batch_size=batch_size)
+    summaries = generate_summaries(student, [(by_id[qid], recall, runs[0]) for (qid, recall), runs in zip(units, analyses)],
+                                   batch_size=batch_size)
+    done = {unit: (runs[0], summary) for unit, runs, summary in zip(units, analyses, summaries)}
+    traces = []
+    for item in items:
+        for sample, recall in enumerate(recalls[item.id]):
+            run, (summary, answer) = done[(item.id, recall)]
+            traces.append(Trace(id=item.id, sample=sample, recall=recall, analyses=run, summary=summary, answer=answer,
+                                gold=item.gold, correct=answer is not None and answer == item.gold, seconds=0.0))
+    return traces
+
+
+def sample_analysis_traces(student, units, n: int, sampling, seed: int, *, batch_size: int = 64) -> list:
+    """For every (question, chosen recall): ``n`` sampled analysis runs (every option), each
+    summarized greedily. One trace per (unit, run)."""
+    from .pipeline import Trace, generate_analyses, generate_summaries
+
+    runs = generate_analyses(student, list(units), n, sampling, seed, batch_size=batch_size)
+    flat = [(item, recall, run) for (item, recall), unit_runs in zip(units, runs) for run in unit_runs]
+    summaries = generate_summaries(student, flat, batch_size=batch_size)
+    return [Trace(id=item.id, sample=k % n, recall=recall, analyses=run, summary=summary, answer=answer, gold=item.gold,
+                  correct=answer is not None and answer == item.gold, seconds=0.0)
+            for k, ((item, recall, run), (summary, answer)) in enumerate(zip(flat, summaries))]
+
+
+def _chunk_key(units) -> str:
+    text = json.dumps([[u.id, None] if not isinstance(u, tuple) else [u[0].id, u[1]] for u in units], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sample_in_chunks(kind: str, units: Sequence, folder: Path, make: Callable[[Sequence, int], list], seed_of: Callable[[int], int],
+                     *, accelerator, progress=None) -> list:
+    """Run ``make(chunk, seed)`` on every chunk of ``units`` that has no file in ``folder`` yet (a
+    chunk's file is named by its contents, so a changed unit list never reuses a stale file); chunks
+    are shared out between processes. Returns every chunk's traces, in unit order."""
+    from .pipeline import Trace
+
+    chunks = [units[i : i + CHUNK] for i in range(0, len(units), CHUNK)]
+    paths = [folder / f"{kind}-{c:05d}-{_chunk_key(chunk)}.jsonl" for c, chunk in enumerate(chunks)]
+    task = progress.add_task(f"sampling {kind}", total=len(units)) if progress is not None else None
+    for c, (chunk, path) in enumerate(zip(chunks, paths)):
+        if c % accelerator.num_processes == accelerator.process_index and not path.exists():
+            traces = make(chunk, seed_of(c))
+            atomic_write_text(path, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in traces))
+        if task is not None:
+            progress.advance(task, len(chunk))
+    accelerator.wait_for_everyone()
+    return [Trace.from_dict(json.loads(line)) for path in paths for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+class Reflection:
+    """One self-reflection run in ``out`` (see the module docstring)."""
+
+    def __init__(self, settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
+                 micro_batch_size: int | None = None):
+        settings.check()
+        self.settings, self.out = settings.resolved(), Path(out)
+        self.progress_enabled, self.console = progress, console
+        self.eval_batch_size, self.micro_batch_size = self.settings.eval_batch_size, micro_batch_size
+        self.accelerator = make_accelerator(self.settings.bf16)
+        self.is_main = self.accelerator.is_main_process
+        # inputs first: a mistake in them must not leave a started run behind
+        self.data = ReflectData(self.settings)
+        self.start_student = self._load(self.settings.student)
+        fresh = self._check_folder(overwrite)
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            if fresh:
+                if self.out.exists():
+                    shutil.rmtree(self.out)
+                self.out.mkdir(parents=True)
+            # written on every start: the iteration count may grow; everything else must match it
+            atomic_write_text(self.out / SETTINGS_FILE, json.dumps(asdict(self.settings), indent=2) + "\n")
+        self.accelerator.wait_for_everyone()
+        self.state = self._read_state()
+
+    def _check_folder(self, overwrite: bool) -> bool:
+        """True to start fresh; refuses a folder that is another run's or not a run at all."""
+        if overwrite or not self.out.exists() or not any(self.out.iterdir()):
+            return True
+        settings_file = self.out / SETTINGS_FILE
+        if not settings_file.exists():
+            raise TinyThinkerError(f"{self.out}: folder exists and is not a self-reflection run; choose another --out or pass --overwrite")
+        saved = json.loads(settings_file.read_text(encoding="utf-8"))
+        wanted = json.loads(json.dumps(asdict(self.settings)))
+        changed = [k for k in wanted if k != "iterations" and saved.get(k) != wanted[k]]
+        if changed:
+            key = changed[0]
+            raise TinyThinkerError(f"{self.out} was run with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
+                                   "rerun with the same options to continue it, or pass --overwrite or another --out")
+        return False
+
+    def _read_state(self) -> dict:
+        path = self.out / STATE_FILE
+        if not path.exists():
+            return {"iterations": {}, "baseline": None, "stopped": None}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise TinyThinkerError(f"{path}: state file is corrupt; pass --overwrite to start the run again") from None
+
+    def _save_state(self, live_records: Sequence[dict] | None = None, live_iteration: int | None = None) -> None:
+        """state.json, then metrics.jsonl rebuilt from it (plus the running iteration's log)."""
+        if not self.is_main:
+            return
+        atomic_write_text(self.out / STATE_FILE, json.dumps(self.state, indent=1) + "\n")
+        lines = []
+        if self.state["baseline"]:
+            lines.append({"kind": "eval", "iteration": 0, **self.state["baseline"]})
+        for key in sorted(self.state["iterations"], key=int):
+            entry = self.state["iterations"][key]
+            lines += [{"iteration": entry["iteration"], **record} for record in entry.get("records", [])]
+            if entry.get("summary"):
+                lines.append({"kind": "iteration", **entry["summary"]})
+        if live_records is not None:
+            lines += [{"iteration": live_iteration, **record} for record in live_records]
+        atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(line) + "\n" for line in lines))
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=self.console, disable=not (self.progress_enabled and self.is_main))
+
+    def _say(self, text: str) -> None:
+        if self.is_main and self.console is not None:
+            self.console.print(text)
+
+    def _load(self, path):
+        from .students import Student
+
+        return Student.load(path, device=self.accelerator.device, bf16=self.settings.bf16)
+
+    def _validate(self, student, items) -> dict:
+        import torch
+
+        from .pipeline import run_pipeline
+
+        acc = self.accelerator
+        with acc.split_between_processes(list(items)) as shard:
+            traces = run_pipeline(student, list(shard), batch_size=self.eval_batch_size, seed=self.settings.seed,
+                                  progress=False) if shard else []
+        correct, total = acc.reduce(torch.tensor([sum(t.correct for t in traces), len(shard)], device=acc.device),
+                                    reduction="sum").tolist()
+        return {"accuracy": correct / total if total else 0.0, "correct": int(correct), "questions": int(total)}
+
+    # .. one iteration ..
+
+    def _pairs(self, k: int, student_path: str, timings: dict) -> dict[str, PairSet]:
+        """Steps 1-2: sampled traces (resumed chunk by chunk) -> pair sets of the trained stages."""
+        s, data = self.settings, self.data
+        folder = self.out / f"iter{k}" / "samples"
+        if self.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        student = None
+
+        def get_student():
+            nonlocal student
+            student = student or self._load(student_path)
+            return student
+
+        began = time.perf_counter()
+        sampling = s.sampling()
+        with self._progress() as bar:
+            recall_traces = sample_in_chunks(
+                "recall", data.items, folder,
+                lambda chunk, seed: sample_recall_traces(get_student(), chunk, s.samples, sampling, seed, batch_size=self.eval_batch_size),
+                lambda c: derived_seed(s.seed, k, "sample", 0, c), accelerator=self.accelerator, progress=bar)
+            recall_set = recall_pairs(recall_traces, data.questions, data.teacher_recalls, pair_rng(s.seed, k, RECALL))
+            sets = {RECALL: recall_set}
+            if ANALYZE in s.stages:
+                units = [(data.questions[qid], recall) for qid, recall in chosen_recalls(recall_set)]
+                analysis_traces = sample_in_chunks(
+                    "analyze", units, folder,
+                    lambda chunk, seed: sample_analysis_traces(get_student(), chunk, s.samples, sampling, seed, batch_size=self.eval_batch_size),
+                    lambda c: derived_seed(s.seed, k, "sample", 1, c), accelerator=self.accelerator, progress=bar)
+                sets[ANALYZE] = analyze_pairs(analysis_traces, data.questions, data.teacher_analyses, pair_rng(s.seed, k, ANALYZE))
+        timings.setdefault("sample", time.perf_counter() - began)
+        return {stage: sets[stage] for stage in s.stages}
+
+    def _reference(self, k: int, start: str, sets: dict[str, PairSet]):
+        import torch
+
+        cache = self.out / f"iter{k}" / "reference"
+        student = self._load(start)
+        fingerprint = model_fingerprint(student)
+        out = {}
+        with self._progress() as bar:
+            for stage, pair_set in sets.items():
+                if not pair_set.rows:
+                    continue
+                if self.is_main:  # one process scores; the others read its cache file
+                    reference_logprobs(student, pair_set.rows, cache_dir=cache, batch_size=self.eval_batch_size,
+                                       max_length=self.settings.max_length, model_fp=fingerprint, progress=bar,
+                                       description=f"reference log-probs ({stage})")
+                self.accelerator.wait_for_everyone()
+                out[stage] = reference_logprobs(student, pair_set.rows, cache_dir=cache, max_length=self.settings.max_length,
+                                                model_fp=fingerprint)
+        del student
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return out
+
+    def _card(self, k: int, start: str, sets: dict[str, PairSet]) -> Callable[[Path, DPORun], None]:
+        from . import __version__
+        from .artifacts import write_card
+        from .cards import render_card
+
+        s = self.settings
+
+        def write(folder: Path, run: DPORun) -> None:
+            hyperparameters = {
+                "beta": s.beta, "NLL weight (on chosen)": s.nll_weight, "learning rate": s.lr,
+                "batch size (all processes)": s.batch_size, "cycles": s.cycles, "max length": s.max_length,
+                "warm-up ratio": run.settings.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",
+                "max grad norm": run.settings.max_grad_norm, "precision": "bf16 autocast" if s.bf16 else "fp32",
+                "samples per question / recall": s.samples, "sampling": f"temperature {s.temperature}, top-k {s.top_k or 'off'}",
+                "processes": self.accelerator.num_processes, "seed": s.seed,
+            }
+            front = {"library_name": "transformers",
+                     "pipeline_tag": "text2text-generation" if run.student.is_seq2seq else "text-generation",
+                     "tags": ["tinythinker", "reasoning-distillation", "dpo", "self-reflection"],
+                     "tinythinker": {"method": "dpo", "iteration": k, "start": start, "data": s.data, "config": s.config,
+                                     "seed": s.seed, "steps": run.step, "validation_accuracy": run.best and run.best["accuracy"],
+                                     "best_step": run.best and run.best["step"], "version": __version__}}
+            body = render_card("reflection_model.md.j2", iteration=k, start=start, settings=asdict(s),
+                               pairs={stage: len(p.rows) for stage, p in sets.items()},
+                               preference_config=config_name(self.data.dataset, k), steps_done=run.step,
+                               total_steps=run.schedule.total_steps, cycle=" · ".join(f"{stage} {n:,}" for stage, n in run.schedule.batches.items()) + " pair batches per cycle",
+                               best=run.best, curve=run.curve, eval_questions=len(run.items), hyperparameters=hyperparameters,
+                               version=__version__)
+            write_card(folder, front, body)
+
+        return write
+
+    def _iteration(self, k: int, start: str) -> str | None:
+        """Run iteration k from ``start``; returns its best checkpoint (None: no pairs, loop ends)."""
+        s, acc = self.settings, self.accelerator
+        key = str(k)
+        entry = self.state["iterations"].setdefault(key, {"iteration": k, "start": start, "steps": {}, "seconds": {}})
+        steps, timings = entry["steps"], entry["seconds"]
+        sets = self._pairs(k, start, timings)
+        counts = {stage: p.counts for stage, p in sets.items()}
+        sizes = {stage: len(p.rows) for stage, p in sets.items()}
+        if "sample" not in steps:
+            steps["sample"] = {"counts": counts}
+            self._save_state()
+        if "pairs" not in steps:
+            began = time.perf_counter()
+            info = {"student": start, "samples": s.samples, "seed": s.seed, "data": s.data, "config": s.config,
+                    "sampling": {"do_sample": True, "temperature": s.temperature, "top_k": s.top_k}}
+            written = None
+            if self.is_main:
+                written = write_preference_config(self.out / PREFERENCES, dataset=self.data.dataset, iteration=k,
+                                                  pair_sets=list(sets.values()), info=info)
+            acc.wait_for_everyone()
+            steps["pairs"] = {"config": written, "pairs": sizes}
+            timings["pairs"] = time.perf_counter() - began
+            self._save_state()
+        self._say(f"iteration {k}: " + ", ".join(f"{stage} {n:,} pairs" for stage, n in sizes.items()))
+        if not any(sizes.values()):
+            entry["summary"] = {"iteration": k, "start": start, "pairs": sizes, "counts": counts, "stopped": "no preference pairs"}
+            self.state["stopped"] = f"iteration {k} made no preference pairs (the student never got a sampled question wrong, or never right)"
+            self._save_state()
+            return None
+
+        began = time.perf_counter()
+        ref = self._reference(k, start, sets)
+        if "reference" not in steps:
+            steps["reference"] = {"pairs": sizes}
+            timings["reference"] = time.perf_counter() - began
+            self._save_state()
+
+        if "dpo" not in steps:
+            began = time.perf_counter()
+            run = DPORun(start, {stage: p.rows for stage, p in sets.items()}, ref, s.dpo(k), self.out / f"iter{k}",
+                         items=self.data.validation, accelerator=acc, micro_batch_size=self.micro_batch_size,
+                         eval_batch_size=self.eval_batch_size, label=f"iteration {k} DPO", progress=self.progress_enabled,
+                         console=self.console, write_card=self._card(k, start, sets),
+                         on_checkpoint=lambda records: self._save_state(records, k))
+            run.setup()
+            result = run.train()
+            steps["dpo"] = {"steps": result.steps, "best_step": result.best_step, "best_accuracy": result.best_accuracy}
+            entry["records"] = result.records
+            entry["curve"] = result.curve
+            timings["dpo"] = timings.get("dpo", 0.0) + time.perf_counter() - began
+            self._save_state()
+
+        best = self.out / f"iter{k}" / BEST
+        if self.is_main:
+            with staged_folder(self.out / BEST, overwrite=True) as tmp:
+                shutil.copytree(best, tmp, dirs_exist_ok=True)
+            if (self.out / f"iter{k}" / "last").exists():  # the finished iteration needs no resume point
+                shutil.rmtree(self.out / f"iter{k}" / "last")
+        acc.wait_for_everyone()
+        steps["next"] = {"best": str(best)}
+        entry["summary"] = {"iteration": k, "start": start, "pairs": sizes, "counts": counts,
+                            "best_accuracy": steps["dpo"]["best_accuracy"], "best_step": steps["dpo"]["best_step"],
+                            "steps": steps["dpo"]["steps"], "seconds": {**timings, "total": sum(timings.values())}}
+        entry["done"] = True
+        self._save_state()
+        return str(best)
+
+    # .. the loop ..
+
+    def run(self) -> ReflectResult:
+        s = self.settings
+        self._say(f"self-reflection {s.config}: {s.iterations} iteration(s), {len(self.data.items):,} training questions x "
+                  f"{s.samples} samples, stages {', '.join(s.stages)}, {len(self.data.validation):,} validation questions; "
+                  f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}")
+        if self.data.validation and self.state["baseline"] is None:
+            self.state["baseline"] = {"student": s.student, **self._validate(self.start_student, self.data.validation)}
+            self._save_state()
+            self._say(f"starting student: validation accuracy {self.state['baseline']['accuracy']:.4f}")
+        self.start_student = None  # each step loads the checkpoint it needs
+        start = s.student
+        for k in range(1, s.iterations + 1):
+            if self.state["stopped"]:
+                break
+            entry = self.state["iterations"].get(str(k))
+            if entry and entry.get("done"):
+                start = entry["steps"]["next"]["best"]
+                continue
+            best = self._iteration(k, start)
+            if best is None:
+                break
+            summary = self.state["iterations"][str(k)]["summary"]
+            accuracy = summary["best_accuracy"]
+            self._say(f"iteration {k}: best validation accuracy "
+                      f"{'n/a' if accuracy is None else f'{accuracy:.4f}'} at step {summary['best_step']}")
+            start = best
+        if self.is_main and not (self.out / BEST).exists():  # no iteration trained: the starting student stays the best
+            with staged_folder(self.out / BEST, overwrite=True) as tmp:
+                self._load(s.student).save(tmp)
+        self.accelerator.wait_for_everyone()
+        return self.result()
+
+    def result(self) -> ReflectResult:
+        done = [self.state["iterations"][k]["summary"] for k in sorted(self.state["iterations"], key=int)
+                if self.state["iterations"][k].get("summary")]
+        return ReflectResult(out=self.out, best=self.out / BEST, iterations=done, baseline=self.state["baseline"],
+                             stopped=self.state["stopped"])
+
+
+def reflect(settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
+            micro_batch_size: int | None = None) -> ReflectResult:
+    """Run (or continue, or return the finished result of) the self-reflection run in ``out``.
+
+    ``micro_batch_size`` cuts each process's share of a DPO batch for memory (same result)."""
+    run = Reflection(settings, out, overwrite=overwrite, progress=progress, console=console, micro_batch_size=micro_batch_size)
+    return run.run()
+
