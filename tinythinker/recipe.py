@@ -49,7 +49,8 @@ DEFAULTS: dict = {
     "student": "google-t5/t5-small",  # Hub id, local path, or "tiny-seq2seq" / "tiny-causal"
     "processes": 1,  # > 1: SFT and reflection run under `accelerate launch --num_processes N`
     "sft": {"variants": ["full"], "epochs": 10, "lr": 5e-4, "batch_size": 64, "interval": 100, "bf16": False, "eval_limit": None},
-    "reflect": {"iterations": 5, "samples": 10, "beta": 0.5, "nll_weight": 0.5, "lr": 5e-6, "batch_size": 32, "bf16": False, "eval_limit": None},
+    "reflect": {"iterations": 5, "samples": 10, "beta": 0.5, "nll_weight": 0.5, "lr": 5e-6, "batch_size": 32, "bf16": False, "eval_limit": None,
+                "cycles": None, "train_limit": None},
     "eval": {"split": "test", "limit": None, "batch_size": 64},
 }
 
@@ -187,7 +188,8 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
         steps.append(Step("reflect", ["reflect", "--student", str(best_full), "--data", str(data), "--config", f"{ds}-full", "--out", str(out), "--seed", seed,
                                       *_opt("--iterations", reflect["iterations"]), *_opt("--samples", reflect["samples"]), *_opt("--beta", reflect["beta"]),
                                       *_opt("--nll-weight", reflect["nll_weight"]), *_opt("--lr", reflect["lr"]), *_opt("--batch-size", reflect["batch_size"]),
-                                      *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"])],
+                                      *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"]),
+                                      *_opt("--cycles", reflect["cycles"]), *_opt("--train-limit", reflect["train_limit"])],
                           out / "best", int(recipe["processes"])))
         steps.append(_eval_step("eval-dpo", out / "best", data, ds, "full", evaluation, run / "results" / "dpo"))
 
@@ -198,6 +200,16 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
 def _eval_step(name: str, student: Path, data: Path, ds: str, variant: str, evaluation: dict, out: Path) -> Step:
     return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", f"{ds}-{variant}", "--split", evaluation["split"],
                        "--output-path", str(out), *_opt("--limit", evaluation["limit"]), *_opt("--batch-size", evaluation["batch_size"])], out)
+
+
+def _die_with_parent() -> None:
+    """Linux: a step's process is killed when the runner dies (SIGKILL included), so a rerun never
+    races an orphaned step writing into the same folder."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _read_state(path: Path) -> dict:
@@ -232,7 +244,7 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
         console.rule(f"[{index}/{len(run.steps)}] {step.name}")
         console.print("[dim]$ tinythinker " + shlex.join(step.argv) + "[/]")
         started = time.perf_counter()
-        result = subprocess.run(step.command(), env={**os.environ, **(env or {})})
+        result = subprocess.run(step.command(), env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
         if result.returncode != 0:
             raise TinyThinkerError(f"step '{step.name}' failed (exit {result.returncode}); fix the cause and rerun the same command to continue from it")
         seconds = round(time.perf_counter() - started, 2)

@@ -135,23 +135,19 @@ class ReflectData:
     the teacher's recalls and analyses (``recall`` / ``analyze``) and the validation questions."""
 
     def __init__(self, settings: ReflectSettings):
-        import datasets
-
-        from .pipeline import Item, items_from_dataset  # noqa: F401 - Item types self.items
+        from .pipeline import Item, items_from_dataset, load_stage_split, stage_configs  # noqa: F401 - Item types self.items
 
         need = ["recall_single", "recall"] + (["analyze"] if ANALYZE in settings.stages else [])
         if settings.eval_limit != 0:
             need.append("validation")
-        try:
-            splits = datasets.load_dataset(settings.data, settings.config)
-        except Exception as error:  # noqa: BLE001 - any loading failure is one line for the user
-            first_line = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
-            raise TinyThinkerError(f"{settings.data}: cannot load config {settings.config!r} ({first_line[:200]}); "
-                                   "pass a data set folder made by `tinythinker build` (or its Hub id) and its -full config") from None
-        missing = [split for split in need if split not in splits]
+        # the engine's reader (by parquet file for local folders: datasets caches a local folder by its
+        # name, so a rebuilt or same-named folder would give stale rows); one-line errors for missing splits
+        configs = stage_configs(settings.data) if Path(settings.data).exists() else {}
+        missing = [split for split in need if settings.config in configs and split not in configs[settings.config]]
         if missing:
             raise TinyThinkerError(f"{settings.data} config {settings.config!r} has no {', '.join(missing)} split "
-                                   f"(it has {', '.join(splits)}); self-reflection needs a -full config")
+                                   f"(it has {', '.join(configs[settings.config])}); self-reflection needs a -full config")
+        splits = {split: load_stage_split(settings.data, settings.config, split) for split in dict.fromkeys(need)}
         self.dataset = settings.config.rsplit("-", 1)[0] if "-" in settings.config else settings.config
         self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single")[: settings.train_limit]
         self.questions = {item.id: item for item in self.items}

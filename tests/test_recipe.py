@@ -1,0 +1,138 @@
+"""Recipes: validation, planning, and `tinythinker run` end to end with a teacher server on 127.0.0.1,
+killed in the middle and rerun without redoing finished steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinythinker.errors import TinyThinkerError
+from tinythinker.recipe import builtin_recipe, load_recipe, plan, validate_recipe
+
+from openai_server import serve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, cwd=None, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "tinythinker", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_shipped_recipes_are_valid_and_plan_every_phase():
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path)
+        steps = [s.name for s in plan(recipe, "/tmp/never-written").steps]
+        assert steps[:2] == ["teach", "build"], path
+        assert steps[-1] == "report"
+        variants = recipe["sft"]["variants"]
+        assert [s for s in steps if s.startswith("sft-")] == [f"sft-{v}" for v in variants]
+        assert ("reflect" in steps) == (recipe["reflect"]["iterations"] > 0)
+    quickstart = builtin_recipe("quickstart")
+    assert "teach" not in [s.name for s in plan(quickstart, "/tmp/never-written").steps]
+
+
+def test_recipe_errors_name_the_key():
+    with pytest.raises(TinyThinkerError, match="unknown key.*epoch"):
+        validate_recipe({"dataset": "csqa", "sft": {"epoch": 3}})
+    with pytest.raises(TinyThinkerError, match="'dataset' is required"):
+        validate_recipe({})
+    with pytest.raises(TinyThinkerError, match="unknown data set 'squad'"):
+        validate_recipe({"dataset": "squad"})
+    with pytest.raises(TinyThinkerError, match="sft.variants"):
+        validate_recipe({"dataset": "obqa", "sft": {"variants": ["full", "no_summary"]}})
+
+
+def test_processes_launch_through_accelerate_and_responses_skip_teaching(tmp_path):
+    recipe = validate_recipe({"dataset": "obqa", "processes": 2, "teacher": {"responses": ["a.jsonl", "b.jsonl"]}})
+    steps = {s.name: s for s in plan(recipe, tmp_path).steps}
+    assert "teach" not in steps
+    assert steps["build"].argv.count("--responses") == 2
+    assert steps["sft-full"].command()[1:4] == ["-m", "accelerate.commands.launch", "--num_processes"]
+    assert steps["build"].command()[1:3] == ["-m", "tinythinker"]
+
+
+def test_bad_recipe_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: csqa\nsft: [1, 2\n")
+    result = _cli("run", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"Error: {bad}: not valid YAML")
+    assert "Traceback" not in result.stderr
+    missing = _cli("run", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "recipe not found" in missing.stderr
+
+
+def _small_recipe(base_url: str, run_dir: Path) -> dict:
+    from tinythinker.demo import demo_raw_dir
+
+    return {
+        "name": "tiny-e2e",
+        "dataset": "csqa",
+        "run_dir": str(run_dir),
+        "raw": str(demo_raw_dir("csqa")),
+        "teacher": {"model": "gpt-4o-2024-05-13", "base_url": base_url, "rounds": 1, "concurrency": 8,
+                    "splits": "train,validation,test"},
+        "student": "tiny-seq2seq",
+        "sft": {"epochs": 1, "batch_size": 64, "interval": 2, "lr": 1.0e-3, "eval_limit": 3},
+        "reflect": {"iterations": 1, "samples": 2, "batch_size": 32, "cycles": 1, "eval_limit": 3, "train_limit": 6},
+        "eval": {"limit": 3, "batch_size": 32},
+    }
+
+
+@pytest.mark.slow
+def test_run_survives_sigkill_and_skips_finished_steps(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {"OPENAI_API_KEY": "sk-test-recipe", "TINYTHINKER_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    with serve() as server:
+        recipe_file = tmp_path / "recipe.yaml"
+        recipe_file.write_text(yaml.safe_dump(_small_recipe(server.base_url, run_dir)))
+        state = run_dir / "run_state.json"
+
+        # First run: kill the whole process group once the SFT step has started.
+        first = subprocess.Popen([sys.executable, "-m", "tinythinker", "run", str(recipe_file)], cwd=tmp_path,
+                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and first.poll() is None:
+            if state.exists() and "student" in json.loads(state.read_text())["finished"]:
+                time.sleep(3)  # inside the SFT step
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, first.stderr.read()
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        finished_before = json.loads(state.read_text())["finished"]
+        assert {"teach", "build", "student"} <= set(finished_before)
+        assert "report" not in finished_before
+        posts = server.stats.posts
+        assert posts > 0
+        build_files = {p: p.stat().st_mtime_ns for p in (run_dir / "data").rglob("*.parquet")}
+
+        second = _cli("run", str(recipe_file), cwd=tmp_path, env=env)
+        assert second.returncode == 0, second.stderr[-3000:]
+        for step in ("teach", "build", "student"):
+            assert f"{step}: finished earlier, skipped" in second.stderr
+        assert server.stats.posts == posts  # the teacher was not asked again
+        assert {p: p.stat().st_mtime_ns for p in (run_dir / "data").rglob("*.parquet")} == build_files
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    names = [s["name"] for s in summary["steps"]]
+    assert names == ["teach", "build", "student", "sft-full", "eval-sft-full", "reflect", "eval-dpo", "report"]
+    for step in summary["steps"]:
+        assert Path(step["output"]).exists(), step
+    assert (run_dir / "dpo" / "best" / "config.json").exists()
+    assert list((run_dir / "report").glob("*.png"))
+    assert "sk-test-recipe" not in "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000)
+
+    third = _cli("run", str(recipe_file), cwd=tmp_path, env=env)
+    assert third.returncode == 0
+    assert third.stderr.count("finished earlier, skipped") == len(names)

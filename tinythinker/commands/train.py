@@ -1,0 +1,70 @@
+"""`tinythinker train sft`: stage-interleaved SFT of a student (REFERENCE 7), resumable, multi-process
+through `accelerate launch -m tinythinker train sft ...`. Heavy imports stay inside the command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..protocol import VARIANTS
+
+
+@click.group()
+def train():
+    """Train students."""
+
+
+@train.command("sft")
+@click.option("--data", required=True, help="Stage data set folder made by `tinythinker build`, or its Hub id.")
+@click.option("--config", required=True, help="Data set config, e.g. csqa-full (its -variant suffix picks the variant).")
+@click.option("--student", required=True, help="Base model: Hub id (google-t5/t5-small, gpt2, ...) or checkpoint folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder: best/, last/, metrics.jsonl.")
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Stages to train; default: the config's suffix.")
+@click.option("--interval", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Batches per recall/summarize block (analyze: interval x options).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Records per optimizer step, all processes together.")
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
+              help="Records per forward pass on one process (gradient accumulation; saves memory, same result).")
+@click.option("--max-length", type=click.IntRange(min=1), default=200, show_default=True, help="Token cap of inputs and targets.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Share of steps with linear warm-up.")
+@click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
+@click.option("--eval-limit", type=click.IntRange(min=0), default=None,
+              help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch of the validation pipeline.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per line of metrics.jsonl.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def sft(data, config, student, out, variant, interval, epochs, lr, batch_size, micro_batch_size, max_length, warmup_ratio,
+        bf16, eval_limit, eval_batch_size, log_every, seed, overwrite, progress):
+    """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
+    after every cycle; the best checkpoint (with a model card) in OUT/best.
+
+    Rerun the same command after an interruption (Ctrl-C, a killed job) to continue where it stopped.
+    For several GPUs or processes: accelerate launch -m tinythinker train sft ..."""
+    from rich.console import Console
+
+    from ..sft import SFTSettings, train_sft
+
+    console = Console(stderr=True, soft_wrap=True)
+    settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, epochs=epochs,
+                           lr=lr, batch_size=batch_size, max_length=max_length, seed=seed, bf16=bf16,
+                           eval_limit=eval_limit, warmup_ratio=warmup_ratio)
+    try:
+        result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
+                           log_every=log_every, overwrite=overwrite, progress=progress, console=console)
+    except KeyboardInterrupt as stop:
+        console.print(f"Interrupted{': ' + str(stop) if str(stop) else ''}; rerun the same command to continue.")
+        sys.exit(130)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        done = "finished" if result.resumed_at is None or result.resumed_at < result.total_steps else "already finished"
+        accuracy = "no validation" if result.best_accuracy is None else \
+            f"best validation accuracy {result.best_accuracy:.4f} at step {result.best_step:,}"
+        console.print(f"{done}: {result.steps:,} steps; {accuracy}; student in {result.best}")
