@@ -1,0 +1,374 @@
+"""Students: one small interface over Hugging Face seq2seq (T5, BART) and causal (GPT-2, Llama) models.
+
+The model kind is read from the checkpoint's config (``config.is_encoder_decoder``), never from its
+name. What differs between the kinds lives here and only here:
+
+* seq2seq: the stage input is the encoder input, the target is the decoder sequence (ending in eos).
+* causal: the model reads ``prompt`` then ``" " + target + eos``; only target tokens carry loss.
+  Training batches are right-padded; generation batches are left-padded so that every prompt ends
+  where generation starts, and only the new tokens are returned.
+
+:func:`make_tiny_student` builds a randomly initialised model with a tokenizer trained on the given
+texts and saves it like any checkpoint (tests, demos, benchmarks); real users pass Hub ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .errors import TinyThinkerError
+
+IGNORE_INDEX = -100  # label value that transformers' losses skip
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    try:
+        return names[str(dtype)]
+    except KeyError:
+        raise TinyThinkerError(f"unknown dtype {dtype!r}: choose one of {', '.join(names)}") from None
+
+
+class Student:
+    """A model and its tokenizer behind the few operations the recipe needs (train, score, generate).
+
+    ``bf16`` turns on bfloat16 autocast for generation and scoring (CUDA, and CPUs where it is faster);
+    the weights keep their dtype."""
+
+    def __init__(self, model, tokenizer, *, device=None, bf16: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.bf16 = bf16
+        if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers have no pad token: pad with eos
+            if tokenizer.eos_token_id is None:
+                raise TinyThinkerError("the student's tokenizer has neither a pad nor an eos token; add one and save it again")
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.eos_token_id is None:
+            raise TinyThinkerError("the student's tokenizer has no eos token; generation could never stop: add one and save it again")
+
+    # --- loading and saving ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, name_or_path, *, device=None, dtype=None, bf16: bool = False) -> "Student":
+        """Load a checkpoint by Hub id or local path; seq2seq or causal is decided by its config."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        source = str(name_or_path)
+        local = Path(source)
+        if local.exists() and not (local / "config.json").exists():
+            raise TinyThinkerError(f"{source}: no config.json in this folder; pass a checkpoint folder (made by save_pretrained) or a Hub id")
+        if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+            raise TinyThinkerError(f"{source}: no such student folder; pass a checkpoint folder or a Hub id such as google-t5/t5-small")
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+            raise TinyThinkerError(f"{source}: cannot load the student's config ({first_line[:200]}); pass a checkpoint folder or a reachable Hub id") from None
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        device = torch.device(device) if device is not None else default_device()
+        kwargs = {"dtype": _resolve_dtype(dtype)} if dtype is not None else {}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = auto.from_pretrained(source, config=config, **kwargs)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+            raise TinyThinkerError(f"{source}: cannot load the student ({first_line[:200]})") from None
+        model.to(device)
+        model.eval()
+        return cls(model, tokenizer, device=device, bf16=bf16)
+
+    def save(self, path) -> None:
+        """save_pretrained of model and tokenizer: the folder loads with :meth:`load` or transformers."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    # --- training batches -----------------------------------------------------------------------
+
+    def _prompt_ids(self, prompts: Sequence[str], max_length: int | None) -> list[list[int]]:
+        """Token ids of stage inputs, cut from the left when too long: the end of a stage input
+        (``Recall:``, ``For option X,``, ``Summarize:``) says what to generate and must survive."""
+        if not prompts:  # e.g. every recall given by the teacher (oracle evaluation): nothing to tokenise
+            return []
+        ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        if max_length is not None:
+            ids = [row[-max_length:] if len(row) > max_length else row for row in ids]
+        return ids
+
+    def _target_ids(self, targets: Sequence[str]) -> list[list[int]]:
+        """Token ids of targets, each ending in exactly one eos (the model must learn to stop)."""
+        eos = self.tokenizer.eos_token_id
+        if self.is_seq2seq:
+            rows = self.tokenizer(text_target=list(targets), add_special_tokens=True)["input_ids"]
+        else:  # the target continues the prompt after one space
+            rows = self.tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
+        return [row if row and row[-1] == eos else row + [eos] for row in rows]
+
+    def encode(self, prompts: list[str], targets: list[str], max_length: int = 200) -> dict[str, torch.Tensor]:
+        """Model inputs with ``labels`` (right-padded): only target tokens count, -100 elsewhere."""
+        if len(prompts) != len(targets):
+            raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        targets_ids = [row if len(row) <= max_length else row[: max_length - 1] + [eos] for row in self._target_ids(targets)]
+        if self.is_seq2seq:
+            inputs = self._prompt_ids(prompts, max_length)
+            input_ids, attention_mask = _pad_right(inputs, pad)
+            labels, _ = _pad_right(targets_ids, IGNORE_INDEX)
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        sequences, label_rows = [], []
+        for prompt, target in zip(self._prompt_ids(prompts, None), targets_ids):
+            # keep the whole target when it fits; the prompt keeps its end and at least half the room
+            keep_prompt = max(max_length - len(target), min(len(prompt), max_length // 2))
+            prompt = prompt[-keep_prompt:] if keep_prompt > 0 else []
+            target = target[: max_length - len(prompt)]
+            sequences.append(prompt + target)
+            label_rows.append([IGNORE_INDEX] * len(prompt) + target)
+        input_ids, attention_mask = _pad_right(sequences, pad)
+        labels, _ = _pad_right(label_rows, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def target_logprobs(self, batch, model=None) -> torch.Tensor:
+        """[batch] sum of the log-probabilities of the label tokens (for DPO; ``model`` e.g. the
+        frozen reference). Runs with gradients when called under grad mode."""
+        model = model if model is not None else self.model
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        labels = batch["labels"]
+        with self.autocast():
+            logits = model(**batch).logits
+        if not self.is_seq2seq:  # token t predicts token t+1
+            logits, labels = logits[:, :-1, :], labels[:, 1:]
+        mask = labels != IGNORE_INDEX
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        picked = torch.gather(logprobs, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * mask).sum(-1)
+
+    # --- generation -----------------------------------------------------------------------------
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of generation prompts, all tokenised in one call (no truncation)."""
+        return self._prompt_ids(prompts, None)
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+        batch_size: int = 64,
+        on_batch: Callable[[list[int], float], None] | None = None,
+    ) -> list[list[str]]:
+        """Stripped continuations, ``num_return_sequences`` per prompt, in prompt order.
+
+        Prompts are tokenised once, sorted by length and cut into batches of at most ``batch_size``
+        generated sequences, so padding is minimal. Greedy by default; sampling draws from one
+        generator seeded with ``seed``, so the same prompts, seed and batch size give the same
+        texts. ``top_k=0`` disables top-k. ``on_batch(prompt_indices, seconds)`` follows each batch."""
+        ids = self.tokenize_prompts(prompts)
+        return self.generate_ids(ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                 top_k=top_k, num_return_sequences=num_return_sequences, seed=seed,
+                                 batch_size=batch_size, on_batch=on_batch)
+
+    def generate_ids(self, ids: Sequence[Sequence[int]], *, max_new_tokens: int = 128, do_sample: bool = False,
+                     temperature: float = 1.0, top_k: int = 0, num_return_sequences: int = 1, seed: int | None = None,
+                     batch_size: int = 64, on_batch: Callable[[list[int], float], None] | None = None) -> list[list[str]]:
+        """:meth:`generate` on prompts already tokenised (by :meth:`tokenize_prompts`)."""
+        if num_return_sequences < 1:
+            raise ValueError("num_return_sequences must be at least 1")
+        if num_return_sequences > 1 and not do_sample:
+            raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
+        out: list[list[str]] = [[] for _ in ids]
+        if not ids:
+            return out
+        config = self._generation_config(max_new_tokens, do_sample, temperature, top_k, num_return_sequences)
+        # longest first: a batch that does not fit in memory fails at once, not at the end
+        order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+        per_batch = max(1, batch_size // num_return_sequences)
+        was_training = self.model.training
+        self.model.eval()
+        rng_devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None), torch.inference_mode():
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(order), per_batch):
+                    chosen = order[start : start + per_batch]
+                    began = time.perf_counter()
+                    texts = self._generate_batch([ids[i] for i in chosen], config)
+                    for k, i in enumerate(chosen):
+                        out[i] = texts[k * num_return_sequences : (k + 1) * num_return_sequences]
+                    if on_batch is not None:
+                        on_batch(chosen, time.perf_counter() - began)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generation_config(self, max_new_tokens, do_sample, temperature, top_k, num_return_sequences):
+        from transformers import GenerationConfig
+
+        base = self.model.generation_config
+        settings = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            num_beams=1,
+            num_return_sequences=num_return_sequences,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            decoder_start_token_id=getattr(base, "decoder_start_token_id", None),
+            bos_token_id=getattr(base, "bos_token_id", None),
+        )
+        if do_sample:
+            if temperature <= 0:
+                raise ValueError("temperature must be positive when sampling")
+            settings.update(temperature=temperature, top_k=top_k if top_k > 0 else None, top_p=1.0)
+        return GenerationConfig(**settings)
+
+    def _generate_batch(self, rows: list[Sequence[int]], config) -> list[str]:
+        pad = self.tokenizer.pad_token_id
+        if self.is_seq2seq:
+            input_ids, attention_mask = _pad_right(rows, pad)
+        else:  # left padding: every prompt ends where its continuation starts
+            input_ids, attention_mask = _pad_left(rows, pad)
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        with self.autocast():
+            generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        if not self.is_seq2seq:
+            generated = generated[:, input_ids.shape[1] :]
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+
+def _pad_right(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def _pad_left(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+# --- tiny students for tests, demos and benchmarks -----------------------------------------------
+
+# named model shapes; "tiny" trains in seconds on a CPU, "t5-small" is google-t5/t5-small's shape
+SHAPES = {
+    "tiny": dict(d_model=64, layers=2, heads=4, d_ff=128, vocab_size=None),  # vocab None: the tokenizer's size
+    "t5-small": dict(d_model=512, layers=6, heads=8, d_ff=2048, vocab_size=32128),
+}
+KINDS = ("seq2seq", "causal")
+TINY_TOKENIZER_VOCAB = 1024  # most BPE tokens a tiny student's tokenizer learns
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, seq2seq: bool):
+    """A byte-level BPE tokenizer trained on ``texts`` (exact round trip of any text), wrapped as a
+    transformers fast tokenizer. Option markers ``(A)``..``(J)`` stay whole; ``:`` and ``.`` are
+    their own tokens. Special tokens: ``<pad>`` 0, ``</s>`` 1 (eos), ``<unk>`` 2. A seq2seq
+    tokenizer appends eos to every text, as T5's does."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    # GPT-2's word split, with option markers as words and every punctuation mark on its own
+    words = Regex(r"'s|'t|'re|'ve|'m|'ll|'d| ?\([A-J]\)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]|\s+(?!\S)|\s+")
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(words, behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(texts), trainer=trainer)
+    if seq2seq:
+        tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}",
+                                                                 special_tokens=[(EOS, tokenizer.token_to_id(EOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   clean_up_tokenization_spaces=False)
+
+
+def tiny_config(kind: str, vocab_size: int, *, d_model: int, layers: int, heads: int, d_ff: int, pad_id: int, eos_id: int):
+    """A T5 config (seq2seq) or a Llama-style config (causal) of the given shape."""
+    from transformers import LlamaConfig, T5Config
+
+    if kind == "seq2seq":
+        return T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff, num_layers=layers,
+                        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.1, pad_token_id=pad_id,
+                        eos_token_id=eos_id, decoder_start_token_id=pad_id)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,
+                       pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None, tie_word_embeddings=True)
+
+
+def make_tiny_student(kind: str, texts, out, *, seed: int = 0, shape: str = "tiny", **size) -> Path:
+    """Build a randomly initialised student with a tokenizer trained on ``texts``; save it to ``out``.
+
+    ``kind``: "seq2seq" (T5) or "causal" (Llama-style). ``shape``: "tiny" or "t5-small"; ``size``
+    overrides d_model, layers, heads, d_ff, vocab_size. The model's vocabulary is the tokenizer's
+    ("tiny") or ``vocab_size`` rows (the t5-small shape keeps 32128 however few tokens the texts give)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if kind not in KINDS:
+        raise TinyThinkerError(f"unknown student kind {kind!r}: choose one of {', '.join(KINDS)}")
+    if shape not in SHAPES:
+        raise TinyThinkerError(f"unknown student shape {shape!r}: choose one of {', '.join(SHAPES)}")
+    unknown = set(size) - set(SHAPES[shape])
+    if unknown:
+        raise TypeError(f"unknown size arguments: {', '.join(sorted(unknown))}")
+    dims = {**SHAPES[shape], **size}
+    texts = [t for t in texts if t]
+    if not texts:
+        raise TinyThinkerError("no texts to train the student's tokenizer on; pass a data set with questions")
+    tokenizer = train_tokenizer(texts, dims["vocab_size"] or TINY_TOKENIZER_VOCAB, seq2seq=kind == "seq2seq")
+    if dims["vocab_size"] and len(tokenizer) < dims["vocab_size"]:
+        # fill the rows the texts did not need with plain tokens, so that every id the model can emit
+        # decodes to text (a random model's output re-tokenises to about as many tokens as it had)
+        tokenizer.add_tokens([f"<unused_{i}>" for i in range(dims["vocab_size"] - len(tokenizer))])
+    config = tiny_config(kind, max(len(tokenizer), dims["vocab_size"] or 0), d_model=dims["d_model"], layers=dims["layers"],
+                         heads=dims["heads"], d_ff=dims["d_ff"], pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = auto.from_config(config)
+    out = Path(out)
+    Student(model, tokenizer, device="cpu").save(out)
+    return out
