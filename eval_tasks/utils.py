@@ -1,0 +1,39 @@
+"""The functions TinyThinker's task YAMLs name (`!function utils.x`); the logic is in tinythinker.evaluation.
+
+Loading this file (lm-eval does when it builds one of these tasks) also registers the lm-eval model
+``tinythinker``. The plain ``lm_eval`` CLI creates the model before it builds tasks, so there the
+registration comes too late unless the task is given as a YAML path; ``tinythinker eval`` (same
+arguments as ``lm_eval``) registers first. See docs/evaluation.md.
+"""
+
+from tinythinker import evaluation
+from tinythinker.lm_eval_model import register
+
+register()
+
+
+def load_docs(task_dataset: str, task_kind: str, **metadata):
+    """custom_dataset: lm-eval passes the task's metadata (--metadata and --model_args) and dataset_kwargs."""
+    return evaluation.load_task_docs(task_dataset, task_kind, **metadata)
+
+
+def score_full(doc, results):
+    return evaluation.trace_metrics(evaluation.decode_trace(results[0], "full-pipeline task"), doc, "full")
+
+
+def score_analyze_oracle(doc, results):
+    return evaluation.trace_metrics(evaluation.decode_trace(results[0], "analyze-oracle task"), doc, "analyze_oracle")
+
+
+def score_summarize_oracle(doc, results):
+    return evaluation.trace_metrics(evaluation.parse_summary_response(results[0]), doc, "summarize_oracle")
+
+
+def score_self_consistency(doc, results):
+    # results[0]: every sampled response of this question (the `all_samples` filter keeps them)
+    return evaluation.vote_metrics([evaluation.decode_trace(r, "self-consistency task") for r in results[0]], doc)
+
+
+def all_samples(resps, docs):
+    """Filter that keeps every repeat's response (lm-eval's default keeps only the first)."""
+    return resps

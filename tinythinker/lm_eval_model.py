@@ -1,0 +1,257 @@
+"""The lm-eval model ``tinythinker``: one ``lm_eval`` run does the whole multi-stage generation.
+
+For a request whose prompt is the first stage input of a question (``{Q}\\nRecall:`` for the full
+pipeline, or another variant's first prompt) it runs the inference engine
+(:func:`tinythinker.pipeline.run_pipeline`) and answers with the whole trace as JSON, which the
+tasks' ``process_results`` score stage by stage. For the analyze-oracle prompt (the teacher's recall
+then ``Analyze: For option A,``) it runs the engine with the teacher's recall given. Any other prompt
+(the summarize-oracle input, or another lm-eval task) is plain generation.
+
+All requests of a run arrive in one ``generate_until`` call; they are grouped by what they need
+(pipeline variant, oracle, sampling, samples per question) and every group goes through the engine
+in one batched call. Questions come from the request's doc (our tasks' columns ``id``, ``question``,
+``choices``, ``GT``, ``teacher_recall``), never from re-parsing the prompt.
+
+    lm_eval --model tinythinker --model_args pretrained=runs/csqa-sft/best[,variant=full,seed=42,dtype=bfloat16] ...
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lm_eval.models  # noqa: F401  (first: lm-eval registers its stock models only into an empty registry)
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from .errors import TinyThinkerError
+from .evaluation import MODEL_NAME
+from .protocol import VARIANTS, analyze_prompt, first_prompts, letters_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+# Questions per engine call. After each call its responses go to lm-eval's request cache (when the
+# run has --use_cache), so an interrupted run loses at most one call's work when rerun.
+CHUNK_QUESTIONS = 512
+# model_args that lm-eval also hands to the tasks (it merges them into the task metadata)
+TASK_ARGS = ("data", "split", "trust_remote_code")
+
+
+def register() -> type:
+    """Make ``--model tinythinker`` known to lm-eval (idempotent: importing this module registers it,
+    after lm-eval's stock models, which lm-eval only adds to an empty registry)."""
+    from lm_eval.api.registry import get_model
+
+    return get_model(MODEL_NAME)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one request needs: its group key decides which requests share one engine call."""
+
+    mode: str  # "pipeline", "analyze_oracle" or "generate"
+    variant: str
+    do_sample: bool
+    temperature: float
+    top_k: int
+    samples: int  # repeats of this request in the run (lm-eval's `repeats`)
+    max_new_tokens: int
+    until: tuple[str, ...]
+
+
+def _parse_batch_size(value) -> int:
+    if value is None or str(value).startswith("auto"):
+        return DEFAULT_BATCH_SIZE
+    try:
+        size = int(value)
+    except ValueError:
+        raise TinyThinkerError(f"batch_size {value!r}: give a positive number (or auto)") from None
+    if size < 1:
+        raise TinyThinkerError(f"batch_size {value!r}: give a positive number (or auto)")
+    return size
+
+
+def _pick_device(device):
+    import torch
+
+    if device in (None, "", "auto"):
+        return None  # the Student's default: cuda when available
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %s requested but CUDA is not available; running on cpu", device)
+        return "cpu"
+    return str(device)
+
+
+@register_model(MODEL_NAME)
+class TinyThinkerLM(LM):
+    """A TinyThinker student behind lm-eval's LM interface (generate_until only)."""
+
+    def __init__(self, pretrained: str, variant: str = "full", batch_size=None, max_batch_size=None, device=None,
+                 dtype=None, bf16: bool = False, seed: int = 42, progress: bool = True, max_new_tokens=None, **task_args):
+        super().__init__()
+        from .students import Student
+
+        unknown = sorted(k for k in task_args if k not in TASK_ARGS and not k.startswith("data_"))
+        if unknown:
+            raise TinyThinkerError(f"unknown --model_args for tinythinker: {', '.join(unknown)} (known: pretrained, variant, "
+                                   "batch_size, device, dtype, bf16, seed, progress, max_new_tokens; data/split go to the tasks)")
+        if variant not in VARIANTS:
+            raise TinyThinkerError(f"variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+        self.pretrained = str(pretrained)
+        self.variant = variant
+        self.batch_size = _parse_batch_size(batch_size)
+        self.seed = int(seed)
+        self.progress = _as_bool(progress)
+        # a cap on recall and analysis length (the engine's defaults otherwise): bounds runaway text
+        self.stage_tokens = None if max_new_tokens in (None, "") else {"recall": int(max_new_tokens), "analyze": int(max_new_tokens)}
+        self.student = Student.load(self.pretrained, device=_pick_device(device), dtype=dtype, bf16=_as_bool(bf16))
+        self.engine_seconds = 0.0  # time spent inside the engine (benchmarks/eval.py)
+
+    # --- lm-eval interface ----------------------------------------------------------------------
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise TinyThinkerError("the tinythinker model only generates (generate_until tasks); use --model hf for loglikelihood tasks")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise TinyThinkerError("the tinythinker model only generates (generate_until tasks); use --model hf for perplexity tasks")
+
+    def get_model_info(self) -> dict:
+        return {"tinythinker_student": self.pretrained, "tinythinker_variant": self.variant,
+                "tinythinker_seq2seq": self.student.is_seq2seq, "tinythinker_seed": self.seed,
+                "tinythinker_max_new_tokens": self.stage_tokens,
+                "model_num_parameters": sum(p.numel() for p in self.student.model.parameters())}
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        import time
+
+        started = time.perf_counter()
+        # lm-eval repeats a request `repeats` times in a row (the same Instance): count them once
+        counts: dict[int, int] = {}
+        order: list = []
+        for request in requests:
+            if id(request) not in counts:
+                counts[id(request)] = 0
+                order.append(request)
+            counts[id(request)] += 1
+        groups: dict[_Job, list] = {}
+        for request in order:
+            groups.setdefault(self._job(request, counts[id(request)]), []).append(request)
+        answers: dict[int, list[str]] = {}
+        for job, members in groups.items():
+            if job.mode == "generate":
+                answers.update(self._generate(job, members))
+            else:
+                answers.update(self._run_engine(job, members))
+        # the k-th copy of a repeated request gets the k-th sample
+        taken: dict[int, int] = {}
+        out = []
+        for request in requests:
+            k = taken.get(id(request), 0)
+            taken[id(request)] = k + 1
+            out.append(answers[id(request)][k])
+        self.engine_seconds += time.perf_counter() - started
+        return out
+
+    # --- grouping -------------------------------------------------------------------------------
+
+    def _job(self, request, repeats: int) -> _Job:
+        context, gen_kwargs = request.args[0], dict(request.args[1] or {})
+        do_sample = _as_bool(gen_kwargs.get("do_sample", False))
+        until = gen_kwargs.get("until") or []
+        job = dict(variant=self.variant, do_sample=do_sample, samples=repeats,
+                   temperature=float(gen_kwargs.get("temperature", 0.7 if do_sample else 1.0)),
+                   top_k=int(gen_kwargs.get("top_k", 0) or 0), max_new_tokens=int(gen_kwargs.get("max_gen_toks", 128)),
+                   until=tuple([until] if isinstance(until, str) else until))
+        doc = request.doc if isinstance(request.doc, dict) else {}
+        if not {"id", "question", "choices"} <= set(doc):
+            return _Job(mode="generate", **job)
+        question, letters = doc["question"], letters_for(len(doc["choices"]))
+        # the model's own variant first: full and no_analyze both start with `Recall:`
+        for variant in (self.variant, *[v for v in VARIANTS if v != self.variant]):
+            if context == first_prompts(question, letters, variant)[0][1]:
+                return _Job(mode="pipeline", **{**job, "variant": variant})
+        if doc.get("teacher_recall") and context == analyze_prompt(question, letters[0], recall=doc["teacher_recall"]):
+            return _Job(mode="analyze_oracle", **{**job, "variant": "full"})
+        return _Job(mode="generate", **job)
+
+    # --- execution ------------------------------------------------------------------------------
+
+    def _sampling(self, job: _Job):
+        from .pipeline import Sampling
+
+        if job.do_sample:
+            return Sampling(do_sample=True, temperature=job.temperature, top_k=job.top_k)
+        return Sampling()
+
+    def _run_engine(self, job: _Job, members: list) -> dict[int, list[str]]:
+        from .evaluation import encode_trace
+        from .pipeline import Item, run_pipeline
+
+        samples = job.samples if job.do_sample else 1  # greedy repeats would all be the same trace
+        out: dict[int, list[str]] = {}
+        for batch in _unique_id_batches(members):
+            for start in range(0, len(batch), CHUNK_QUESTIONS):
+                chunk = batch[start : start + CHUNK_QUESTIONS]
+                items: dict[str, Item] = {}
+                for r in chunk:  # one item per question, however many tasks asked for it
+                    items.setdefault(r.doc["id"], Item(id=r.doc["id"], question=r.doc["question"],
+                                                       letters=letters_for(len(r.doc["choices"])), gold=r.doc.get("GT")))
+                given = {r.doc["id"]: r.doc["teacher_recall"] for r in chunk} if job.mode == "analyze_oracle" else None
+                traces = run_pipeline(self.student, list(items.values()), variant=job.variant, samples=samples,
+                                      sampling=self._sampling(job), batch_size=self.batch_size, seed=self.seed,
+                                      progress=self.progress, given_recalls=given, max_new_tokens=self.stage_tokens)
+                by_key = {(t.id, t.sample): t for t in traces}
+                for request in chunk:
+                    texts = [encode_trace(by_key[(request.doc["id"], s)]) for s in range(samples)]
+                    out[id(request)] = texts if job.do_sample else texts * job.samples
+                    self._cache(request, texts, job)
+        return out
+
+    def _cache(self, request, texts: list[str], job: _Job) -> None:
+        """Hand a finished greedy response to lm-eval's request cache (a no-op without --use_cache;
+        lm-eval never caches sampled responses)."""
+        if not job.do_sample:
+            self.cache_hook.add_partial("generate_until", request.args, texts[0])
+
+    def _generate(self, job: _Job, members: list) -> dict[int, list[str]]:
+        prompts = [r.args[0] for r in members]
+        n = job.samples if job.do_sample else 1
+        sampling = dict(do_sample=True, temperature=job.temperature, top_k=job.top_k, num_return_sequences=n) if job.do_sample else {}
+        texts = self.student.generate(prompts, max_new_tokens=job.max_new_tokens, seed=self.seed, batch_size=self.batch_size, **sampling)
+        out = {}
+        for request, continuations in zip(members, texts):
+            cut = [_cut_at(text, job.until) for text in continuations]
+            out[id(request)] = cut if job.do_sample else cut * job.samples
+            self._cache(request, cut, job)
+        return out
+
+
+def _unique_id_batches(members: list) -> list[list]:
+    """Split requests so that no engine call holds two different questions under one id (ids of
+    different data sets could collide); the same question asked twice stays in one call."""
+    batches: list[dict[str, str]] = []  # per batch: id -> question
+    grouped: list[list] = []
+    for request in members:
+        qid, question = request.doc["id"], request.doc["question"]
+        for questions, batch in zip(batches, grouped):
+            if questions.setdefault(qid, question) == question:
+                batch.append(request)
+                break
+        else:
+            batches.append({qid: question})
+            grouped.append([request])
+    return grouped
+
+
+def _cut_at(text: str, until: tuple[str, ...]) -> str:
+    for stop in until:
+        if stop and stop in text:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -1,0 +1,476 @@
+"""Reports from lm-eval result folders and self-reflection runs: tables, plots, markdown, JSON.
+
+Inputs are what the tools already write, read as they are:
+
+* lm-eval output folders (``--output_path``, with ``--log_samples`` for per-question results):
+  ``results_<date>.json`` and ``samples_<task>_<date>.jsonl``, found anywhere below the folders given;
+* the student checkpoint each result names (``model_args.pretrained``): its card says how it was made
+  (``tinythinker.method`` sft / dpo and the DPO ``iteration``);
+* self-reflection run folders (``metrics.jsonl`` of ``tinythinker reflect``): the validation accuracy of
+  the starting student (iteration 0) and of every iteration's best checkpoint. A reflection run is
+  found from a result whose student lives in it (``OUT/best``, ``OUT/iter<k>/best``) or given directly.
+
+Every view (rich tables, markdown, plots, JSON) is drawn from one :class:`Report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import TinyThinkerError
+from .evaluation import OUTCOMES, attribution, attribution_summary
+
+TASK_RE = re.compile(r"^tinythinker_(?P<dataset>[a-z]+?)(?:_(?P<kind>analyze_oracle|summarize_oracle|sc))?$")
+REFLECT_METRICS = "metrics.jsonl"
+
+# The rows of the stage table: (stage, label, task kind, metric)
+STAGE_ROWS = (
+    ("pipeline", "accuracy", "full", "acc"),
+    ("pipeline", "self-consistency accuracy", "sc", "acc"),
+    ("recall", "ROUGE-L vs teacher", "full", "recall_rougeL"),
+    ("recall", "words", "full", "recall_words"),
+    ("analyze", "accuracy with teacher's recall", "analyze_oracle", "acc"),
+    ("analyze", "every option analysed", "full", "analyses_complete"),
+    ("analyze", "ROUGE-L vs teacher", "full", "analysis_rougeL"),
+    ("analyze", "words per option", "full", "analysis_words"),
+    ("summarize", "accuracy with teacher's recall + analyses", "summarize_oracle", "acc"),
+    ("summarize", "answer found", "full", "answer_found"),
+    ("summarize", "consistent with analyses", "full", "summary_consistent"),
+)
+COUNT_METRICS = {"recall_words", "analysis_words", "summary_words"}  # shown as numbers, not percentages
+
+
+@dataclass
+class TaskResult:
+    """One lm-eval task of one run: aggregate metrics and, with --log_samples, per-question accuracy."""
+
+    run: str  # label of the results folder (one student)
+    student: str
+    method: str | None  # sft / dpo (the checkpoint's card)
+    iteration: int | None  # 0 for SFT, k for DPO iteration k
+    task: str
+    dataset: str
+    kind: str  # full / analyze_oracle / summarize_oracle / sc
+    variant: str
+    data: str | None
+    questions: int
+    metrics: dict[str, float]
+    correct: dict[str, bool] | None = None  # question id -> right (from the samples file)
+    source: str = ""
+
+
+@dataclass
+class Curve:
+    """Validation accuracy per self-reflection iteration (0: the starting student)."""
+
+    run: str
+    dataset: str | None
+    folder: str
+    points: list[dict] = field(default_factory=list)  # {iteration, accuracy, questions, pairs}
+
+
+@dataclass
+class Report:
+    results: list[TaskResult]
+    attribution: list[dict]  # one per (run, dataset) with a full task
+    curves: list[Curve]
+
+    def runs(self) -> list[str]:
+        return list(dict.fromkeys(r.run for r in self.results))
+
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(r.dataset for r in self.results))
+
+    def get(self, run: str, dataset: str, kind: str) -> TaskResult | None:
+        return next((r for r in self.results if r.run == run and r.dataset == dataset and r.kind == kind), None)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise TinyThinkerError(f"{path}: cannot read lm-eval results ({error.__class__.__name__}); delete or fix the file") from None
+
+
+def _student_card(student: str) -> dict:
+    from .artifacts import read_card_metadata
+
+    path = Path(student)
+    try:
+        info = read_card_metadata(path).get("tinythinker") if path.is_dir() else None
+    except Exception:  # noqa: BLE001 - a card we cannot read only loses the iteration column
+        info = None
+    return info if isinstance(info, dict) else {}
+
+
+def _metrics(task_results: dict) -> dict[str, float]:
+    """``{"acc": 0.5, ...}`` from lm-eval's ``{"acc,none": 0.5, "acc_stderr,none": ...}``."""
+    out = {}
+    for key, value in task_results.items():
+        name, _, _filter = key.partition(",")
+        if _filter and not name.endswith("_stderr") and isinstance(value, (int, float)):
+            out[name] = float(value)
+    return out
+
+
+def _per_question(samples_file: Path) -> dict[str, bool]:
+    correct = {}
+    with samples_file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError:
+                raise TinyThinkerError(f"{samples_file}:{number}: not valid JSON; the samples file is damaged") from None
+            doc = sample.get("doc") or {}
+            if "id" in doc and "acc" in sample:
+                correct[str(doc["id"])] = bool(sample["acc"])
+    return correct
+
+
+def _results_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("results_*.json")) if root.is_dir() else ([root] if root.name.startswith("results_") else [])
+
+
+def _label(root: Path, results_file: Path, model_dir_name: str | None, prefix: bool) -> str:
+    folder = results_file.parent
+    if model_dir_name and folder.name == model_dir_name:  # lm-eval's <output_path>/<model name>/ level
+        folder = folder.parent
+    base = root if root.is_dir() else root.parent
+    relative = folder.relative_to(base) if folder != base and base in folder.parents else Path(".")
+    parts = ([base.name] if prefix or str(relative) == "." else []) + ([str(relative)] if str(relative) != "." else [])
+    return "/".join(parts) or base.name
+
+
+def load_results(root: Path, *, prefix: bool = False) -> list[TaskResult]:
+    """Every TinyThinker task result below ``root``; a later results file of the same folder and
+    task replaces an earlier one (a rerun)."""
+    found: dict[tuple[str, str], TaskResult] = {}
+    for path in _results_files(root):
+        data = _read_json(path)
+        if "results" not in data or "configs" not in data:
+            continue
+        config = data.get("config") or {}
+        model_args = config.get("model_args") or {}
+        if isinstance(model_args, str):
+            model_args = dict(part.split("=", 1) for part in model_args.split(",") if "=" in part)
+        student = str(model_args.get("pretrained", config.get("model", "?")))
+        card = _student_card(student)
+        method = card.get("method")
+        iteration = 0 if method == "sft" else card.get("iteration")
+        label = _label(root, path, data.get("model_name_sanitized"), prefix)
+        date = path.stem.removeprefix("results_")
+        for task, task_results in data["results"].items():
+            match = TASK_RE.match(task)
+            if not match:
+                continue
+            metadata = (data["configs"].get(task) or {}).get("metadata") or {}
+            samples_file = path.parent / f"samples_{task}_{date}.jsonl"
+            n = (data.get("n-samples") or {}).get(task, {}).get("effective", task_results.get("sample_len", 0))
+            found[(label, task)] = TaskResult(
+                run=label, student=student, method=method, iteration=iteration, task=task,
+                dataset=match["dataset"], kind=match["kind"] or "full",
+                variant=str(metadata.get("variant") or model_args.get("variant") or "full"),
+                data=metadata.get("data") or metadata.get(f"data_{match['dataset']}"), questions=int(n),
+                metrics=_metrics(task_results), correct=_per_question(samples_file) if samples_file.exists() else None,
+                source=str(path),
+            )
+    return list(found.values())
+
+
+def reflection_folder(student: str) -> Path | None:
+    """The self-reflection run a checkpoint belongs to (``OUT/best`` or ``OUT/iter<k>/best``)."""
+    path = Path(student)
+    for folder in (path.parent, path.parent.parent):
+        if (folder / REFLECT_METRICS).is_file():
+            return folder
+    return None
+
+
+def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
+    """Validation accuracy per iteration from a reflection run's ``metrics.jsonl``."""
+    curve = Curve(run=run, dataset=dataset, folder=str(folder))
+    path = folder / REFLECT_METRICS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise TinyThinkerError(f"{path}: cannot read ({error.__class__.__name__})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise TinyThinkerError(f"{path}:{number}: not valid JSON; the metrics file is damaged") from None
+        if record.get("kind") == "eval" and record.get("iteration") == 0 and "step" not in record:
+            curve.points.append({"iteration": 0, "accuracy": record.get("accuracy"), "questions": record.get("questions")})
+        elif record.get("kind") == "iteration" and record.get("best_accuracy") is not None:
+            curve.points.append({"iteration": record["iteration"], "accuracy": record["best_accuracy"],
+                                 "pairs": record.get("pairs") or {}})
+    if curve.dataset is None:
+        settings = folder / "run.json"
+        try:
+            config = json.loads(settings.read_text(encoding="utf-8")).get("config", "")
+            curve.dataset = str(config).partition("-")[0] or None
+        except (OSError, json.JSONDecodeError):
+            pass
+    curve.points.sort(key=lambda p: p["iteration"])
+    return curve
+
+
+def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
+    """Read result folders (``paths`` and the ``compare`` students) and reflection runs into one report."""
+    roots = [Path(p) for p in [*paths, *compare]]
+    prefix = len(roots) > 1
+    results: list[TaskResult] = []
+    curves: dict[str, Curve] = {}
+    for root in roots:
+        if (root / REFLECT_METRICS).is_file():  # a reflection run given directly
+            curves[str(root.resolve())] = load_curve(root, root.name)
+            continue
+        found = load_results(root, prefix=prefix)
+        if not found:
+            raise TinyThinkerError(f"{root}: no lm-eval results of TinyThinker tasks below it (results_*.json); "
+                                   "run `tinythinker eval ... --output-path` (or lm_eval --output_path) first")
+        results += found
+        for result in found:
+            folder = reflection_folder(result.student) if result.method == "dpo" else None
+            if folder is not None and str(folder.resolve()) not in curves:
+                curves[str(folder.resolve())] = load_curve(folder, result.run, result.dataset)
+    return Report(results=results, attribution=_attributions(results), curves=list(curves.values()))
+
+
+def _attributions(results: Iterable[TaskResult]) -> list[dict]:
+    by_key: dict[tuple[str, str], dict[str, TaskResult]] = {}
+    for result in results:
+        by_key.setdefault((result.run, result.dataset), {})[result.kind] = result
+    rows = []
+    for (run, dataset), kinds in by_key.items():
+        full = kinds.get("full")
+        if full is None or full.correct is None:
+            continue
+        analyze, summarize = kinds.get("analyze_oracle"), kinds.get("summarize_oracle")
+        outcomes = attribution(full.correct, analyze.correct if analyze else None, summarize.correct if summarize else None)
+        rows.append({"run": run, "dataset": dataset, "iteration": full.iteration, **attribution_summary(outcomes)})
+    return rows
+
+
+# --- views: one set of table data, drawn as rich tables and markdown -------------------------------
+
+def _fmt(value, metric: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if metric in COUNT_METRICS:
+        return f"{value:.1f}"
+    return f"{100 * value:.1f}"
+
+
+def _column_name(report: Report, run: str) -> str:
+    iterations = {r.iteration for r in report.results if r.run == run}
+    methods = {r.method for r in report.results if r.run == run} - {None}
+    iteration = next(iter(iterations)) if len(iterations) == 1 else None
+    if methods == {"sft"}:
+        return f"{run} (SFT)"
+    if iteration is not None:
+        return f"{run} (DPO it. {iteration})"
+    return run
+
+
+def tables(report: Report) -> list[dict]:
+    """The report's tables as ``{title, columns, rows, note}`` (cells already formatted)."""
+    out = []
+    runs = report.runs()
+    for dataset in report.datasets():
+        rows = []
+        for stage, label, kind, metric in STAGE_ROWS:
+            cells = []
+            for run in runs:
+                result = report.get(run, dataset, kind)
+                cells.append(_fmt(result.metrics.get(metric) if result else None, metric))
+            if any(c != "–" for c in cells):
+                rows.append([stage, label, *cells])
+        questions = [str(report.get(run, dataset, "full").questions) if report.get(run, dataset, "full") else "–" for run in runs]
+        rows.append(["", "questions", *questions])
+        out.append({"title": f"{dataset}: stages", "columns": ["stage", "measure", *[_column_name(report, r) for r in runs]],
+                    "rows": rows, "note": "percent, except words; – not measured"})
+    if report.attribution:
+        rows = [[a["run"], a["dataset"], str(a["questions"]), _fmt(a["correct_rate"]),
+                 *[_fmt(a[f"{stage}_rate"]) for stage in ("recall", "analyze", "summarize", "unattributed")]]
+                for a in report.attribution]
+        out.append({"title": "Errors by the stage that caused them", "columns": ["run", "data set", "questions", "correct",
+                    "recall", "analyze", "summarize", "unattributed"], "rows": rows,
+                    "note": "percent of questions; an error is blamed on the first stage whose teacher text repairs it"})
+    for curve in report.curves:
+        rows = [[str(p["iteration"]), _fmt(p["accuracy"]),
+                 ", ".join(f"{k} {v:,}" for k, v in (p.get("pairs") or {}).items()) or ("starting student" if p["iteration"] == 0 else "")]
+                for p in curve.points]
+        tests = {r.iteration: r for r in report.results if r.kind == "full" and r.method == "dpo" and r.run == curve.run}
+        for row in rows:
+            test = tests.get(int(row[0]))
+            row.append(_fmt(test.metrics.get("acc")) if test else "–")
+        out.append({"title": f"Self-reflection: {curve.run}" + (f" ({curve.dataset})" if curve.dataset else ""),
+                    "columns": ["iteration", "validation accuracy", "preference pairs", "test accuracy (lm-eval)"], "rows": rows,
+                    "note": f"from {curve.folder}"})
+    return out
+
+
+def render_tables(report: Report, console) -> None:
+    from rich.table import Table
+
+    for spec in tables(report):
+        table = Table(title=spec["title"], caption=spec["note"])
+        for i, column in enumerate(spec["columns"]):
+            table.add_column(column, justify="left" if i < 2 else "right")
+        previous = None
+        for row in spec["rows"]:
+            stage = row[0] if row[0] != previous else ""
+            previous = row[0]
+            table.add_row(stage, *row[1:])
+        console.print(table)
+
+
+def render_markdown(report: Report) -> str:
+    from .cards import render_card
+
+    return render_card("eval.md.j2", tables=tables(report), runs=[
+        {"run": run, "student": next(r.student for r in report.results if r.run == run),
+         "data": sorted({str(r.data) for r in report.results if r.run == run and r.data})}
+        for run in report.runs()])
+
+
+def to_json(report: Report) -> str:
+    data = {"results": [{k: v for k, v in asdict(r).items() if k != "correct"} for r in report.results],
+            "attribution": report.attribution, "reflection": [asdict(c) for c in report.curves]}
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# --- plots -------------------------------------------------------------------------------------------
+
+STAGE_COLOURS = {"correct": "#4c9f70", "recall": "#e07b39", "analyze": "#d64550", "summarize": "#7b5ea7", "unattributed": "#b8b8b8"}
+
+
+def render_plots(report: Report, folder: Path) -> list[Path]:
+    """PNG plots (matplotlib, Agg): accuracy per DPO iteration and the stage attribution of errors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if path := _plot_iterations(report, folder, plt):
+        written.append(path)
+    if path := _plot_attribution(report, folder, plt):
+        written.append(path)
+    if path := _plot_stage_checks(report, folder, plt):
+        written.append(path)
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    """Write the PNG under a temporary name, then rename (no half-written plot)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _plot_iterations(report: Report, folder: Path, plt) -> Path | None:
+    series = []  # (label, [(iteration, accuracy)], style)
+    for curve in report.curves:
+        points = [(p["iteration"], p["accuracy"]) for p in curve.points if p.get("accuracy") is not None]
+        if points:
+            series.append((f"{curve.run}" + (f" {curve.dataset}" if curve.dataset else "") + " (validation)", points, "-o"))
+    tests: dict[tuple[str, str], list] = {}
+    for r in report.results:
+        if r.kind == "full" and r.iteration is not None and "acc" in r.metrics:
+            tests.setdefault((r.dataset, r.variant), []).append((r.iteration, r.metrics["acc"]))
+    for (dataset, variant), points in tests.items():
+        series.append((f"{dataset}" + (f" {variant}" if variant != "full" else "") + " (test, lm-eval)", sorted(set(points)), "--s"))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    iterations = set()
+    for label, points, style in series:
+        xs, ys = zip(*points)
+        iterations |= set(xs)
+        ax.plot(xs, [100 * y for y in ys], style, label=label, linewidth=1.8, markersize=6)
+        for x, y in points:
+            ax.annotate(f"{100 * y:.1f}", (x, 100 * y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.margins(x=0.08, y=0.18)
+    ax.set_xticks(sorted(iterations))
+    ax.set_xticklabels(["SFT" if i == 0 else str(i) for i in sorted(iterations)])
+    ax.set_xlabel("self-reflection (DPO) iteration")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy per DPO iteration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, folder / "accuracy_per_iteration.png", plt)
+
+
+def _plot_attribution(report: Report, folder: Path, plt) -> Path | None:
+    rows = report.attribution
+    if not rows:
+        return None
+    labels = [f"{a['run']}\n{a['dataset']}" for a in rows]
+    fig, ax = plt.subplots(figsize=(7.0, 0.7 * len(rows) + 1.6))
+    left = [0.0] * len(rows)
+    for outcome in OUTCOMES:
+        widths = [100 * a[f"{outcome}_rate"] for a in rows]
+        if outcome == "unattributed" and not any(widths):
+            continue
+        name = "correct" if outcome == "correct" else f"{outcome} error"
+        ax.barh(labels, widths, left=left, color=STAGE_COLOURS[outcome], label=name, edgecolor="white")
+        for i, (x, w) in enumerate(zip(left, widths)):
+            if w >= 6:
+                ax.text(x + w / 2, i, f"{w:.0f}%", ha="center", va="center", fontsize=8, color="white")
+        left = [x + w for x, w in zip(left, widths)]
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.set_xlabel("% of questions")
+    ax.set_title("Which stage caused each error (oracle attribution)")
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(rows) < 3 else -0.1), frameon=False)
+    return _save(fig, folder / "stage_attribution.png", plt)
+
+
+def _plot_stage_checks(report: Report, folder: Path, plt) -> Path | None:
+    checks = [(f"{stage}: {label}", metric) for stage, label, kind, metric in STAGE_ROWS
+              if kind == "full" and metric not in COUNT_METRICS]
+    full = [r for r in report.results if r.kind == "full"]
+    if not full:
+        return None
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    width = 0.8 / len(full)
+    for i, result in enumerate(full):
+        xs = [j + (i - (len(full) - 1) / 2) * width for j in range(len(checks))]
+        values = [100 * result.metrics[m] if m in result.metrics else 0.0 for _, m in checks]
+        bars = ax.bar(xs, values, width=width, label=f"{result.run} {result.dataset}")
+        for x, (_, metric) in zip(xs, checks):
+            if metric not in result.metrics:  # not measured (e.g. no teacher text): say so, not 0
+                ax.text(x, 1, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color=bars.patches[0].get_facecolor())
+    ax.set_xticks(range(len(checks)))
+    ax.set_xticklabels([label for label, _ in checks], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% of questions (ROUGE-L: mean F1 x 100)")
+    ax.set_title("Stage checks of the full pipeline")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, folder / "stage_checks.png", plt)
