@@ -17,7 +17,10 @@ wall time and as this process's CPU time (``*_cpu_s``: robust when other jobs sh
   with the ``tinythinker`` model (requests, the engine, process_results, aggregation, sample logging);
 * ``overhead_pct`` = (lm_eval_s - engine_s) / engine_s (and ``overhead_cpu_pct``); target <= 10%;
 * ``overhead_without_task_index_pct``: the same without lm-eval's task index (built once per run, a
-  constant few seconds whatever is evaluated).
+  constant few seconds whatever is evaluated);
+* ``overhead_in_run_pct``: lm-eval's share measured inside one run (its wall time minus the time spent in
+  the model's ``generate_until``, over the latter). On a shared machine this is the trustworthy figure:
+  two separate runs of identical work can differ by 2x when other jobs take the cores.
 
 ``--cli`` also times the two commands end to end (startup included): ``tinythinker eval`` and
 ``tinythinker infer`` on the same questions.
@@ -158,6 +161,9 @@ def main() -> None:
         "engine_cpu_s": round(engine_cpu_s, 3),
         "lm_eval_cpu_s": round(lm_eval_cpu_s, 3),
         "overhead_cpu_pct": round(100 * (lm_eval_cpu_s - engine_cpu_s) / engine_cpu_s, 2),
+        "overhead_in_run_s": round(lm_eval_s - inside_s, 3),
+        "overhead_in_run_pct": round(100 * (lm_eval_s - inside_s) / inside_s, 2),
+        "overhead_in_run_without_task_index_pct": round(100 * (lm_eval_s - index_s - inside_s) / inside_s, 2),
         "engine_runs_s": [round(r[0], 3) for r in engine_runs],
         "lm_eval_runs_s": [round(r[0], 3) for r in lm_eval_runs],
         "words_per_question": round(sum(len((t.recall or "").split()) + sum(len(a.split()) for a in t.analyses.values())
