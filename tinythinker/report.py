@@ -81,7 +81,11 @@ class Report:
     curves: list[Curve]
 
     def runs(self) -> list[str]:
-        return list(dict.fromkeys(r.run for r in self.results))
+        """Run labels, SFT before DPO iterations in order, then the rest as found."""
+        order = {}
+        for r in self.results:
+            order.setdefault(r.run, (r.iteration is None, r.iteration or 0, len(order)))
+        return sorted(order, key=order.get)
 
     def datasets(self) -> list[str]:
         return list(dict.fromkeys(r.dataset for r in self.results))
@@ -179,7 +183,9 @@ def load_results(root: Path, *, prefix: bool = False) -> list[TaskResult]:
                 run=label, student=student, method=method, iteration=iteration, task=task,
                 dataset=match["dataset"], kind=match["kind"] or "full",
                 variant=str(metadata.get("variant") or model_args.get("variant") or "full"),
-                data=metadata.get("data") or metadata.get(f"data_{match['dataset']}"), questions=int(n),
+                data=metadata.get(f"data_{match['dataset']}") or metadata.get("data")
+                or (card.get("data") if str(card.get("config", "")).partition("-")[0] == match["dataset"] else None),
+                questions=int(n),
                 metrics=_metrics(task_results), correct=_per_question(samples_file) if samples_file.exists() else None,
                 source=str(path),
             )
@@ -211,7 +217,8 @@ def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
         except json.JSONDecodeError:
             raise TinyThinkerError(f"{path}:{number}: not valid JSON; the metrics file is damaged") from None
         if record.get("kind") == "eval" and record.get("iteration") == 0 and "step" not in record:
-            curve.points.append({"iteration": 0, "accuracy": record.get("accuracy"), "questions": record.get("questions")})
+            curve.points.append({"iteration": 0, "accuracy": record.get("accuracy"), "questions": record.get("questions"),
+                                 "student": record.get("student")})
         elif record.get("kind") == "iteration" and record.get("best_accuracy") is not None:
             curve.points.append({"iteration": record["iteration"], "accuracy": record["best_accuracy"],
                                  "pairs": record.get("pairs") or {}})
@@ -245,7 +252,10 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
             folder = reflection_folder(result.student) if result.method == "dpo" else None
             if folder is not None and str(folder.resolve()) not in curves:
                 curves[str(folder.resolve())] = load_curve(folder, result.run, result.dataset)
-    return Report(results=results, attribution=_attributions(results), curves=list(curves.values()))
+    report = Report(results=results, attribution=_attributions(results), curves=list(curves.values()))
+    position = {run: i for i, run in enumerate(report.runs())}
+    report.attribution.sort(key=lambda a: (position[a["run"]], a["dataset"]))
+    return report
 
 
 def _attributions(results: Iterable[TaskResult]) -> list[dict]:
@@ -312,14 +322,31 @@ def tables(report: Report) -> list[dict]:
         rows = [[str(p["iteration"]), _fmt(p["accuracy"]),
                  ", ".join(f"{k} {v:,}" for k, v in (p.get("pairs") or {}).items()) or ("starting student" if p["iteration"] == 0 else "")]
                 for p in curve.points]
-        tests = {r.iteration: r for r in report.results if r.kind == "full" and r.method == "dpo" and r.run == curve.run}
-        for row in rows:
-            test = tests.get(int(row[0]))
+        for row, point in zip(rows, curve.points):
+            test = _curve_test(report, curve, point)
             row.append(_fmt(test.metrics.get("acc")) if test else "–")
         out.append({"title": f"Self-reflection: {curve.run}" + (f" ({curve.dataset})" if curve.dataset else ""),
                     "columns": ["iteration", "validation accuracy", "preference pairs", "test accuracy (lm-eval)"], "rows": rows,
                     "note": f"from {curve.folder}"})
     return out
+
+
+def _same_path(a, b) -> bool:
+    return bool(a and b) and Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+
+
+def _curve_test(report: Report, curve: Curve, point: dict) -> TaskResult | None:
+    """The lm-eval full-task result of the checkpoint behind one point of a reflection curve: the
+    starting student for iteration 0, a checkpoint of this reflection run for iteration k."""
+    for r in report.results:
+        if r.kind != "full" or (curve.dataset and r.dataset != curve.dataset):
+            continue
+        if point["iteration"] == 0 and _same_path(r.student, point.get("student")):
+            return r
+        if point["iteration"] and r.method == "dpo" and r.iteration == point["iteration"] \
+                and _same_path(reflection_folder(r.student), curve.folder):
+            return r
+    return None
 
 
 def render_tables(report: Report, console) -> None:
@@ -415,7 +442,9 @@ def _plot_iterations(report: Report, folder: Path, plt) -> Path | None:
         ax.plot(xs, [100 * y for y in ys], style, label=label, linewidth=1.8, markersize=6)
         for x, y in points:
             ax.annotate(f"{100 * y:.1f}", (x, 100 * y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-    ax.margins(x=0.08, y=0.18)
+    top = max(100 * y for _, points, _ in series for _, y in points)
+    ax.margins(x=0.08)
+    ax.set_ylim(0, min(105, top * 1.2 + 5))  # accuracy starts at 0; room above for the labels
     ax.set_xticks(sorted(iterations))
     ax.set_xticklabels(["SFT" if i == 0 else str(i) for i in sorted(iterations)])
     ax.set_xlabel("self-reflection (DPO) iteration")
@@ -454,7 +483,8 @@ def _plot_attribution(report: Report, folder: Path, plt) -> Path | None:
 def _plot_stage_checks(report: Report, folder: Path, plt) -> Path | None:
     checks = [(f"{stage}: {label}", metric) for stage, label, kind, metric in STAGE_ROWS
               if kind == "full" and metric not in COUNT_METRICS]
-    full = [r for r in report.results if r.kind == "full"]
+    position = {run: i for i, run in enumerate(report.runs())}
+    full = sorted((r for r in report.results if r.kind == "full"), key=lambda r: (position[r.run], r.dataset))
     if not full:
         return None
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
