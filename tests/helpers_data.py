@@ -8,30 +8,21 @@ with ``datasets.load_dataset(folder, "{dataset}-{variant}")``.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tinythinker import protocol
+from tinythinker import protocol, records
 from tinythinker.artifacts import configs_yaml, write_card, write_split
+from tinythinker.sources import Question
 
 
 @dataclass(frozen=True)
-class ToyQuestion:
-    id: str
-    stem: str
-    options: tuple[str, ...]
-    answer: str
-    recall: str  # the teacher's general knowledge
-    analyses: tuple[str, ...]  # the teacher's specific knowledge, in label order
+class ToyQuestion(Question):
+    """A question with the teacher's rationale for it (one per question is enough here)."""
 
-    @property
-    def text(self) -> str:
-        return protocol.render_question(self.stem, self.options)
-
-    @property
-    def letters(self) -> str:
-        return protocol.letters_for(len(self.options))
+    recall: str = field(kw_only=True)  # the teacher's general knowledge
+    analyses: tuple[str, ...] = field(kw_only=True)  # the teacher's specific knowledge, in label order
 
     @property
     def analysis_map(self) -> dict[str, str]:
@@ -40,35 +31,18 @@ class ToyQuestion:
 
 TOY_QUESTIONS = (
     ToyQuestion("q1", "What color is the sky on a clear day?", ("green", "blue", "red"), "B",
-                "The sky on a clear day looks blue.",
-                ("Grass is green, not the sky.", "A clear sky is blue.", "Red is for sunsets only.")),
+                recall="The sky on a clear day looks blue.",
+                analyses=("Grass is green, not the sky.", "A clear sky is blue.", "Red is for sunsets only.")),
     ToyQuestion("q2", "Where do fish live?", ("water", "trees", "deserts"), "A",
-                "Fish breathe with gills in water.",
-                ("Fish swim in water.", "Birds live in trees.", "Deserts have no water.")),
+                recall="Fish breathe with gills in water.",
+                analyses=("Fish swim in water.", "Birds live in trees.", "Deserts have no water.")),
     ToyQuestion("q3", "What do you use to cut paper?", ("spoon", "pillow", "scissors"), "C",
-                "Sharp blades cut paper.",
-                ("A spoon is for soup.", "A pillow is soft.", "Scissors have sharp blades.")),
+                recall="Sharp blades cut paper.",
+                analyses=("A spoon is for soup.", "A pillow is soft.", "Scissors have sharp blades.")),
     ToyQuestion("q4", "What does a cow drink?", ("milk", "water", "oil"), "B",
-                "Cows drink water every day.",
-                ("Cows make milk.", "Cows drink water.", "Oil is not a drink.")),
+                recall="Cows drink water every day.",
+                analyses=("Cows make milk.", "Cows drink water.", "Oil is not a drink.")),
 )
-
-VARIANT_TRAIN_SPLITS = {
-    "full": ("recall", "recall_single", "analyze", "summarize"),
-    "no_recall": ("analyze", "summarize"),
-    "no_analyze": ("recall", "recall_single", "summarize"),
-    "summarize_only": ("summarize",),
-}
-
-
-def _features():
-    import datasets
-
-    text = datasets.Value("string")
-    return datasets.Features({
-        "id": text, "stage": text, "option": text, "question": text, "choices": datasets.List(text),
-        "input": text, "target": text, "GT": text, "teacher_recall": text, "teacher_analyses": datasets.List(text),
-    })
 
 
 def _row(q: ToyQuestion, stage: str, option: str, input_: str, target: str, *, eval_row: bool) -> dict:
@@ -97,16 +71,16 @@ def eval_rows(q: ToyQuestion, variant: str) -> list[dict]:
 
 
 def write_stage_data(folder, questions: Sequence[ToyQuestion] = TOY_QUESTIONS, *, dataset: str = "toy",
-                     variants: Sequence[str] = tuple(VARIANT_TRAIN_SPLITS), eval_questions: Sequence[ToyQuestion] | None = None) -> Path:
+                     variants: Sequence[str] = records.VARIANTS, eval_questions: Sequence[ToyQuestion] | None = None) -> Path:
     """Write ``folder`` with configs ``{dataset}-{variant}``; validation and test hold
     ``eval_questions`` (default: the training questions themselves, for overfitting tests)."""
     folder = Path(folder)
-    features = _features()
+    features = records.FEATURES
     eval_questions = questions if eval_questions is None else eval_questions
     configs = {}
     for variant in variants:
         config = f"{dataset}-{variant}"
-        splits = VARIANT_TRAIN_SPLITS[variant] + ("validation", "test")
+        splits = records.train_splits(variant) + ("validation", "test")
         for split in splits:
             if split in ("validation", "test"):
                 rows = [row for q in eval_questions for row in eval_rows(q, variant)]
@@ -120,13 +94,13 @@ def write_stage_data(folder, questions: Sequence[ToyQuestion] = TOY_QUESTIONS, *
 
 def stage_records(questions: Sequence[ToyQuestion] = TOY_QUESTIONS, variant: str = "full") -> list[tuple[str, str]]:
     """(input, target) of every training record of a variant, for the test's own training loop."""
-    return [(row["input"], row["target"]) for split in VARIANT_TRAIN_SPLITS[variant] if split != "recall_single"
+    return [(row["input"], row["target"]) for split in records.train_splits(variant) if split != "recall_single"
             for q in questions for row in train_rows(q, variant, split)]
 
 
 def all_texts(questions: Sequence[ToyQuestion] = TOY_QUESTIONS) -> list[str]:
     """Every text a student sees in any variant (to train its tokenizer on)."""
-    return [text for variant in VARIANT_TRAIN_SPLITS for pair in stage_records(questions, variant) for text in pair]
+    return [text for variant in records.VARIANTS for pair in stage_records(questions, variant) for text in pair]
 
 
 # --- tiny students trained to answer the toy questions (shared by the students/pipeline tests) ----

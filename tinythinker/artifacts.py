@@ -10,6 +10,7 @@ them as they are. Parquet files are byte-identical for identical rows.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import yaml
 
-from .errors import TinyThinkerError
+from .errors import TinyThinkerError, where
 
 PARTIAL_MARK = ".partial-"
 
@@ -138,3 +139,28 @@ def read_card_metadata(folder: str | Path) -> dict:
         return {}
     end = text.find("\n---", 4)
     return yaml.safe_load(text[4:end]) or {} if end != -1 else {}
+
+
+def iter_jsonl(path: str | Path, *, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-empty line of a JSONL file; clear errors otherwise."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise TinyThinkerError(f"{path}: {what} not found") from None
+    except OSError as error:
+        raise TinyThinkerError(f"{path}: cannot read {what} ({error.strerror or error.__class__.__name__})") from None
+    with handle:
+        try:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    value = json.loads(raw)
+                except ValueError as error:
+                    raise TinyThinkerError(f"{where(path, number)}: not valid JSON ({error}); {what} must be JSONL, one object per line") from None
+                if not isinstance(value, dict):
+                    raise TinyThinkerError(f"{where(path, number)}: expected a JSON object per line in {what}")
+                yield number, value
+        except UnicodeDecodeError:
+            raise TinyThinkerError(f"{path}: {what} is not UTF-8 text") from None

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .artifacts import atomic_write_text, staged_folder
 from .errors import TinyThinkerError
-from .sft import StageSchedule, _distributed_on_cpus, _StopRequest
+from .sft import StageSchedule, StopRequest, make_accelerator
 from .students import IGNORE_INDEX, Student
 
 
@@ -251,17 +251,6 @@ class DPOResult:
 LAST, BEST = "last", "best"
 
 
-def make_accelerator(bf16: bool):
-    """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
-    without accelerators train on the CPUs (as the SFT trainer does)."""
-    from accelerate import Accelerator
-
-    try:
-        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=_distributed_on_cpus())
-    except ValueError as error:  # e.g. bf16 on a GPU without it
-        raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
-
-
 class DPORun:
     """DPO of one student on preference pairs, from ``start`` (also the frozen reference, whose
     log-probabilities ``ref_logps[stage]`` [N, 2] are precomputed), in the folder ``out``:
@@ -423,13 +412,6 @@ class DPORun:
                 self.on_checkpoint(self.records)
         self.accelerator.wait_for_everyone()
 
-    def _stop_requested(self, stop: _StopRequest) -> bool:
-        """Every process stops at the same step when any of them was asked to."""
-        if self.accelerator.num_processes == 1:
-            return stop.requested
-        flag = torch.tensor(int(stop.requested), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item())
-
     def result(self) -> DPOResult:
         return DPOResult(best=self.out / BEST, steps=self.step, total_steps=self.schedule.total_steps,
                          best_accuracy=None if self.best is None else self.best["accuracy"],
@@ -449,7 +431,7 @@ class DPORun:
         bar = Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
         info: dict[str, float | None] = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
         began = time.perf_counter()
-        with bar, _StopRequest() as stop:
+        with bar, StopRequest() as stop:
             task = bar.add_task(self.label, total=schedule.total_steps, completed=self.step, info="")
             for step in schedule.steps(self.step):
                 bar.update(task, description=f"{self.label} cycle {step.cycle + 1}/{self.settings.cycles} {step.stage}")
@@ -466,7 +448,7 @@ class DPORun:
                     self._save_last()
                     began = time.perf_counter()
                 bar.update(task, completed=self.step, info=" ".join(f"{k} {v:.4f}" for k, v in info.items() if v is not None))
-                if self.step < schedule.total_steps and self._stop_requested(stop):
+                if self.step < schedule.total_steps and stop.agreed(self.accelerator):
                     if not step.cycle_end:
                         self._save_last()
                     raise KeyboardInterrupt(f"stopped at step {self.step:,} of {schedule.total_steps:,}")

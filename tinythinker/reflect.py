@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from .artifacts import atomic_write_text, staged_folder
-from .dpo import BEST, DPORun, DPOSettings, make_accelerator, model_fingerprint, reference_logprobs
+from .dpo import BEST, DPORun, DPOSettings, model_fingerprint, reference_logprobs
 from .errors import TinyThinkerError
 from .preferences import (
     PAIR_STAGES,
@@ -50,6 +50,7 @@ from .preferences import (
     write_preference_config,
 )
 from .protocol import ANALYZE, RECALL
+from .sft import make_accelerator
 
 SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
 STEPS = ("sample", "pairs", "reference", "dpo", "next")

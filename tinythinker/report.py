@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .artifacts import iter_jsonl
 from .errors import TinyThinkerError
 from .evaluation import OUTCOMES, attribution, attribution_summary
 
@@ -126,17 +127,10 @@ def _metrics(task_results: dict) -> dict[str, float]:
 
 def _per_question(samples_file: Path) -> dict[str, bool]:
     correct = {}
-    with samples_file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError:
-                raise TinyThinkerError(f"{samples_file}:{number}: not valid JSON; the samples file is damaged") from None
-            doc = sample.get("doc") or {}
-            if "id" in doc and "acc" in sample:
-                correct[str(doc["id"])] = bool(sample["acc"])
+    for _, sample in iter_jsonl(samples_file, what="lm-eval samples file"):
+        doc = sample.get("doc") or {}
+        if "id" in doc and "acc" in sample:
+            correct[str(doc["id"])] = bool(sample["acc"])
     return correct
 
 
@@ -205,17 +199,7 @@ def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
     """Validation accuracy per iteration from a reflection run's ``metrics.jsonl``."""
     curve = Curve(run=run, dataset=dataset, folder=str(folder))
     path = folder / REFLECT_METRICS
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise TinyThinkerError(f"{path}: cannot read ({error.__class__.__name__})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise TinyThinkerError(f"{path}:{number}: not valid JSON; the metrics file is damaged") from None
+    for _, record in iter_jsonl(path, what="reflection metrics log"):
         if record.get("kind") == "eval" and record.get("iteration") == 0 and "step" not in record:
             curve.points.append({"iteration": 0, "accuracy": record.get("accuracy"), "questions": record.get("questions"),
                                  "student": record.get("student")})

@@ -304,7 +304,7 @@ def write_model_card(folder: Path, *, settings: SFTSettings, schedule: StageSche
 
 # --- the trainer ----------------------------------------------------------------------------------
 
-class _StopRequest:
+class StopRequest:
     """SIGINT/SIGTERM ask the loop to stop after the current step (and save); a second signal acts at once."""
 
     def __init__(self):
@@ -327,8 +327,28 @@ class _StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    def agreed(self, accelerator) -> bool:
+        """Every process stops at the same step when any of them was asked to."""
+        import torch
 
-def _distributed_on_cpus() -> bool:
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor(int(self.requested), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum").item())
+
+
+def make_accelerator(bf16: bool):
+    """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
+    without accelerators train on the CPUs. Shared by the SFT and DPO trainers."""
+    from accelerate import Accelerator
+
+    try:
+        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=distributed_on_cpus())
+    except ValueError as error:  # e.g. bf16 on a GPU without it
+        raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
+
+
+def distributed_on_cpus() -> bool:
     """Several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without accelerators:
     tell accelerate to use the CPUs (gloo); it would otherwise fall back to one process each."""
     import os
@@ -351,14 +371,9 @@ class SFTTrainer:
 
     def __init__(self, settings: SFTSettings, out: Path, *, micro_batch_size: int | None, eval_batch_size: int,
                  log_every: int, overwrite: bool, progress: bool, console):
-        from accelerate import Accelerator
-
         self.settings, self.out = settings, out
         self.micro_batch_size, self.eval_batch_size, self.log_every = micro_batch_size, eval_batch_size, log_every
-        try:
-            self.accelerator = Accelerator(mixed_precision="bf16" if settings.bf16 else "no", cpu=_distributed_on_cpus())
-        except ValueError as error:  # e.g. bf16 on a GPU without it
-            raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
+        self.accelerator = make_accelerator(settings.bf16)
         self.is_main = self.accelerator.is_main_process
         self.progress_enabled, self.console = progress, console
         self.resume = read_run(out, settings, overwrite=overwrite)
@@ -543,14 +558,6 @@ class SFTTrainer:
                 atomic_write_text(tmp / "state.json", json.dumps(state, indent=1) + "\n")
         self.accelerator.wait_for_everyone()
 
-    def _stop_requested(self, stop: _StopRequest) -> bool:
-        import torch
-
-        if self.accelerator.num_processes == 1:
-            return stop.requested
-        flag = torch.tensor(int(stop.requested), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item())
-
     # .. the loop ..
 
     def result(self) -> SFTResult:
@@ -575,7 +582,7 @@ class SFTTrainer:
         bar = Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
         info = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
         began = time.perf_counter()
-        with bar, _StopRequest() as stop:
+        with bar, StopRequest() as stop:
             task = bar.add_task("SFT", total=schedule.total_steps, completed=self.step, info="")
             for step in schedule.steps(self.step):
                 bar.update(task, description=f"epoch {step.epoch + 1}/{s.epochs} cycle {step.cycle + 1} {step.stage}")
@@ -596,7 +603,7 @@ class SFTTrainer:
                     began = time.perf_counter()
                 bar.update(task, completed=self.step, info=" ".join(
                     f"{k} {v:.4f}" for k, v in info.items() if v is not None))
-                if self.step < schedule.total_steps and self._stop_requested(stop):
+                if self.step < schedule.total_steps and stop.agreed(self.accelerator):
                     if not step.cycle_end:
                         self._save_last()
                     raise KeyboardInterrupt(f"stopped at step {self.step:,} of {schedule.total_steps:,}")

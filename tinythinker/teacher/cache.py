@@ -333,31 +333,6 @@ class ResponsesFile:
         self._fd = None
 
 
-def iter_jsonl(path: str | Path, *, what: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-empty line of a JSONL file; clear errors otherwise."""
-    path = Path(path)
-    try:
-        handle = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise TinyThinkerError(f"{path}: {what} not found") from None
-    except OSError as error:
-        raise TinyThinkerError(f"{path}: cannot read {what} ({error.strerror or error.__class__.__name__})") from None
-    with handle:
-        try:
-            for number, raw in enumerate(handle, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    value = json.loads(raw)
-                except ValueError as error:
-                    raise TinyThinkerError(f"{where(path, number)}: not valid JSON ({error}); {what} must be JSONL, one object per line") from None
-                if not isinstance(value, dict):
-                    raise TinyThinkerError(f"{where(path, number)}: expected a JSON object per line in {what}")
-                yield number, value
-        except UnicodeDecodeError:
-            raise TinyThinkerError(f"{path}: {what} is not UTF-8 text") from None
-
-
 def write_jsonl(path: str | Path, rows: Iterable[Mapping]) -> int:
     """Write rows as JSONL atomically; returns the number of rows."""
     rows = list(rows)

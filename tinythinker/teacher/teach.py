@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import queue
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from ..artifacts import iter_jsonl
 from ..errors import TinyThinkerError, where
 from ..sources import SPLITS, QuestionSet, load_questions
 from .cache import (
@@ -40,7 +40,6 @@ from .cache import (
     ResponsesFile,
     default_cache_dir,
     encode_response,
-    iter_jsonl,
     iter_output_lines,
     output_line,
     output_line_text,
