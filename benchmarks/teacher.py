@@ -6,8 +6,10 @@ Prints one JSON object:
 
 - ``throughput``: a full ``teach`` round (requests built from real CSQA questions, n=8, cache and
   output file written as answers come) against ``tests/openai_server.py`` in its own process with a
-  fixed latency: requests/s achieved vs the ideal ``min(concurrency / latency, rpm / 60)``
+  fixed latency (from a request's arrival to its answer): requests/s achieved vs the ideal ``min(concurrency / latency, rpm / 60)``
   (target: >= 90% at 2,000 requests, concurrency 64, 100 ms).
+- ``bare_aiohttp``: plain aiohttp posting the same bodies at the same concurrency: the ceiling this
+  machine and server allow (the client's own overhead is the gap to it).
 - ``rate_limited``: the same with an ``rpm`` budget below the concurrency bound (the limiter's accuracy).
 - ``dry_run``: prompt tokens estimated offline (word-piece estimate, no tokenizer) vs the
   ``usage.prompt_tokens`` the server reports, and the completion forecast vs the server's
@@ -97,6 +99,36 @@ def throughput(raw: str, n: int, concurrency: int, latency: float, rpm: float, w
     }
 
 
+def bare_client(raw: str, n: int, concurrency: int, latency: float) -> dict:
+    """The ceiling of this machine and server: plain aiohttp posting the same request bodies with the
+    same concurrency (no cache, no output, no retries, no budgets). The client's overhead is the gap
+    between its fraction of the ideal and this one."""
+    import asyncio
+
+    import aiohttp
+
+    questions = load_questions("csqa", raw).splits["train"][:n]
+    bodies = [json.dumps(build_request(q, dataset="csqa", model="gpt-4o-2024-05-13", seed=0)["body"]).encode() for q in questions]
+
+    async def post_all(url: str) -> float:
+        pending = list(reversed(bodies))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def worker() -> None:
+                while pending:
+                    async with session.post(url, data=pending.pop(), headers={"Content-Type": "application/json"}) as reply:
+                        await reply.json()
+
+            began = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return time.monotonic() - began
+
+    with Server("--latency", str(latency), "--usage", "chars") as server:
+        seconds = asyncio.run(post_all(server.base_url + "/chat/completions"))
+    ideal = concurrency / latency if latency else float("inf")
+    return {"requests": len(bodies), "seconds": round(seconds, 3), "requests_per_s": round(len(bodies) / seconds, 1),
+            "fraction_of_ideal": round(len(bodies) / seconds / ideal, 3)}
+
+
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -167,6 +199,7 @@ def main() -> None:
         out["throughput"] = max(runs, key=lambda run: run["fraction_of_ideal"])
         if args.repeat > 1:
             out["throughput_all_runs"] = [run["fraction_of_ideal"] for run in runs]
+        out["bare_aiohttp"] = bare_client(csqa, args.requests, args.concurrency, args.latency)
         out["rate_limited"] = throughput(csqa, min(args.requests, 500), args.concurrency, args.latency, args.limited_rpm, work / "limited")
         out["dry_run"] = dry_run_error(raw_root, work, args.dry_run_requests)
         out["load_average_1min_after"] = round(os.getloadavg()[0], 2)

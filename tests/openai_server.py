@@ -9,7 +9,7 @@ teacher's. ``usage`` is counted with the model's real tokenizer when one is inst
 or cheaply as characters / 4 (``usage="chars"``, for throughput benchmarks).
 
 Faults, each deterministic (every k-th request or sample, counted from the start):
-``latency`` seconds before answering; ``rate_limit_every`` (and ``rate_limit_first``: the first k
+``latency`` seconds from a request's arrival to its answer (the server's own work included); ``rate_limit_every`` (and ``rate_limit_first``: the first k
 POSTs) -> 429 with ``Retry-After``;
 ``fail_every`` -> 500; ``drop_every`` -> the connection is closed without a reply;
 ``malformed_every`` -> a 200 whose body is not a chat completion; ``no_quota`` -> 429
@@ -224,13 +224,19 @@ class FakeOpenAI:
         stats.first_post = stats.first_post or stats.post_times[-1]
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        # the latency is the time from arrival to the answer: the work of writing the answer is part of
+        # it, not added to it (a fixed-latency server, whatever this process's load)
+        deadline = time.monotonic() + behaviour.latency
         try:
-            return await self._answer(request, stats, behaviour)
+            response = await self._answer(request, stats, behaviour, deadline)
+            if response.status != 401:
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            return response
         finally:
             stats.in_flight -= 1
             stats.last_reply = time.monotonic()
 
-    async def _answer(self, request: web.Request, stats: Stats, behaviour: Behaviour) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, stats: Stats, behaviour: Behaviour, deadline: float) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -244,14 +250,13 @@ class FakeOpenAI:
         if not self._authorised(request):
             stats.statuses[401] += 1
             return self._error(401, "Incorrect API key provided.", "invalid_request_error")
-        if behaviour.latency:
-            await asyncio.sleep(behaviour.latency)
         if behaviour.no_quota:
             stats.statuses[429] += 1
             return web.json_response({"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
                                                 "code": "insufficient_quota"}}, status=429)
         if self._every("drop", behaviour.drop_every):
             stats.dropped += 1
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
             request.transport.close()  # the client sees the connection go away with no reply
             raise asyncio.CancelledError
         if self._every("rate_limit", behaviour.rate_limit_every) or stats.posts <= behaviour.rate_limit_first:
