@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from .artifacts import configs_yaml, read_card_metadata, split_file, staged_folder, write_card, write_split
+from .artifacts import configs_metadata, read_card_metadata, split_file, staged_folder, write_card, write_split
 from .cards import render_card
 from .protocol import ANALYZE, RECALL, analyze_prompt, recall_prompt
 
@@ -348,9 +348,7 @@ def write_preference_config(folder: str | Path, *, dataset: str, iteration: int,
             if pair_set.rows:
                 write_split(tmp, config, pair_set.stage, pair_set.rows, features)
         loadable = {name: entry["splits"] for name, entry in recorded.items() if entry["splits"]}
-        import yaml
-
-        front = yaml.safe_load(configs_yaml(loadable)) if loadable else {}
+        front = configs_metadata(loadable) if loadable else {}
         front.update(
             {
                 "pretty_name": f"TinyThinker {dataset} self-reflection preference pairs",
