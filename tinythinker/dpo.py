@@ -448,10 +448,8 @@ class DPORun:
                     self._save_last()
                     began = time.perf_counter()
                 bar.update(task, completed=self.step, info=" ".join(f"{k} {v:.4f}" for k, v in info.items() if v is not None))
-                if self.step < schedule.total_steps and stop.agreed(self.accelerator):
-                    if not step.cycle_end:
-                        self._save_last()
-                    raise KeyboardInterrupt(f"stopped at step {self.step:,} of {schedule.total_steps:,}")
+                stop.end_if_agreed(self.accelerator, step=self.step, total_steps=schedule.total_steps, saved=step.cycle_end,
+                                   save_last=self._save_last)
         if not self.items:  # no validation: the final model is the one kept
             self._save_best()
         elif self.is_main and self.write_card is not None:  # the kept model's card gets the whole curve

@@ -336,6 +336,14 @@ class StopRequest:
         flag = torch.tensor(int(self.requested), device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item())
 
+    def end_if_agreed(self, accelerator, *, step: int, total_steps: int, saved: bool, save_last) -> None:
+        """After a training step: when stopping was agreed and steps remain, save the run (unless the
+        step just did) and end the loop with KeyboardInterrupt (the command turns it into a resume hint)."""
+        if step < total_steps and self.agreed(accelerator):
+            if not saved:
+                save_last()
+            raise KeyboardInterrupt(f"stopped at step {step:,} of {total_steps:,}")
+
 
 def make_accelerator(bf16: bool):
     """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
@@ -603,10 +611,8 @@ class SFTTrainer:
                     began = time.perf_counter()
                 bar.update(task, completed=self.step, info=" ".join(
                     f"{k} {v:.4f}" for k, v in info.items() if v is not None))
-                if self.step < schedule.total_steps and stop.agreed(self.accelerator):
-                    if not step.cycle_end:
-                        self._save_last()
-                    raise KeyboardInterrupt(f"stopped at step {self.step:,} of {schedule.total_steps:,}")
+                stop.end_if_agreed(self.accelerator, step=self.step, total_steps=schedule.total_steps, saved=step.cycle_end,
+                                   save_last=self._save_last)
         if not self.items:  # no validation: the final model is the one kept
             self._save_best()
         elif self.is_main and self.best is not None:  # the kept model's card gets the whole validation curve
