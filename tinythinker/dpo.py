@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .artifacts import atomic_write_text, staged_folder
 from .errors import TinyThinkerError
-from .sft import StageSchedule, StopRequest, make_accelerator
+from .sft import BEST, LAST, StageSchedule, StopRequest, make_accelerator
 from .students import IGNORE_INDEX, Student
 
 
@@ -246,9 +246,6 @@ class DPOResult:
     curve: list[dict] = field(default_factory=list)  # one point per validation
     records: list[dict] = field(default_factory=list)  # every train/eval log record, in order
     resumed_at: int | None = None
-
-
-LAST, BEST = "last", "best"
 
 
 class DPORun:

@@ -130,8 +130,8 @@ class Student:
         targets_ids = [row if len(row) <= max_length else row[: max_length - 1] + [eos] for row in self._target_ids(targets)]
         if self.is_seq2seq:
             inputs = self._prompt_ids(prompts, max_length)
-            input_ids, attention_mask = _pad_right(inputs, pad)
-            labels, _ = _pad_right(targets_ids, IGNORE_INDEX)
+            input_ids, attention_mask = _pad(inputs, pad)
+            labels, _ = _pad(targets_ids, IGNORE_INDEX)
             return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         sequences, label_rows = [], []
         for prompt, target in zip(self._prompt_ids(prompts, None), targets_ids):
@@ -141,8 +141,8 @@ class Student:
             target = target[: max_length - len(prompt)]
             sequences.append(prompt + target)
             label_rows.append([IGNORE_INDEX] * len(prompt) + target)
-        input_ids, attention_mask = _pad_right(sequences, pad)
-        labels, _ = _pad_right(label_rows, IGNORE_INDEX)
+        input_ids, attention_mask = _pad(sequences, pad)
+        labels, _ = _pad(label_rows, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def target_logprobs(self, batch, model=None) -> torch.Tensor:
@@ -251,10 +251,8 @@ class Student:
 
     def _generate_batch(self, rows: list[Sequence[int]], config) -> list[str]:
         pad = self.tokenizer.pad_token_id
-        if self.is_seq2seq:
-            input_ids, attention_mask = _pad_right(rows, pad)
-        else:  # left padding: every prompt ends where its continuation starts
-            input_ids, attention_mask = _pad_left(rows, pad)
+        # causal prompts are left-padded: every prompt ends where its continuation starts
+        input_ids, attention_mask = _pad(rows, pad, left=not self.is_seq2seq)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         with self.autocast():
             generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
@@ -264,24 +262,17 @@ class Student:
         return [text.strip() for text in texts]
 
 
-def _pad_right(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def _pad_left(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows as one [n, longest] tensor padded with ``value`` (on the left: every row ends at the
+    last column, where a causal continuation starts), and the attention mask."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
     return ids, mask
 
 
