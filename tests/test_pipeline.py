@@ -172,11 +172,12 @@ def _trace(qid, sample, answer, gold="A"):
 def test_vote_majority_ties_and_no_answer():
     traces = [_trace("a", 0, "B"), _trace("a", 1, "A"), _trace("a", 2, "A"),  # majority A
               _trace("b", 2, "C"), _trace("b", 0, "D"), _trace("b", 1, None),  # tie: lowest sample's answer
-              _trace("c", 0, None), _trace("c", 1, None)]  # nothing parsable
-    assert vote(traces) == {"a": "A", "b": "D", "c": None}
+              _trace("c", 0, None), _trace("c", 1, None),  # nothing parsable
+              _trace("d", 0, "A"), _trace("d", 1, None), _trace("d", 2, None)]  # no answer wins, as in the reference
+    assert vote(traces) == {"a": "A", "b": "D", "c": None, "d": None}
     scores = accuracy(traces)
-    assert scores["questions"] == 3 and scores["accuracy"] == pytest.approx(1 / 3)
-    assert scores["sample_accuracy"] == pytest.approx(2 / 8)
+    assert scores["questions"] == 4 and scores["accuracy"] == pytest.approx(1 / 4)
+    assert scores["sample_accuracy"] == pytest.approx(3 / 11)
 
 
 def test_trace_round_trips_through_json():

@@ -16,6 +16,7 @@ from .errors import TinyThinkerError
 
 # command name -> "module:attribute" under tinythinker.commands
 COMMANDS = {
+    "world": "data:world",
     "build": "data:build",
     "inspect": "data:inspect",
     "push": "data:push",

@@ -314,8 +314,8 @@ def task_docs(rows: Iterable[Mapping], kind: str, variant: str = "full") -> list
         seen.add(row["id"])
         letters = letters_for(len(row["choices"]))
         # period-terminated as the engine's given_recalls / given_analyses are (REFERENCE 8)
-        teacher_recall = ensure_period(row.get("teacher_recall") or "")
-        teacher_analyses = [ensure_period(text) for text in row.get("teacher_analyses") or []]
+        teacher_recall = ensure_period(row["teacher_recall"]) if row.get("teacher_recall") else ""
+        teacher_analyses = [ensure_period(text) if text else "" for text in row.get("teacher_analyses") or []]
         question = row["question"]
         if kind in ("full", "sc"):
             prompt = first_prompts(question, letters, variant)[0][1]

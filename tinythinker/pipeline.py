@@ -364,16 +364,16 @@ def run_pipeline(
 
 
 def vote(traces: Iterable[Trace]) -> dict[str, str | None]:
-    """Self-consistency: the most frequent parsed answer per question id (a tie goes to the answer
-    of the lowest sample); None when no run gave an answer."""
+    """Self-consistency as the reference counts it (``Counter(predictions).most_common(1)``): the
+    most frequent answer per question id, a run with no parsable answer voting for None, a tie going
+    to the answer of the lowest sample."""
     answers: dict[str, list[tuple[int, str | None]]] = {}
     for trace in traces:
         answers.setdefault(trace.id, []).append((trace.sample, trace.answer))
     result = {}
     for qid, pairs in answers.items():
-        ordered = [a for _, a in sorted(pairs, key=lambda p: p[0]) if a is not None]
-        counts = Counter(ordered)
-        result[qid] = max(counts, key=lambda a: (counts[a], -ordered.index(a))) if counts else None
+        ordered = [a for _, a in sorted(pairs, key=lambda p: p[0])]
+        result[qid] = Counter(ordered).most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
     return result
 
 

@@ -38,9 +38,10 @@ def letters_for(n_options: int) -> str:
 
 
 def ensure_period(text: str) -> str:
-    """Strip, then end the text with '.' unless it already ends with '.', '"' or "'" (REFERENCE 4.3, 8)."""
+    """Strip, then end the text with '.' unless it already ends with '.', '"' or "'" (REFERENCE 4.3, 8);
+    an empty text becomes "." as in the reference."""
     text = text.strip()
-    if not text or text[-1] in ".\"'":
+    if text and text[-1] in ".\"'":
         return text
     return text + "."
 
@@ -172,9 +173,10 @@ def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = 
     lines = normalise_teacher_text(text or "")
     if not lines or "Key Information:" not in lines[0]:
         return Rejected(REJECT_NO_KEY_INFORMATION)
-    general = ensure_period(lines[0].split("Key Information:", 1)[1])
-    if not general:
+    general = lines[0].split("Key Information:", 1)[1].strip()
+    if not general:  # checked before the period is added (ensure_period("") is ".")
         return Rejected(REJECT_EMPTY_KNOWLEDGE, "general knowledge")
+    general = ensure_period(general)
 
     explanations: list[tuple[str, str]] = []
     answer = None
@@ -193,9 +195,10 @@ def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = 
         verdict = _PREFIX_RE.match(prefix)
         if not verdict:
             return Rejected(REJECT_BAD_PREFIX, prefix[:80])
-        knowledge = ensure_period(knowledge)
+        knowledge = knowledge.strip()
         if not knowledge:
             return Rejected(REJECT_EMPTY_KNOWLEDGE, f"option {prefix[0]}")
+        knowledge = ensure_period(knowledge)
         if verdict.group(1) == "correct":
             answer = prefix[0]  # several "is correct": the last wins (REFERENCE 4.5)
         explanations.append((prefix[0], knowledge))

@@ -34,7 +34,8 @@ DEFAULTS: dict = {
     "dataset": None,
     "run_dir": None,
     "seed": 42,
-    "raw": None,  # local folder, Hub id, or "demo"; default: the data set's Hub id
+    "raw": None,  # local folder, Hub id, or "world" (a generated learnable world); default: the data set's Hub id
+    "world": {"questions": None, "defects": None},  # with raw: world (defaults: tinythinker world's)
     "teacher": {
         "model": "gpt-4o-2024-05-13",
         "base_url": None,
@@ -44,11 +45,12 @@ DEFAULTS: dict = {
         "rpm": None,
         "tpm": None,
         "splits": "train",
-        "responses": None,  # list of existing response files: skip teaching ("demo": the embedded ones)
+        "responses": None,  # list of existing response files: skip teaching ("world": the world's teacher)
     },
     "student": "google-t5/t5-small",  # Hub id, local path, or "tiny-seq2seq" / "tiny-causal"
     "processes": 1,  # > 1: SFT and reflection run under `accelerate launch --num_processes N`
-    "sft": {"variants": ["full"], "epochs": 10, "lr": 5e-4, "batch_size": 64, "interval": 100, "bf16": False, "eval_limit": None},
+    "sft": {"variants": ["full"], "epochs": 10, "lr": 5e-4, "batch_size": 64, "interval": 100, "schedule": "blocks", "bf16": False,
+            "eval_limit": None},
     "reflect": {"iterations": 5, "samples": 10, "beta": 0.5, "nll_weight": 0.5, "lr": 5e-6, "batch_size": 32, "bf16": False, "eval_limit": None,
                 "cycles": None, "train_limit": None},
     "eval": {"split": "test", "limit": None, "batch_size": 64},
@@ -140,19 +142,16 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
     teacher, sft, reflect, evaluation = recipe["teacher"], recipe["sft"], recipe["reflect"], recipe["eval"]
     steps: list[Step] = []
 
-    raw = recipe["raw"]
-    if raw == "demo":
-        from .demo import demo_raw_dir
-
-        raw = str(demo_raw_dir(ds))
+    raw, responses = recipe["raw"], teacher["responses"]
+    if raw == "world" or responses == "world":
+        world = run / "world"
+        steps.append(Step("world", ["world", ds, "--out", str(world), "--seed", seed, "--overwrite",
+                                    *_opt("--questions", recipe["world"]["questions"]), *_opt("--defects", recipe["world"]["defects"])], world))
+        raw = str(world / "raw") if raw == "world" else raw
+        responses = [str(world / "teacher.jsonl")] if responses == "world" else responses
     raw_args = _opt("--raw", raw)
 
-    responses = teacher["responses"]
-    if responses == "demo":
-        from .demo import demo_responses
-
-        responses = [str(demo_responses(ds))]
-    elif responses is None:
+    if responses is None:
         answers = run / "teacher" / f"{ds}.jsonl"
         steps.append(Step("teach", ["teach", ds, *raw_args, "--out", str(answers), "--model", teacher["model"], "--seed", seed,
                                     *_opt("--base-url", teacher["base_url"]), *_opt("--api-key-env", teacher["api_key_env"]),
@@ -177,7 +176,7 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
         out = run / f"sft-{variant}"
         steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", f"{ds}-{variant}", "--student", str(student), "--out", str(out), "--seed", seed,
                                              *_opt("--epochs", sft["epochs"]), *_opt("--lr", sft["lr"]), *_opt("--batch-size", sft["batch_size"]),
-                                             *_opt("--interval", sft["interval"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
+                                             *_opt("--interval", sft["interval"]), *_opt("--schedule", sft["schedule"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
                           out / "best", int(recipe["processes"])))
         steps.append(_eval_step(f"eval-sft-{variant}", out / "best", data, ds, variant, evaluation, run / "results" / f"sft-{variant}"))
         if variant == "full":

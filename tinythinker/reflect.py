@@ -127,6 +127,7 @@ class ReflectResult:
     iterations: list[dict] = field(default_factory=list)  # one summary per finished iteration
     baseline: dict | None = None  # validation accuracy of the starting student
     stopped: str | None = None  # why the loop ended early
+    chosen: dict | None = None  # which iteration OUT/best is (0: the starting student) and its validation accuracy
 
 
 # --- the training questions and the teacher's records ----------------------------------------------
@@ -475,11 +476,18 @@ class Reflection:
             self._save_state()
 
         best = self.out / f"iter{k}" / BEST
+        # OUT/best is the best student of every iteration so far, the starting one (iteration 0)
+        # included: an iteration that lowers validation accuracy does not become the final student
+        chosen, accuracy = self.state.get("chosen"), steps["dpo"]["best_accuracy"]
+        better = chosen is None or accuracy is None or chosen["accuracy"] is None or accuracy > chosen["accuracy"]
         if self.is_main:
-            with staged_folder(self.out / BEST, overwrite=True) as tmp:
-                shutil.copytree(best, tmp, dirs_exist_ok=True)
+            if better:
+                with staged_folder(self.out / BEST, overwrite=True) as tmp:
+                    shutil.copytree(best, tmp, dirs_exist_ok=True)
             if (self.out / f"iter{k}" / "last").exists():  # the finished iteration needs no resume point
                 shutil.rmtree(self.out / f"iter{k}" / "last")
+        if better:
+            self.state["chosen"] = {"iteration": k, "accuracy": accuracy, "student": str(best)}
         acc.wait_for_everyone()
         steps["next"] = {"best": str(best)}
         entry["summary"] = {"iteration": k, "start": start, "pairs": sizes, "counts": counts,
@@ -498,6 +506,7 @@ class Reflection:
                   f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}")
         if self.data.validation and self.state["baseline"] is None:
             self.state["baseline"] = {"student": s.student, **self._validate(self.start_student, self.data.validation)}
+            self.state["chosen"] = {"iteration": 0, "accuracy": self.state["baseline"]["accuracy"], "student": s.student}
             self._save_state()
             self._say(f"starting student: validation accuracy {self.state['baseline']['accuracy']:.4f}")
         self.start_student = None  # each step loads the checkpoint it needs
@@ -517,7 +526,7 @@ class Reflection:
             self._say(f"iteration {k}: best validation accuracy "
                       f"{'n/a' if accuracy is None else f'{accuracy:.4f}'} at step {summary['best_step']}")
             start = best
-        if self.is_main and not (self.out / BEST).exists():  # no iteration trained: the starting student stays the best
+        if self.is_main and not (self.out / BEST).exists():  # no iteration trained or none improved: the starting student
             with staged_folder(self.out / BEST, overwrite=True) as tmp:
                 self._load(s.student).save(tmp)
         self.accelerator.wait_for_everyone()
@@ -527,7 +536,7 @@ class Reflection:
         done = [self.state["iterations"][k]["summary"] for k in sorted(self.state["iterations"], key=int)
                 if self.state["iterations"][k].get("summary")]
         return ReflectResult(out=self.out, best=self.out / BEST, iterations=done, baseline=self.state["baseline"],
-                             stopped=self.state["stopped"])
+                             stopped=self.state["stopped"], chosen=self.state.get("chosen"))
 
 
 def reflect(settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,

@@ -41,7 +41,9 @@ from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
-STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3}
+STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3, "mixed": 4}
+MIXED = "mixed"  # the pseudo-stage of a mixed schedule: every batch draws from all stages' records
+SCHEDULES = ("blocks", "mixed")
 
 
 # --- the schedule (pure) --------------------------------------------------------------------------
@@ -81,10 +83,11 @@ class StageSchedule:
     ``sizes`` maps each trained stage to its number of records, in pipeline order. Everything is a
     pure function of the arguments: ``steps(start)`` resumes the same sequence at any step."""
 
-    def __init__(self, sizes: Mapping[str, int], *, n_options: int, interval: int, batch_size: int, epochs: int, seed: int):
-        unknown = [stage for stage in sizes if stage not in STAGE_KEYS]
+    def __init__(self, sizes: Mapping[str, int], *, n_options: int, interval: int, batch_size: int, epochs: int, seed: int,
+                 mixed: bool = False):
+        unknown = [stage for stage in sizes if stage not in STAGE_KEYS or stage == MIXED]
         if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}: stages are {', '.join(STAGE_KEYS)}")
+            raise ValueError(f"unknown stage(s) {unknown}: stages are {', '.join(s for s in STAGE_KEYS if s != MIXED)}")
         for name, value in (("interval", interval), ("batch_size", batch_size), ("epochs", epochs), ("n_options", n_options)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -92,9 +95,14 @@ class StageSchedule:
             raise ValueError(f"the stage data sets need at least one record, got sizes {dict(sizes)}")
         self.sizes = dict(sizes)
         self.stages = tuple(sizes)
+        self.mixed = mixed
         self.n_options, self.interval, self.batch_size, self.epochs, self.seed = n_options, interval, batch_size, epochs, seed
         self.lengths = block_lengths(self.stages, interval, n_options)
-        self.batches = {stage: math.ceil(size / batch_size) for stage, size in self.sizes.items()}
+        # what a batch is drawn from: one stage per block, or (mixed) every stage's records in one pool
+        # with a "cycle" as long as a block cycle, so validation comes as often as with blocks
+        self.pools = {MIXED: sum(self.sizes.values())} if mixed else dict(self.sizes)
+        self.pool_lengths = {MIXED: sum(self.lengths.values())} if mixed else dict(self.lengths)
+        self.batches = {pool: math.ceil(size / batch_size) for pool, size in self.pools.items()}
         self.blocks = self._epoch_blocks()
         self.steps_per_epoch = sum(self.batches.values())
         self.cycles_per_epoch = self.blocks[-1].cycle + 1
@@ -105,11 +113,11 @@ class StageSchedule:
 
     def _epoch_blocks(self) -> list[Block]:
         """The same for every epoch: it depends on the number of batches per stage only."""
-        done = dict.fromkeys(self.stages, 0)
+        done = dict.fromkeys(self.pools, 0)
         blocks, cycle = [], 0
-        while any(done[s] < self.batches[s] for s in self.stages):
-            for stage in self.stages:
-                count = min(self.lengths[stage], self.batches[stage] - done[stage])
+        while any(done[s] < self.batches[s] for s in self.pools):
+            for stage in self.pools:
+                count = min(self.pool_lengths[stage], self.batches[stage] - done[stage])
                 if count > 0:  # a stage used up in this epoch is skipped
                     blocks.append(Block(cycle, stage, done[stage], count))
                     done[stage] += count
@@ -117,9 +125,21 @@ class StageSchedule:
         return blocks
 
     def order(self, stage: str, epoch: int) -> np.ndarray:
-        """This epoch's shuffled row order of one stage (its own generator: seed, epoch, stage)."""
+        """This epoch's shuffled row order of one stage, or of the mixed pool (its own generator: seed,
+        epoch, stage). Mixed rows index the stages' records concatenated in pipeline order (:meth:`locate`)."""
         rng = np.random.default_rng([self.seed, epoch, STAGE_KEYS[stage]])
-        return rng.permutation(self.sizes[stage])
+        return rng.permutation(self.pools[stage])
+
+    def locate(self, rows: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """Mixed pool rows as (stage, positions in ``rows``, row indices into that stage's records)."""
+        out, start = [], 0
+        for stage in self.stages:
+            end = start + self.sizes[stage]
+            positions = np.flatnonzero((rows >= start) & (rows < end))
+            if len(positions):
+                out.append((stage, positions, rows[positions] - start))
+            start = end
+        return out
 
     def steps(self, start: int = 0) -> Iterator[Step]:
         """The steps from global step ``start`` to the end."""
@@ -128,7 +148,7 @@ class StageSchedule:
         first_epoch = start // self.steps_per_epoch
         index = first_epoch * self.steps_per_epoch
         for epoch in range(first_epoch, self.epochs):
-            orders = {stage: self.order(stage, epoch) for stage in self.stages}
+            orders = {stage: self.order(stage, epoch) for stage in self.pools}
             for number, block in enumerate(self.blocks):
                 cycle_end = number + 1 == len(self.blocks) or self.blocks[number + 1].cycle != block.cycle
                 for k in range(block.count):
@@ -141,6 +161,8 @@ class StageSchedule:
 
     def describe(self) -> str:
         """One line for cards and logs, e.g. ``recall 100 · analyze 500 · summarize 100 batches per cycle``."""
+        if self.mixed:
+            return f"mixed batches of {' · '.join(self.stages)}; {self.pool_lengths[MIXED]} batches per cycle"
         return " · ".join(f"{stage} {self.lengths[stage]}" for stage in self.stages) + " batches per cycle"
 
 
@@ -158,6 +180,7 @@ class SFTSettings:
     student: str
     variant: str | None = None  # None: read from the config name, "{dataset}-{variant}"
     interval: int = 100
+    schedule: str = "blocks"  # "blocks": REFERENCE 7; "mixed": every batch draws from all stages (a deviation, see docs/training.md)
     epochs: int = 10
     lr: float = 5e-4
     batch_size: int = 64
@@ -251,7 +274,7 @@ def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> dict | Non
         return None
     saved = json.loads(settings_file.read_text(encoding="utf-8"))
     wanted = asdict(settings)
-    changed = [k for k in wanted if saved.get(k) != wanted[k]]
+    changed = [k for k in wanted if saved.get(k, getattr(SFTSettings, k, None)) != wanted[k]]  # keys added later: defaults
     if changed:
         key = changed[0]
         raise TinyThinkerError(f"{out} was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
@@ -412,7 +435,7 @@ class SFTTrainer:
             items = items_from_dataset(s.data, s.config, "validation") if s.eval_limit != 0 else []
         self.items = items if s.eval_limit is None else items[: s.eval_limit]
         self.schedule = StageSchedule(self.data.sizes(), n_options=self.data.n_options, interval=s.interval,
-                                      batch_size=s.batch_size, epochs=s.epochs, seed=s.seed)
+                                      batch_size=s.batch_size, epochs=s.epochs, seed=s.seed, mixed=s.schedule == MIXED)
         set_seed(s.seed, device_specific=True)
         with acc.main_process_first():
             source = self.out / LAST / "model" if self.resume else s.student
@@ -463,10 +486,15 @@ class SFTTrainer:
         if len(share) == 0:  # fewer rows than processes: run one row with no weight (DDP needs every process)
             share, weight = step.rows[:1], 0
         size = self.micro_batch_size or len(share)
+        # a mixed batch is run one stage at a time (same loss and gradient: every part is weighted by
+        # its label tokens below), so short recall inputs are not padded to the length of summarize inputs
+        parts = [(stage, indices) for stage, _, indices in self.schedule.locate(share)] \
+            if step.stage == MIXED else [(step.stage, share)]
         batches = []
-        for start in range(0, len(share), size):
-            inputs, targets = self.data.records(step.stage, share[start : start + size])
-            batches.append(student.encode(inputs, targets, max_length=self.settings.max_length))
+        for stage, rows in parts:
+            for start in range(0, len(rows), size):
+                inputs, targets = self.data.records(stage, rows[start : start + size])
+                batches.append(student.encode(inputs, targets, max_length=self.settings.max_length))
         counts = [weight * _label_tokens(b["labels"], student.is_seq2seq) for b in batches]
         total = sum(counts)
         if world > 1:
@@ -630,6 +658,8 @@ def train_sft(settings: SFTSettings, out, *, micro_batch_size: int | None = None
     Ctrl-C (or SIGTERM) stops after the current step, saves ``out/last`` and raises KeyboardInterrupt;
     the same call continues from there."""
     settings = settings.resolved()
+    if settings.schedule not in SCHEDULES:
+        raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for name in ("interval", "epochs", "batch_size", "max_length"):
         if getattr(settings, name) < 1:
             raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")

@@ -243,10 +243,12 @@ class Student:
             decoder_start_token_id=getattr(base, "decoder_start_token_id", None),
             bos_token_id=getattr(base, "bos_token_id", None),
         )
-        if do_sample:
-            if temperature <= 0:
-                raise ValueError("temperature must be positive when sampling")
-            settings.update(temperature=temperature, top_k=top_k if top_k > 0 else None, top_p=1.0)
+        if do_sample and temperature <= 0:
+            raise ValueError("temperature must be positive when sampling")
+        # every logits processor stated: a value left None is filled from transformers' global defaults
+        # (top_k 50) or from the checkpoint's own generation_config, and would change what is sampled
+        settings.update(temperature=temperature if do_sample else 1.0, top_k=top_k if do_sample else 0, top_p=1.0,
+                        min_p=None, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
         return GenerationConfig(**settings)
 
     def _generate_batch(self, rows: list[Sequence[int]], config) -> list[str]:

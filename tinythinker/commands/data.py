@@ -190,3 +190,32 @@ def push(folder, repo, private, dry_run):
     with console.status(f"uploading {len(plan.files)} files ({_size(plan.total_bytes)}) to {repo}"):
         result = push_folder(folder, repo, private=private)
     _say(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {result.url} (commit {result.commit[:12]})")
+
+
+@click.command()
+@click.argument("dataset", type=click.Choice(sorted(DATASETS)))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write: raw/ (original release format), teacher.jsonl, world.json.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the world (names, facts, questions, teacher).")
+@click.option("--questions", type=click.IntRange(min=1), default=None,
+              help="Questions in all files together (8 per entity, one per relation) [default: 1280].")
+@click.option("--defects", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of defective teacher samples, so cards show rejections [default: 0.03].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+def world(dataset, out, seed, questions, defects, overwrite):
+    """Write a learnable invented world in DATASET's release format, with a teacher's responses.
+
+    Two-hop questions about invented entities (an entity is a kind; a kind has properties), whose
+    facts are all taught in training rationales while held-out combinations are never asked there.
+    Build it with: tinythinker build DATASET --raw OUT/raw --responses OUT/teacher.jsonl --out ..."""
+    import json
+
+    from ..world import DEFAULT_DEFECTS, DEFAULT_QUESTIONS, write_world
+
+    folder = write_world(dataset, out, seed=seed, questions=questions or DEFAULT_QUESTIONS,
+                         defects=DEFAULT_DEFECTS if defects is None else defects, overwrite=overwrite)
+    meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
+    files = ", ".join(f"{split} {n:,}" for split, n in meta["files"].items())
+    _say(f"world of {meta['entities']} entities x {len(meta['relations'])} relations ({meta['kinds']} kinds), seed {seed}: "
+         f"{meta['questions']:,} questions ({files}) in {folder}")
+    _say(f"next: tinythinker build {dataset} --raw {folder / 'raw'} --responses {folder / 'teacher.jsonl'} --out DATA_FOLDER")

@@ -91,4 +91,11 @@ def reflect(student, data, config, out, iterations, stages, samples, temperature
     console.print(table)
     if result.stopped:
         console.print(f"stopped early: {result.stopped}")
-    console.print(f"best student: {result.best}; preference pairs: {Path(result.out) / 'preferences'}")
+    if result.chosen is not None:
+        which = "the starting student (no iteration improved validation accuracy)" if result.chosen["iteration"] == 0 \
+            else f"iteration {result.chosen['iteration']}"
+        console.print(f"best student: {result.best} = {which}"
+                      + ("" if result.chosen["accuracy"] is None else f", validation accuracy {result.chosen['accuracy']:.4f}"))
+    else:
+        console.print(f"best student: {result.best}")
+    console.print(f"preference pairs: {Path(result.out) / 'preferences'}")

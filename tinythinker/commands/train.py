@@ -24,6 +24,9 @@ def train():
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Stages to train; default: the config's suffix.")
 @click.option("--interval", type=click.IntRange(min=1), default=100, show_default=True,
               help="Batches per recall/summarize block (analyze: interval x options).")
+@click.option("--schedule", type=click.Choice(["blocks", "mixed"]), default="blocks", show_default=True,
+              help="blocks: one stage per block (REFERENCE 7); mixed: every batch draws from all stages "
+                   "(validation every cycle's worth of batches; what makes small students from scratch learn).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
@@ -40,7 +43,7 @@ def train():
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def sft(data, config, student, out, variant, interval, epochs, lr, batch_size, micro_batch_size, max_length, warmup_ratio,
+def sft(data, config, student, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size, max_length, warmup_ratio,
         bf16, eval_limit, eval_batch_size, log_every, seed, overwrite, progress):
     """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
     after every cycle; the best checkpoint (with a model card) in OUT/best.
@@ -52,8 +55,8 @@ def sft(data, config, student, out, variant, interval, epochs, lr, batch_size, m
     from ..sft import SFTSettings, train_sft
 
     console = Console(stderr=True, soft_wrap=True)
-    settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, epochs=epochs,
-                           lr=lr, batch_size=batch_size, max_length=max_length, seed=seed, bf16=bf16,
+    settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,
+                           epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed, bf16=bf16,
                            eval_limit=eval_limit, warmup_ratio=warmup_ratio)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
