@@ -247,8 +247,9 @@ class Student:
             raise ValueError("temperature must be positive when sampling")
         # every logits processor stated: a value left None is filled from transformers' global defaults
         # (top_k 50) or from the checkpoint's own generation_config, and would change what is sampled
-        settings.update(temperature=temperature if do_sample else 1.0, top_k=top_k if do_sample else 0, top_p=1.0,
-                        min_p=None, typical_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+        settings.update(repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+        if do_sample:  # (greedy runs no sampling warpers; naming them there only draws warnings)
+            settings.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=None, typical_p=1.0)
         return GenerationConfig(**settings)
 
     def _generate_batch(self, rows: list[Sequence[int]], config) -> list[str]:

@@ -158,9 +158,9 @@ class World:
         fact = RELATIONS[wq.relation].fact.format(k=wq.kind, v=wq.value)
         if wq.asked is not None:  # StrategyQA: yes / no about one asked value
             right = (wq.asked == wq.value) == (letter == "A")
-            return f"{fact}; the question asks about {wq.asked}, so option {letter} is {'right' if right else 'wrong'}."
+            return f"{fact}; the question asks about {wq.asked}, so option ({letter}) is {'right' if right else 'wrong'}."
         option = wq.question.options[wq.question.letters.index(letter)]
-        return f"{fact}; option {letter} is {option}, so it is {'right' if option == wq.value else 'wrong'}."
+        return f"{fact}; option ({letter}) is {option}, so it is {'right' if option == wq.value else 'wrong'}."
 
     def teacher_text(self, wq: WorldQuestion, *, answer: str | None = None) -> str:
         """A good completion: key information, then one verdict per option (the hinted answer first)."""
