@@ -1,14 +1,19 @@
-"""`datasets.load_dataset(folder, config)` (the README's call) never returns stale rows.
+"""`datasets.load_dataset(folder, config)` (the README's call) never returns stale rows, and tests run
+with caches of their own.
 
 ``datasets`` caches a local folder under its basename, the config name and a hash of the card; the
 parquet file names in the card carry a digest of their content (tinythinker.artifacts), so a folder
 rebuilt in place, or another folder with the same basename, loads its own rows. These tests use the
-real library and the session's real cache, where other tests' folders called ``csqa`` or
-``preferences`` are cached too.
+real library and the session's real cache (tests/conftest.py), where other tests' folders called
+``csqa`` or ``preferences`` are cached too.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -141,6 +146,27 @@ def test_preference_folders_of_two_runs_load_their_own_pairs(tmp_path):
     for run, n in (("a", 3), ("b", 5), ("a", 3)):
         rows = assert_loads_its_own_rows(tmp_path / run / "preferences", config)["recall"]
         assert [r["chosen"] for r in rows] == [f"{run} good {i}" for i in range(n)]
+
+
+# --- the caches tests run with ----------------------------------------------------------------------
+
+def test_datasets_caches_under_the_sessions_own_folder(hermetic_caches, tmp_path):
+    assert Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(hermetic_caches)
+    folder = toy_folder(tmp_path / "csqa", 1)
+    loaded = datasets.load_dataset(str(folder), "toy-full", split="test")
+    assert loaded.cache_files and all(Path(f["filename"]).is_relative_to(hermetic_caches) for f in loaded.cache_files)
+
+
+def test_subprocesses_get_the_sessions_caches(hermetic_caches):
+    code = ("import json, datasets.config as d, huggingface_hub.constants as h, transformers.utils.hub as t, "
+            "lm_eval.caching.cache as l, tinythinker.teacher.cache as c; "
+            "print(json.dumps([str(d.HF_DATASETS_CACHE), str(d.HF_MODULES_CACHE), h.HF_HOME, h.HF_HUB_CACHE, "
+            "h.HF_XET_CACHE, h.HF_TOKEN_PATH, t.HF_MODULES_CACHE, l.PATH, str(c.default_cache_dir())]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    for location in json.loads(done.stdout.strip().splitlines()[-1]):
+        assert Path(location).is_relative_to(hermetic_caches), location
 
 
 def test_split_file_names_carry_the_digest():
