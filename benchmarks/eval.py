@@ -58,7 +58,7 @@ def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
              "teacher_recall": "", "teacher_analyses": []} for q in questions]
     config = f"{dataset}-full"
     write_split(out, config, "test", rows, FEATURES)
-    write_card(out, configs_yaml({config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
+    write_card(out, configs_yaml(out, {config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
     return out, "real" if source.parent == RAW else "demo"
 
 

@@ -54,7 +54,7 @@ def make_data(root: Path, steps: int, batch_size: int) -> Path:
     for stage, split in splits.items():
         rows = split.select(range(min(len(split), batches[stage] * batch_size)))
         write_split(folder, "csqa-full", stage, list(rows), split.features)
-    write_card(folder, configs_yaml({"csqa-full": list(STAGES)}), "# SFT benchmark records")
+    write_card(folder, configs_yaml(folder, {"csqa-full": list(STAGES)}), "# SFT benchmark records")
     return folder
 
 

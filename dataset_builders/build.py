@@ -1,13 +1,14 @@
 """`tinythinker build`: raw questions + teacher responses -> a data set folder laid out like a Hub repo.
 
     README.md                                  card: YAML `configs` + provenance and counts
-    data/{dataset}-{variant}/{split}-00000-of-00001.parquet
+    data/{dataset}-{variant}/{split}-00000-of-00001-{digest}.parquet   (digest: of the file's bytes)
 
 Steps: load and split the questions (``sources``), read the responses (``teacher/responses``),
 parse and select (``teacher/select``), then for every variant run the data set's ``datasets``
 builder (``download_and_prepare`` into parquet) inside a staged folder that replaces ``out`` in one
 rename, so an interrupted build leaves nothing behind. Same inputs and seed give byte-identical
-parquet files.
+parquet files (and the same names; new rows get new names, so ``datasets`` never loads a rebuilt
+folder from its cache of the old one: see ``tinythinker.artifacts``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tinythinker import __version__
-from tinythinker.artifacts import configs_metadata, split_file, staged_folder, write_card
+from tinythinker.artifacts import configs_metadata, place_split, staged_folder, write_card
 from tinythinker.cards import render_card
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import REJECT_REASONS, VARIANTS
@@ -106,9 +107,7 @@ def write_configs(
             builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size="100GB")
             counts[config] = {}
             for split in variant_splits(variant):
-                target = folder / split_file(config, split)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(prepared / f"{builder.dataset_name}-{split}.parquet", target)
+                place_split(prepared / f"{builder.dataset_name}-{split}.parquet", folder, config, split)
                 counts[config][split] = builder.info.splits[split].num_examples
                 progress.advance(task)
     shutil.rmtree(work)
@@ -116,6 +115,7 @@ def write_configs(
 
 
 def card_context(
+    folder: Path,
     result_counts: dict[str, dict[str, int]],
     questions: QuestionSet,
     responses: TeacherResponses,
@@ -165,7 +165,7 @@ def card_context(
         "language": ["en"],
         "task_categories": ["question-answering"],
         "tags": ["tinythinker", "rationale-distillation", "chain-of-thought", questions.dataset],
-        **configs_metadata(result_counts, default=config_name(questions.dataset, "full")),
+        **configs_metadata(folder, result_counts, default=config_name(questions.dataset, "full")),
         "tinythinker": provenance,
     }
     split_names = []
@@ -237,7 +237,7 @@ def build_dataset(
     with staged_folder(out, overwrite=overwrite) as folder:
         counts = write_configs(folder, questions, selection, reference_order=reference_order, progress=progress)
         metadata, context = card_context(
-            counts, questions, teacher, selection, reference_order=reference_order, load_path=f"path/to/{out.name}"
+            folder, counts, questions, teacher, selection, reference_order=reference_order, load_path=f"path/to/{out.name}"
         )
         write_card(folder, metadata, render_card("dataset.md.j2", **context))
         # inside the staged folder: if the request file cannot be written, no data set appears either

@@ -1,14 +1,58 @@
-"""Shared fixtures. Tests that read ../shared/data skip in a user's clone and fail under CI=true."""
+"""Shared fixtures. Tests that read ../shared/data skip in a user's clone and fail under CI=true.
+
+Every test session gets its own empty caches (Hugging Face, lm-eval, TinyThinker's), so what a
+developer's machine has cached can never change a result. They are set here, when pytest imports
+this file and before any test module imports ``datasets``, ``huggingface_hub`` or ``transformers``
+(which read them at import time), and in ``os.environ``, so subprocesses get them too.
+``HF_HUB_OFFLINE`` is left alone: some tests run a local Hub server.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from hermetic import UNSET_ENV, cache_env
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+CACHE_ROOT = Path(tempfile.mkdtemp(prefix="tinythinker-tests-cache-"))
+for _name in UNSET_ENV + tuple(n for n in os.environ if n.startswith("TINYTHINKER_DATA_")):
+    os.environ.pop(_name, None)
+os.environ.update(cache_env(CACHE_ROOT))
+
+
+def _cached_locations() -> dict[str, str]:
+    """Where the already-imported libraries will read and write (their module-level constants)."""
+    found = {}
+    if "datasets" in sys.modules:
+        import datasets.config as dc
+
+        found.update({"datasets.config.HF_DATASETS_CACHE": str(dc.HF_DATASETS_CACHE),
+                      "datasets.config.HF_CACHE_HOME": str(dc.HF_CACHE_HOME)})
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.constants as hc
+
+        found.update({"huggingface_hub.constants.HF_HOME": hc.HF_HOME, "huggingface_hub.constants.HF_HUB_CACHE": hc.HF_HUB_CACHE})
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_caches():
+    """Fails the session if a library was imported before this file set the caches (it would use the
+    developer's); removes the session's caches at the end."""
+    outside = {name: value for name, value in _cached_locations().items() if not Path(value).is_relative_to(CACHE_ROOT)}
+    if outside:
+        shutil.rmtree(CACHE_ROOT, ignore_errors=True)
+        pytest.fail(f"imported before tests/conftest.py set the caches, so they point outside {CACHE_ROOT}: {outside}")
+    yield CACHE_ROOT
+    shutil.rmtree(CACHE_ROOT, ignore_errors=True)
 
 
 def _need_shared(path: Path) -> Path:

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataset_builders import BUILDERS
+from hermetic import cache_env
 from dataset_builders.build import build_dataset
-from tinythinker.artifacts import read_card_metadata, staged_folder
+from tinythinker.artifacts import read_card_metadata, split_path, staged_folder
 from tinythinker.demo import build_demo, demo_raw_dir, demo_responses, main as demo_main
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import VARIANTS
@@ -83,7 +84,7 @@ def test_same_inputs_same_bytes(demo_folders, tmp_path):
 
 def test_reference_order_switch(tmp_path):
     result = build_dataset("csqa", demo_raw_dir("csqa"), [demo_responses("csqa")], tmp_path / "ref", reference_order=True)
-    row = pq.read_table(result.out / "data/csqa-full/summarize-00000-of-00001.parquet").to_pylist()[0]
+    row = pq.read_table(split_path(result.out, "csqa-full", "summarize")).to_pylist()[0]
     gold = f"For option {row['GT']},"
     assert row["input"].split("Analyze: ", 1)[1].startswith(gold)  # the teacher wrote the gold option first
     assert read_card_metadata(result.out)["tinythinker"]["reference_order"] is True
@@ -183,7 +184,7 @@ def test_signalled_cli_build_leaves_no_output(tmp_path, signum):
 
 
 def test_load_dataset_offline(demo_folders, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **cache_env(tmp_path)}  # an empty cache
     code = ("import datasets, sys; d = datasets.load_dataset(sys.argv[1], 'csqa-full'); "
             "print(d['summarize'].num_rows, d['test'][0]['target'])")
     done = subprocess.run([sys.executable, "-c", code, str(demo_folders["csqa"].out)], env=env, capture_output=True,

@@ -16,7 +16,7 @@ from tinythinker.dpo import (
     pair_logprobs,
     reference_logprobs,
 )
-from tinythinker.students import Student, make_tiny_student
+from tinythinker.students import IGNORE_INDEX, Student, make_tiny_student
 
 TEXTS = [
     "What do people use to cut paper?\n(A) scissors (B) spoon (C) cup\nRecall: Scissors have blades that cut paper.",
@@ -102,17 +102,28 @@ def test_nll_term_is_the_models_own_mean_token_loss_and_dpo_starts_at_log2(check
     reference_path, policy_path = checkpoints[kind]
     reference = Student.load(reference_path, device="cpu")
     policy = Student.load(policy_path, device="cpu")
-    # policy == reference: every log-ratio is 0, so the sigmoid loss is log 2 and rewards are 0
-    _, loss, metrics = our_loss(reference, reference, nll_weight=0.0)
-    assert metrics["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6) and metrics["reward_margin"] == pytest.approx(0, abs=1e-6)
+    # policy == reference: every log-ratio is 0, so the sigmoid loss is log 2 and rewards are 0. Both sides
+    # run in the same batch and the same grad mode, hence the same kernels and bit-identical log-probs (with
+    # gradients on, torch picks another CPU attention kernel than under no_grad: the ratios would be float
+    # noise, 1e-6 or so, not 0)
+    with torch.no_grad():
+        _, _, metrics = our_loss(reference, reference, nll_weight=0.0)
+    assert metrics["reward_margin"] == metrics["reward_chosen"] == metrics["reward_rejected"] == 0.0
+    assert metrics["dpo_loss"] == pytest.approx(math.log(2), rel=1e-7)  # float32's log 2
 
     batch, loss, metrics = our_loss(policy, reference, beta=0.5, nll_weight=0.5)
+    # transformers' mean token cross-entropy over the chosen responses, on the same batch in the same grad
+    # mode as our log-probs (the rejected rows' labels masked, their decoder inputs kept): the two differ
+    # only in float32 summation order (< 100 tokens: well under 1e-5 relative)
     half = len(PAIRS)
-    chosen_only = {k: v[:half] for k, v in batch.items()}
-    with torch.no_grad():
-        model_nll = float(policy.model(**chosen_only).loss)  # transformers' mean token cross-entropy
-    assert metrics["nll"] == pytest.approx(model_nll, abs=1e-5)
-    assert float(loss) == pytest.approx(metrics["dpo_loss"] + 0.5 * model_nll, abs=1e-5)
+    inputs = dict(batch)
+    if policy.is_seq2seq:
+        inputs["decoder_input_ids"] = policy.model.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+    inputs["labels"] = batch["labels"].clone()
+    inputs["labels"][half:] = IGNORE_INDEX
+    model_nll = float(policy.model(**inputs).loss.detach())
+    assert metrics["nll"] == pytest.approx(model_nll, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(metrics["dpo_loss"] + 0.5 * model_nll, rel=1e-5)
     assert metrics["dpo_loss"] != pytest.approx(math.log(2), abs=1e-4)  # the nudged policy differs from its reference
 
 

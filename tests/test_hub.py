@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import LocalHub
+from tinythinker.artifacts import split_path
 from tinythinker.demo import build_demo
 from tinythinker.errors import TinyThinkerError
 from tinythinker.hub import plan_push, repo_type_of
@@ -75,7 +76,7 @@ def test_dry_run_lists_files_and_sends_nothing(folder, tmp_path):
         assert [r for r in hub.state.requests if r[1] != "/api/agent-harnesses"] == []
     plan = plan_push(folder, "someone/x")
     assert f"would upload {len(plan.files)} files" in done.stdout
-    assert "README.md" in done.stdout and "data/strategyqa-full/analyze-00000-of-00001.parquet" in done.stdout
+    assert "README.md" in done.stdout and split_path(folder, "strategyqa-full", "analyze").relative_to(folder).as_posix() in done.stdout
     assert plan.repo_type == "dataset" and plan.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 

@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
-from tinythinker.artifacts import read_card_metadata
+from tinythinker.artifacts import read_card_metadata, split_path
 from tinythinker.pipeline import Item, Trace
 from tinythinker.preferences import (
     ANALYZE_RULES,
@@ -221,7 +221,8 @@ def test_preference_folder_accumulates_one_loadable_config_per_iteration(tmp_pat
     recall = recall_set([trace("q1", "r1", "A"), trace("q1", "w1", "B")])
     analyze = analyze_set([run("q1", "r1", "A", "good"), run("q1", "r1", "C", "bad")])
     assert write_preference_config(folder, dataset="csqa", iteration=1, pair_sets=[recall, analyze], info=INFO) == "csqa-dpo-iter1"
-    first_bytes = (folder / "data/csqa-dpo-iter1/recall-00000-of-00001.parquet").read_bytes()
+    first_file = split_path(folder, "csqa-dpo-iter1", "recall")
+    first_bytes = first_file.read_bytes()
     # iteration 2 has no analyze pair: its config has the recall split only
     write_preference_config(folder, dataset="csqa", iteration=2, pair_sets=[recall, PairSet("analyze", [], {"pairs": 0})], info=INFO)
     # iteration 3 has no pair at all: recorded in the card, no config
@@ -233,7 +234,7 @@ def test_preference_folder_accumulates_one_loadable_config_per_iteration(tmp_pat
     assert one["recall"].column_names == ["id", "stage", "prompt", "chosen", "rejected"]
     two = datasets.load_dataset(str(folder), "csqa-dpo-iter2")
     assert set(two) == {"recall"}
-    assert (folder / "data/csqa-dpo-iter1/recall-00000-of-00001.parquet").read_bytes() == first_bytes
+    assert split_path(folder, "csqa-dpo-iter1", "recall") == first_file and first_file.read_bytes() == first_bytes
 
     meta = read_card_metadata(folder)
     assert [c["config_name"] for c in meta["configs"]] == ["csqa-dpo-iter1", "csqa-dpo-iter2"]
@@ -247,7 +248,7 @@ def test_preference_folder_accumulates_one_loadable_config_per_iteration(tmp_pat
     write_preference_config(folder, dataset="csqa", iteration=1, pair_sets=[recall], info=INFO)
     assert set(datasets.load_dataset(str(folder), "csqa-dpo-iter1")) == {"recall"}
     assert set(datasets.load_dataset(str(folder), "csqa-dpo-iter2")) == {"recall"}
-    assert not (folder / "data/csqa-dpo-iter1/analyze-00000-of-00001.parquet").exists()
+    assert not list((folder / "data/csqa-dpo-iter1").glob("analyze-*"))
     assert not list(tmp_path.glob(".preferences.partial-*"))
 
 

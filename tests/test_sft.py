@@ -80,7 +80,7 @@ def write_stage_data(folder: Path, qs=None, dataset: str = "zoo") -> Path:
         for split in names:
             write_split(folder, f"{dataset}-{variant}", split, splits[split], FEATURES)
         configs[f"{dataset}-{variant}"] = names
-    write_card(folder, configs_yaml(configs, default=f"{dataset}-full"), "# zoo\n\nA tiny stage data set for tests.")
+    write_card(folder, configs_yaml(folder, configs, default=f"{dataset}-full"), "# zoo\n\nA tiny stage data set for tests.")
     return folder
 
 

@@ -2,16 +2,24 @@
 
 Every artifact (data set folder, preference set, checkpoint, eval result) goes through
 :func:`staged_folder`. Data set folders are laid out like a Hugging Face dataset repo:
-``README.md`` (YAML ``configs`` + card) and ``data/<config>/<split>-00000-of-00001.parquet``,
+``README.md`` (YAML ``configs`` + card) and ``data/<config>/<split>-00000-of-00001-<digest>.parquet``,
 so ``datasets.load_dataset(folder, config)`` loads them offline and ``tinythinker push`` uploads
 them as they are. Parquet files are byte-identical for identical rows.
+
+``<digest>`` is the start of the file's SHA-256. ``datasets`` caches a local folder under its
+basename, the config name and a hash of the card (the ``configs`` file paths, not the files'
+contents), so with fixed file names a folder rebuilt in place, or another folder with the same
+basename, would load the rows cached the first time. A name that changes with the content changes
+that hash: new rows are never served from an old cache, and identical rows still share one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -83,42 +91,102 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def split_file(config: str, split: str) -> str:
-    """Relative path of one split's parquet file inside a data set folder."""
-    return f"data/{config}/{split}-00000-of-00001.parquet"
+DIGEST_CHARS = 16  # hex characters of the SHA-256 in a parquet file's name
+
+
+def split_file(config: str, split: str, digest: str) -> str:
+    """Relative path of one split's parquet file inside a data set folder; ``digest`` is
+    :func:`file_digest` of its bytes (see the module docstring for why)."""
+    return f"data/{config}/{split}-00000-of-00001-{digest}.parquet"
+
+
+def file_digest(path: str | Path) -> str:
+    """The first :data:`DIGEST_CHARS` hex characters of the file's SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def _split_files(directory: Path, split: str) -> list[Path]:
+    pattern = re.compile(rf"{re.escape(split)}-\d{{5}}-of-\d{{5}}(-[0-9a-f]+)?\.parquet")
+    return sorted(p for p in directory.glob("*.parquet") if pattern.fullmatch(p.name))
+
+
+def place_split(file: str | Path, folder: str | Path, config: str, split: str) -> Path:
+    """Move a finished parquet file to its content-named place in ``folder`` (replacing the
+    split's earlier file, whatever its name); -> the new path."""
+    target = Path(folder) / split_file(config, split, file_digest(file))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(file), target)
+    for earlier in _split_files(target.parent, split):
+        if earlier != target:
+            earlier.unlink()
+    return target
+
+
+def split_path(folder: str | Path, config: str, split: str) -> Path:
+    """The parquet file of ``config``/``split`` in ``folder`` (content-named, or the fixed
+    ``<split>-00000-of-00001.parquet`` of folders written before names carried a digest)."""
+    directory = Path(folder) / "data" / config
+    found = _split_files(directory, split)
+    if len(found) != 1:
+        what = "no parquet file" if not found else f"{len(found)} parquet files ({', '.join(p.name for p in found)})"
+        raise TinyThinkerError(f"{directory}: {what} for split {split!r}; rebuild the folder")
+    return found[0]
 
 
 def write_split(folder: str | Path, config: str, split: str, rows: Sequence[Mapping], features) -> Path:
-    """Write rows as one parquet file with the ``datasets`` Features in its schema (typed on load).
+    """Write rows as one parquet file with the ``datasets`` Features in its schema (typed on load),
+    named after its content (:func:`split_file`); -> its path.
 
-    Deterministic: same rows and features give the same bytes."""
+    Deterministic: same rows and features give the same bytes (and the same name)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(folder) / split_file(config, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(folder) / "data" / config
+    directory.mkdir(parents=True, exist_ok=True)
     schema = features.arrow_schema
     columns = {name: [row[name] for row in rows] for name in schema.names}
     table = pa.Table.from_pydict(columns, schema=schema)
-    pq.write_table(table, path, compression="zstd", write_statistics=False)
-    return path
+    fd, tmp = tempfile.mkstemp(prefix=f".{split}.", suffix=".parquet", dir=directory)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
+        os.chmod(tmp, _umask_mode(0o666))
+        return place_split(tmp, folder, config, split)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
-def configs_metadata(configs: Mapping[str, Sequence[str]], default: str | None = None) -> dict:
-    """``{"configs": [...]}``: the card metadata that tells ``datasets`` which parquet files make
-    which config/split."""
+def configs_metadata(folder: str | Path, configs: Mapping[str, Sequence[str]], default: str | None = None) -> dict:
+    """``{"configs": [...]}``: the card metadata that tells ``datasets`` which parquet files of
+    ``folder`` make which config/split (the files must be written first: their names carry digests)."""
     entries = []
     for config, splits in configs.items():
-        entry = {"config_name": config, "data_files": [{"split": s, "path": split_file(config, s)} for s in splits]}
+        files = [{"split": s, "path": split_path(folder, config, s).relative_to(folder).as_posix()} for s in splits]
+        entry = {"config_name": config, "data_files": files}
         if config == default:
             entry["default"] = True
         entries.append(entry)
     return {"configs": entries}
 
 
-def configs_yaml(configs: Mapping[str, Sequence[str]], default: str | None = None) -> str:
+def configs_yaml(folder: str | Path, configs: Mapping[str, Sequence[str]], default: str | None = None) -> str:
     """:func:`configs_metadata` as YAML front matter text."""
-    return yaml.safe_dump(configs_metadata(configs, default), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(configs_metadata(folder, configs, default), sort_keys=False, allow_unicode=True)
+
+
+def card_data_files(folder: str | Path) -> dict[str, dict[str, str]]:
+    """``{config: {split: path relative to folder}}`` as the folder's card lists them."""
+    files: dict[str, dict[str, str]] = {}
+    for entry in read_card_metadata(folder).get("configs") or []:
+        if isinstance(entry, dict) and entry.get("config_name"):
+            files[entry["config_name"]] = {f.get("split"): f.get("path") for f in entry.get("data_files") or [] if isinstance(f, dict)}
+    return files
 
 
 def write_card(folder: str | Path, front_matter: Mapping | str, body: str) -> Path:

@@ -113,11 +113,12 @@ def load_stage_split(data, config: str, split: str):
         raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
     try:
         if Path(source).exists():
-            # by file: datasets caches a local folder under its name and layout, not its path or content,
-            # so two folders called e.g. "data" (or one rebuilt in place) would share stale rows
-            from .artifacts import split_file
+            # by file, the one the card lists: only this split is prepared (not the whole config), and
+            # the cache key is the file's path and time (its name also carries its content's digest)
+            from .artifacts import card_data_files
 
-            return datasets.load_dataset("parquet", data_files={split: str(Path(source) / split_file(config, split))}, split=split)
+            path = Path(source) / card_data_files(source)[config][split]
+            return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
         return datasets.load_dataset(source, config, split=split)
     except Exception as error:  # noqa: BLE001 - Hub/network/format errors become one user-facing line
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""

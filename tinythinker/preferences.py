@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from .artifacts import configs_metadata, read_card_metadata, split_file, staged_folder, write_card, write_split
+from .artifacts import configs_metadata, read_card_metadata, split_path, staged_folder, write_card, write_split
 from .cards import render_card
 from .protocol import ANALYZE, RECALL, analyze_prompt, recall_prompt
 
@@ -339,8 +339,8 @@ def write_preference_config(folder: str | Path, *, dataset: str, iteration: int,
             if other == config:
                 continue
             for split in entry["splits"]:
-                source = folder / split_file(other, split)
-                target = tmp / split_file(other, split)
+                source = split_path(folder, other, split)
+                target = tmp / source.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
         features = pair_features()
@@ -348,7 +348,7 @@ def write_preference_config(folder: str | Path, *, dataset: str, iteration: int,
             if pair_set.rows:
                 write_split(tmp, config, pair_set.stage, pair_set.rows, features)
         loadable = {name: entry["splits"] for name, entry in recorded.items() if entry["splits"]}
-        front = configs_metadata(loadable) if loadable else {}
+        front = configs_metadata(tmp, loadable) if loadable else {}
         front.update(
             {
                 "pretty_name": f"TinyThinker {dataset} self-reflection preference pairs",

@@ -142,8 +142,7 @@ class ReflectData:
         need = ["recall_single", "recall"] + (["analyze"] if ANALYZE in settings.stages else [])
         if settings.eval_limit != 0:
             need.append("validation")
-        # the engine's reader (by parquet file for local folders: datasets caches a local folder by its
-        # name, so a rebuilt or same-named folder would give stale rows); one-line errors for missing splits
+        # the engine's reader (one split's parquet file at a time for local folders); one-line errors for missing splits
         configs = stage_configs(settings.data) if Path(settings.data).exists() else {}
         missing = [split for split in need if settings.config in configs and split not in configs[settings.config]]
         if missing:
