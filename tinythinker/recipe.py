@@ -259,8 +259,43 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
     report_json = run.run_dir / "report" / "report.json"
     if report_json.exists():
         summary["report"] = json.loads(report_json.read_text(encoding="utf-8"))
+        summary["headline"] = headline(summary["report"], run.run_dir)
     atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+# the headline columns: (name, task kind, lm-eval metric)
+HEADLINE = (("accuracy", "full", "acc"), ("analyze oracle", "analyze_oracle", "acc"),
+            ("summarize oracle", "summarize_oracle", "acc"), ("recall ROUGE-L", "full", "recall_rougeL"),
+            ("summary consistent", "full", "summary_consistent"))
+
+
+def headline(report: dict, run_dir: Path) -> list[dict]:
+    """One row per evaluated student of a run (``sft-<variant>``, ``dpo``): test accuracy and the
+    per-stage figures; the DPO row also gives its change against ``sft-full``, its preference
+    pairs and which iteration became the final student."""
+    by_run: dict[str, dict] = {}
+    for result in report.get("results", []):
+        by_run.setdefault(result["run"].split("/")[-1], {})[result["kind"]] = result
+    rows = []
+    for name, results in sorted(by_run.items(), key=lambda item: (item[0] == "dpo", item[0])):
+        row = {"student": name, "questions": (results.get("full") or {}).get("questions")}
+        for column, kind, metric in HEADLINE:
+            row[column] = ((results.get(kind) or {}).get("metrics") or {}).get(metric)
+        rows.append(row)
+    sft = next((r for r in rows if r["student"] == "sft-full"), None)
+    dpo = next((r for r in rows if r["student"] == "dpo"), None)
+    state_file = run_dir / "dpo" / "state.json"
+    if dpo is not None and state_file.exists():
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if sft and sft["accuracy"] is not None and dpo["accuracy"] is not None:
+            dpo["change"] = dpo["accuracy"] - sft["accuracy"]
+        dpo["pairs"] = {k: v for entry in state.get("iterations", {}).values() for k, v in (entry.get("summary") or {}).get("pairs", {}).items()}
+        dpo["chosen_iteration"] = (state.get("chosen") or {}).get("iteration")
+        dpo["validation"] = {"start": (state.get("baseline") or {}).get("accuracy"),
+                             **{f"iteration {k}": (entry.get("summary") or {}).get("best_accuracy")
+                                for k, entry in state.get("iterations", {}).items()}}
+    return rows
 
 
 def builtin_recipe(name: str) -> dict:

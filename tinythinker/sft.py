@@ -42,6 +42,7 @@ from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
 STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3, "mixed": 4}
+REFERENCE_MAX_LENGTH = 200  # the reference's max length: inputs over it are counted and reported
 MIXED = "mixed"  # the pseudo-stage of a mixed schedule: every batch draws from all stages' records
 SCHEDULES = ("blocks", "mixed")
 
@@ -184,7 +185,8 @@ class SFTSettings:
     epochs: int = 10
     lr: float = 5e-4
     batch_size: int = 64
-    max_length: int = 200
+    max_length: int = 200  # target tokens
+    max_input_length: int | None = None  # None: inputs are not cut (as the reference)
     seed: int = 42
     bf16: bool = False
     eval_limit: int | None = None
@@ -494,7 +496,8 @@ class SFTTrainer:
         for stage, rows in parts:
             for start in range(0, len(rows), size):
                 inputs, targets = self.data.records(stage, rows[start : start + size])
-                batches.append(student.encode(inputs, targets, max_length=self.settings.max_length))
+                batches.append(student.encode(inputs, targets, max_length=self.settings.max_length,
+                                              max_input_length=self.settings.max_input_length))
         counts = [weight * _label_tokens(b["labels"], student.is_seq2seq) for b in batches]
         total = sum(counts)
         if world > 1:
@@ -609,6 +612,12 @@ class SFTTrainer:
         if self.step >= schedule.total_steps:
             return self.result()
         if self.is_main and self.console is not None:
+            limit = s.max_input_length or REFERENCE_MAX_LENGTH
+            long = {stage: self.student.count_long_inputs(split["input"], limit) for stage, split in self.data.splits.items()}
+            if any(long.values()):
+                what = "cut to their last" if s.max_input_length else "not cut (--max-input-length caps them); over"
+                self.console.print(f"inputs longer than {limit} tokens, {what} {limit}: "
+                                   + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in long.items()))
             where = f"resuming at step {self.step:,}" if self.resume else "starting"
             self.console.print(f"SFT {s.config} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
                                f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
@@ -660,6 +669,8 @@ def train_sft(settings: SFTSettings, out, *, micro_batch_size: int | None = None
     settings = settings.resolved()
     if settings.schedule not in SCHEDULES:
         raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if settings.max_input_length is not None and settings.max_input_length < 1:
+        raise TinyThinkerError(f"max_input_length must be at least 1, got {settings.max_input_length}")
     for name in ("interval", "epochs", "batch_size", "max_length"):
         if getattr(settings, name) < 1:
             raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")

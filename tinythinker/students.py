@@ -121,29 +121,32 @@ class Student:
             rows = self.tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
         return [row if row and row[-1] == eos else row + [eos] for row in rows]
 
-    def encode(self, prompts: list[str], targets: list[str], max_length: int = 200) -> dict[str, torch.Tensor]:
-        """Model inputs with ``labels`` (right-padded): only target tokens count, -100 elsewhere."""
+    def encode(self, prompts: list[str], targets: list[str], max_length: int = 200,
+               max_input_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs with ``labels`` (right-padded): only target tokens count, -100 elsewhere.
+
+        Targets are capped at ``max_length`` tokens (eos kept). Inputs are not cut unless
+        ``max_input_length`` is given (the reference cuts no SFT input); then they keep their end,
+        which says what to generate."""
         if len(prompts) != len(targets):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         targets_ids = [row if len(row) <= max_length else row[: max_length - 1] + [eos] for row in self._target_ids(targets)]
+        inputs = self._prompt_ids(prompts, max_input_length)
         if self.is_seq2seq:
-            inputs = self._prompt_ids(prompts, max_length)
             input_ids, attention_mask = _pad(inputs, pad)
             labels, _ = _pad(targets_ids, IGNORE_INDEX)
             return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        sequences, label_rows = [], []
-        for prompt, target in zip(self._prompt_ids(prompts, None), targets_ids):
-            # keep the whole target when it fits; the prompt keeps its end and at least half the room
-            keep_prompt = max(max_length - len(target), min(len(prompt), max_length // 2))
-            prompt = prompt[-keep_prompt:] if keep_prompt > 0 else []
-            target = target[: max_length - len(prompt)]
-            sequences.append(prompt + target)
-            label_rows.append([IGNORE_INDEX] * len(prompt) + target)
+        sequences = [prompt + target for prompt, target in zip(inputs, targets_ids)]
+        label_rows = [[IGNORE_INDEX] * len(prompt) + target for prompt, target in zip(inputs, targets_ids)]
         input_ids, attention_mask = _pad(sequences, pad)
         labels, _ = _pad(label_rows, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def count_long_inputs(self, prompts: Sequence[str], limit: int) -> int:
+        """How many of ``prompts`` are longer than ``limit`` tokens (what a cap at ``limit`` would cut)."""
+        return sum(len(row) > limit for row in self._prompt_ids(list(prompts), None))
 
     def target_logprobs(self, batch, model=None) -> torch.Tensor:
         """[batch] sum of the log-probabilities of the label tokens (for DPO; ``model`` e.g. the
@@ -287,7 +290,7 @@ SHAPES = {
     "t5-small": dict(d_model=512, layers=6, heads=8, d_ff=2048, vocab_size=32128),
 }
 KINDS = ("seq2seq", "causal")
-TINY_TOKENIZER_VOCAB = 1024  # most BPE tokens a tiny student's tokenizer learns
+TINY_TOKENIZER_VOCAB = 2048  # most BPE tokens a tiny student's tokenizer learns (a world's invented names stay whole)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, seq2seq: bool):

@@ -48,7 +48,7 @@ from .sources import Question, get_spec
 from .teacher.requests import build_request
 
 WORLD_TEACHER = "tinythinker-world-teacher"
-DEFAULT_QUESTIONS = 1280  # 160 entities x 8 relations: csqa test 320, train file 960
+DEFAULT_QUESTIONS = 2400  # 300 entities x 8 relations: csqa test 300, train file 2,100 (train 1,800 + validation 300)
 DEFAULT_DEFECTS = 0.03  # share of teacher samples that are defective
 MIN_ENTITIES = 10
 
@@ -80,7 +80,7 @@ RELATIONS: dict[str, Relation] = {
                       ("smoke", "roses", "mint", "rain", "bread", "pine", "lemon", "soap", "earth", "honey")),
 }
 KINDS = 10  # one per value of every relation: a kind's properties are a row of a Latin-like table
-HELD_OUT = {"csqa": 2, "obqa": 1, "strategyqa": 0}  # relations per entity in the dev file (obqa: and again in test)
+HELD_OUT = {"csqa": 1, "obqa": 1, "strategyqa": 0}  # relations per entity in the dev file (obqa: and again in test)
 
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -153,14 +153,19 @@ class World:
 
     def explanation(self, wq: WorldQuestion, letter: str) -> str:
         """Why option ``letter`` of ``wq`` is right or wrong (the text after ``Because``): the kind's
-        fact, then the option's text, then the verdict. Each step needs only what is already written
-        (the recall holds the fact; the question holds the option), so a small student can learn it."""
+        fact, which option holds its value, the option's own text, and the verdict.
+
+        Each step is a lookup of something already written (the fact is in the recall, the value's
+        letter and the option's text are in the question) and the verdict compares two letters: a
+        small student learns lookups in a few hundred steps, while comparing two of 80 values
+        directly ("option (B) is wide ... so (B) is right") stayed unlearned after 3,000."""
         fact = RELATIONS[wq.relation].fact.format(k=wq.kind, v=wq.value)
         if wq.asked is not None:  # StrategyQA: yes / no about one asked value
             right = (wq.asked == wq.value) == (letter == "A")
-            return f"{fact}; the question asks about {wq.asked}, so option ({letter}) is {'right' if right else 'wrong'}."
+            return f"{fact}; the question asks about {wq.asked}, so ({letter}) is {'right' if right else 'wrong'}."
+        gold = wq.question.answer
         option = wq.question.options[wq.question.letters.index(letter)]
-        return f"{fact}; option ({letter}) is {option}, so it is {'right' if option == wq.value else 'wrong'}."
+        return f"{fact}, which is option ({gold}); option ({letter}) is {option}, so ({letter}) is {'right' if letter == gold else 'wrong'}."
 
     def teacher_text(self, wq: WorldQuestion, *, answer: str | None = None) -> str:
         """A good completion: key information, then one verdict per option (the hinted answer first)."""

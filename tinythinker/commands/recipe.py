@@ -7,6 +7,30 @@ from pathlib import Path
 import click
 
 
+def _show_headline(rows: list[dict], console) -> None:
+    """The run's result in one table: each student's test accuracy and per-stage figures."""
+    from rich.table import Table
+
+    from ..recipe import HEADLINE
+
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    table = Table(title="test accuracy and per-stage figures (percent; chance 100/options)")
+    for column in ("student", "questions", *[c for c, _, _ in HEADLINE], "change"):
+        table.add_column(column, justify="left" if column == "student" else "right")
+    for row in rows:
+        change = row.get("change")
+        table.add_row(row["student"], str(row.get("questions") or "–"), *[pct(row.get(c)) for c, _, _ in HEADLINE],
+                      "" if change is None else f"{100 * change:+.1f}")
+    console.print(table)
+    dpo = next((r for r in rows if r["student"] == "dpo"), None)
+    if dpo and "chosen_iteration" in dpo:
+        pairs = ", ".join(f"{k} {v:,}" for k, v in dpo["pairs"].items()) or "none"
+        validation = ", ".join(f"{k} {pct(v)}" for k, v in dpo["validation"].items())
+        which = "the SFT student (no iteration raised validation accuracy)" if dpo["chosen_iteration"] == 0 \
+            else f"iteration {dpo['chosen_iteration']}"
+        console.print(f"self-reflection: preference pairs {pairs}; validation accuracy {validation}; final student = {which}")
+
+
 def _show_summary(summary: dict, console) -> None:
     from rich.table import Table
 
@@ -37,6 +61,8 @@ def quickstart(run_dir: Path, dataset: str):
     console = Console(stderr=True)
     summary = execute(plan(recipe, run_dir), console=console)
     _show_summary(summary, console)
+    if summary.get("headline"):
+        _show_headline(summary["headline"], console)
 
 
 @click.command()

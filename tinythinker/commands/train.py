@@ -33,7 +33,9 @@ def train():
               help="Records per optimizer step, all processes together.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
               help="Records per forward pass on one process (gradient accumulation; saves memory, same result).")
-@click.option("--max-length", type=click.IntRange(min=1), default=200, show_default=True, help="Token cap of inputs and targets.")
+@click.option("--max-length", type=click.IntRange(min=1), default=200, show_default=True, help="Token cap of targets.")
+@click.option("--max-input-length", type=click.IntRange(min=1), default=None,
+              help="Token cap of inputs, keeping their end (default: no cap, as the reference; longer inputs are counted and reported).")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Share of steps with linear warm-up.")
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=None,
@@ -43,7 +45,7 @@ def train():
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def sft(data, config, student, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size, max_length, warmup_ratio,
+def sft(data, config, student, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size, max_length, max_input_length, warmup_ratio,
         bf16, eval_limit, eval_batch_size, log_every, seed, overwrite, progress):
     """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
     after every cycle; the best checkpoint (with a model card) in OUT/best.
@@ -56,7 +58,7 @@ def sft(data, config, student, out, variant, interval, schedule, epochs, lr, bat
 
     console = Console(stderr=True, soft_wrap=True)
     settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,
-                           epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, seed=seed, bf16=bf16,
+                           epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, max_input_length=max_input_length, seed=seed, bf16=bf16,
                            eval_limit=eval_limit, warmup_ratio=warmup_ratio)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
