@@ -5,9 +5,11 @@ same questions. Prints one JSON object.
                               [--device cpu] [--repeat 2] [--cli]
 
 The questions are the data set's real test questions (``../shared/data/raw``, when present beside the
-repo) or else its embedded demo questions, written as a stage data set folder (full config, test
-split). Without ``--student`` a tiny seq2seq student is trained for ``--steps`` steps on the data set's
-embedded demo records, so that it writes recalls and analyses of realistic length.
+repo) or else the questions of its generated world (``tinythinker world``, seed 42), written as a stage
+data set folder (full config, test split). Without ``--student`` a tiny seq2seq student is trained for
+``--steps`` steps on the records of the data set's generated world (built once into the user cache,
+see :func:`tinythinker.evaluation.world_folder`), so that it writes recalls and analyses of realistic
+length.
 
 Measured (seconds, the minimum over ``--repeat`` alternating runs, model already loaded), both as
 wall time and as this process's CPU time (``*_cpu_s``: robust when other jobs share the machine):
@@ -45,12 +47,14 @@ RAW = REPO.parent / "shared" / "data" / "raw"
 def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
     """A stage data set folder whose ``{dataset}-full`` test split holds ``n`` questions."""
     from tinythinker.artifacts import configs_yaml, write_card, write_split
-    from tinythinker.demo import demo_raw_dir
     from tinythinker.protocol import recall_prompt, summarize_target
     from tinythinker.records import FEATURES
     from tinythinker.sources import load_questions
+    from tinythinker.world import write_world
 
-    source = RAW / dataset if (RAW / dataset).exists() else demo_raw_dir(dataset)
+    source = RAW / dataset
+    if not source.exists():
+        source = write_world(dataset, out.parent / f"{out.name}-world", overwrite=True) / "raw"
     split = load_questions(dataset, str(source), seed=42).splits
     questions = (split["test"] + split["validation"] + split["train"])[:n]
     rows = [{"id": q.id, "stage": "recall", "option": "", "question": q.text, "choices": list(q.options),
@@ -59,11 +63,11 @@ def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
     config = f"{dataset}-full"
     write_split(out, config, "test", rows, FEATURES)
     write_card(out, configs_yaml(out, {config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
-    return out, "real" if source.parent == RAW else "demo"
+    return out, "real" if source.parent == RAW else "world"
 
 
 def quick_student(dataset: str, out: Path, steps: int, shape: str = "tiny") -> str:
-    """A tiny seq2seq student trained briefly on the demo data's stage records (a fixed seed)."""
+    """A tiny seq2seq student trained briefly on the generated world's stage records (a fixed seed)."""
     import random
 
     import torch
@@ -72,7 +76,7 @@ def quick_student(dataset: str, out: Path, steps: int, shape: str = "tiny") -> s
     from tinythinker.students import Student, make_tiny_student
 
     records = [(row["input"], row["target"]) for split in ("recall", "analyze", "summarize")
-               for row in load_split("demo", dataset, "full", split)]
+               for row in load_split("world", dataset, "full", split)]
     path = make_tiny_student("seq2seq", [text for pair in records for text in pair], out, seed=0, shape=shape)
     student = Student.load(path, device="cpu")
     optimizer = torch.optim.AdamW(student.model.parameters(), lr=3e-3)
@@ -92,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="csqa", choices=["csqa", "obqa", "strategyqa"])
     parser.add_argument("--questions", type=int, default=100)
-    parser.add_argument("--student", help="checkpoint (default: a tiny student trained briefly on the demo data)")
+    parser.add_argument("--student", help="checkpoint (default: a tiny student trained briefly on the generated world's data)")
     parser.add_argument("--steps", type=int, default=150, help="training steps of the default student")
     parser.add_argument("--shape", default="tiny", choices=["tiny", "t5-small"], help="shape of the default student")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -147,7 +151,7 @@ def main() -> None:
     same = all(json.loads(by_id[t.id]["filtered_resps"][0])["summary"] == t.summary for t in traces)
     result = {
         "dataset": args.dataset, "questions": len(items), "questions_from": origin, "device": str(student.device),
-        "threads": args.threads, "batch_size": args.batch_size, "student": f"{args.shape} seq2seq, {args.steps} steps on demo data" if not args.student else student_path,
+        "threads": args.threads, "batch_size": args.batch_size, "student": f"{args.shape} seq2seq, {args.steps} steps on world data" if not args.student else student_path,
         "repeat": args.repeat,
         "engine_s": round(engine_s, 3),
         "lm_eval_s": round(lm_eval_s, 3),

@@ -10,8 +10,9 @@ with 10% warm-up and gradient clipping at 1.0:
 
 Student: google-t5/t5-small's shape (d_model 512, 6+6 layers, 8 heads, d_ff 2048, vocab 32128) with
 random weights and a tokenizer trained on the records (``--shape tiny`` for a quick look). Records:
-the embedded CSQA demo set built with ``tinythinker.demo.build_demo`` (real stage formats and
-lengths), cut to ``--steps`` full batches in the stages' proportions. A token is a non-padding
+the generated CSQA world (``tinythinker world csqa``, seed 42, default size) built with
+``tinythinker build`` (real stage formats and lengths), cut to ``--steps`` full batches in the
+stages' proportions. A token is a non-padding
 encoder token or a target token; the first step (warm-up) is left out of both timings. Each trainer
 runs ``--repeats`` times in a fresh process, alternating; the best run of each counts.
 
@@ -40,13 +41,15 @@ def batch_tokens(batch) -> int:
 
 
 def make_data(root: Path, steps: int, batch_size: int) -> Path:
-    """A csqa-full folder holding the first rows of each stage of the demo set: ``steps`` full batches."""
+    """A csqa-full folder holding the first rows of each stage of the generated world: ``steps`` full batches."""
+    from dataset_builders.build import build_dataset
     from tinythinker.artifacts import configs_yaml, write_card, write_split
-    from tinythinker.demo import build_demo
     from tinythinker.pipeline import load_stage_split
+    from tinythinker.world import write_world
 
-    build_demo("csqa", root / "demo")
-    splits = {stage: load_stage_split(root / "demo", "csqa-full", stage) for stage in STAGES}
+    world = write_world("csqa", root / "world")
+    build_dataset("csqa", world / "raw", [world / "teacher.jsonl"], root / "built")
+    splits = {stage: load_stage_split(root / "built", "csqa-full", stage) for stage in STAGES}
     total = sum(len(s) for s in splits.values())
     batches = {stage: max(1, round(steps * len(splits[stage]) / total)) for stage in STAGES}
     batches["analyze"] += steps - sum(batches.values())
@@ -141,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_data(root, args.steps, args.batch_size)
-        texts = [t for s in STAGES for row in load_stage_split(root / "demo", "csqa-full", s) for t in (row["input"], row["target"])]
+        texts = [t for s in STAGES for row in load_stage_split(root / "built", "csqa-full", s) for t in (row["input"], row["target"])]
         student = make_tiny_student("seq2seq", texts, root / "student", seed=0, shape=args.shape)
         runs: dict[str, list[dict]] = {"ours": [], "seq2seq_trainer": []}
         for repeat in range(args.repeats):

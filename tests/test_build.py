@@ -1,5 +1,6 @@
 """`build`: the data set folder (Hub layout, card, builders), reproducibility, offline loading,
-refusing existing output and leaving nothing behind when interrupted."""
+refusing existing output and leaving nothing behind when interrupted. The inputs are small
+generated worlds (conftest: ``world``, ``world_build``)."""
 
 from __future__ import annotations
 
@@ -20,28 +21,28 @@ from dataset_builders import BUILDERS
 from hermetic import cache_env
 from dataset_builders.build import build_dataset
 from tinythinker.artifacts import read_card_metadata, split_path, staged_folder
-from tinythinker.demo import build_demo, demo_raw_dir, demo_responses, main as demo_main
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import VARIANTS
 from tinythinker.records import FEATURES, all_configs
+from tinythinker.sources import get_spec
+from tinythinker.world import DEFECTS, WORLD_TEACHER
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    return {name: build_demo(name, root / name) for name in ("csqa", "obqa", "strategyqa")}
+DATASETS = ("csqa", "obqa", "strategyqa")
+DEFECT_REASONS = {"truncated": "truncated", "missing_option": "incomplete_options", "wrong_answer": "disagrees_with_label",
+                  "bad_prefix": "bad_explanation_prefix", "no_key_information": "no_key_information"}  # the world's -> the build's
 
 
-def test_committed_demo_files_match_the_generator():
-    assert demo_main(["--check"]) == 0
-    total = sum(p.stat().st_size for p in demo_raw_dir("csqa").parents[1].rglob("*") if p.is_file())
-    assert total < 1_000_000
+def _inputs(world, dataset):
+    folder = world(dataset)
+    return folder / "raw", [folder / "teacher.jsonl"]
 
 
-def test_demo_builds_load_with_datasets(demo_folders):
-    for name, result in demo_folders.items():
+def test_world_builds_load_with_datasets(world_build):
+    for name in DATASETS:
+        result = world_build(name)
         assert sorted(p.name for p in result.out.iterdir()) == ["README.md", "data"]
         for config, splits in all_configs(name).items():
             loaded = datasets.load_dataset(str(result.out), config)
@@ -53,28 +54,49 @@ def test_demo_builds_load_with_datasets(demo_folders):
         assert all(row["teacher_recall"] and row["teacher_analyses"] for row in validation)
 
 
-def test_card_records_provenance_and_counts(demo_folders):
-    result = demo_folders["obqa"]
+def test_every_defect_kind_has_a_rejection_reason():
+    assert set(DEFECT_REASONS) == set(DEFECTS)
+
+
+def _merged_duplicates(world, dataset):
+    """The exact duplicates the world writes (as the real releases have): none in csqa; in obqa the
+    first train question again as the last train row; in strategyqa the first record again as the second."""
+    raw = world(dataset) / "raw"
+    if dataset == "obqa":
+        rows = [json.loads(line) for line in (raw / "train.jsonl").read_text().splitlines()]
+        assert rows[0]["question"] == rows[-1]["question"] and rows[0]["answerKey"] == rows[-1]["answerKey"]
+        return [[rows[0]["id"], rows[-1]["id"]]]
+    if dataset == "strategyqa":
+        records = json.loads((raw / "strategyqa_train.json").read_text())
+        assert records[0]["question"] == records[1]["question"] and records[0]["answer"] == records[1]["answer"]
+        return [[records[0]["qid"], records[1]["qid"]]]
+    return []
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_card_records_provenance_and_counts(world, world_build, dataset):
+    result = world_build(dataset)
     meta = read_card_metadata(result.out)
-    assert [c["config_name"] for c in meta["configs"]] == [f"obqa-{v}" for v in VARIANTS]
+    assert [c["config_name"] for c in meta["configs"]] == [f"{dataset}-{v}" for v in VARIANTS]
     info = meta["tinythinker"]
     assert info["seed"] == 42 and info["source_revision"].startswith("sha256:")
-    assert info["teacher"]["model"] == "tinythinker-demo-teacher"
-    assert info["teacher"]["sampling"] == {"temperature": 0.8, "max_tokens": 256, "n": 4}
+    assert info["teacher"]["model"] == WORLD_TEACHER
+    assert info["teacher"]["sampling"] == {"temperature": 0.8, "max_tokens": 256, "n": get_spec(dataset).samples}
     assert info["teacher"]["prompt_hash"].startswith("sha256:")
-    assert info["merged_duplicates"] == [["demo-1-4", "demo-1-41"]]
+    assert info["merged_duplicates"] == _merged_duplicates(world, dataset)
     assert info["counts"] == result.counts
     train = info["selection"]["train"]
-    assert train["rejected"] == {"bad_explanation_prefix": 1, "disagrees_with_label": 1, "incomplete_options": 1,
-                                 "no_key_information": 1, "truncated": 1}
-    assert train["without_rationales"] == {"failed_request": 1}
+    # every kind of defect the world's teacher writes (DEFECTS) is rejected for its own reason, and counted
+    assert set(train["rejected"]) == set(DEFECT_REASONS.values()) and all(count > 0 for count in train["rejected"].values())
+    assert train["without_rationales"] == {"failed_request": 1} and train["failed_requests"] == 1
+    assert train["with_rationales"] == train["questions"] - 1
     text = (result.out / "README.md").read_text()
-    assert "| `truncated` | 1 |" in text and "`obqa-full`" in text and "load_dataset(" in text
+    assert f"| `truncated` | {train['rejected']['truncated']} |" in text and f"`{dataset}-full`" in text and "load_dataset(" in text
 
 
-def test_same_inputs_same_bytes(demo_folders, tmp_path):
-    first = demo_folders["csqa"].out
-    again = build_demo("csqa", tmp_path / "csqa").out
+def test_same_inputs_same_bytes(world, world_build, tmp_path):
+    first = world_build("csqa").out
+    again = build_dataset("csqa", *_inputs(world, "csqa"), tmp_path / "csqa").out
     files = sorted(p.relative_to(first) for p in first.rglob("*.parquet"))
     assert files == sorted(p.relative_to(again) for p in again.rglob("*.parquet")) and len(files) == 18
     for rel in files:
@@ -82,16 +104,16 @@ def test_same_inputs_same_bytes(demo_folders, tmp_path):
     assert (first / "README.md").read_text() == (again / "README.md").read_text()
 
 
-def test_reference_order_switch(tmp_path):
-    result = build_dataset("csqa", demo_raw_dir("csqa"), [demo_responses("csqa")], tmp_path / "ref", reference_order=True)
+def test_reference_order_switch(world, tmp_path):
+    result = build_dataset("csqa", *_inputs(world, "csqa"), tmp_path / "ref", reference_order=True)
     row = pq.read_table(split_path(result.out, "csqa-full", "summarize")).to_pylist()[0]
     gold = f"For option {row['GT']},"
     assert row["input"].split("Analyze: ", 1)[1].startswith(gold)  # the teacher wrote the gold option first
     assert read_card_metadata(result.out)["tinythinker"]["reference_order"] is True
 
 
-def test_builder_is_a_datasets_builder(demo_folders, tmp_path):
-    result = demo_folders["strategyqa"]
+def test_builder_is_a_datasets_builder(world_build, tmp_path):
+    result = world_build("strategyqa")
     builder = BUILDERS["strategyqa"](questions=result.questions, selection=result.selection,
                                      config_name="strategyqa-no_recall", cache_dir=str(tmp_path / "cache"))
     assert isinstance(builder, datasets.ArrowBasedBuilder)
@@ -101,31 +123,30 @@ def test_builder_is_a_datasets_builder(demo_folders, tmp_path):
     assert builder.info.splits["analyze"].num_examples == result.counts["strategyqa-no_recall"]["analyze"]
 
 
-def test_next_round_requests_written(tmp_path):
-    result = build_dataset("obqa", demo_raw_dir("obqa"), [demo_responses("obqa")], tmp_path / "o",
-                           next_round=tmp_path / "round2.jsonl")
+def test_next_round_requests_written(world, tmp_path):
+    result = build_dataset("obqa", *_inputs(world, "obqa"), tmp_path / "o", next_round=tmp_path / "round2.jsonl")
     lines = [json.loads(line) for line in (tmp_path / "round2.jsonl").read_text().splitlines()]
     assert [line["custom_id"] for line in lines] == [need.question_id for need in result.selection.needs_round]
     by_id = {need.question_id: need for need in result.selection.needs_round}
     for line in lines:
         assert line["body"]["n"] == by_id[line["custom_id"]].missing
-        assert line["body"]["model"] == "tinythinker-demo-teacher"
+        assert line["body"]["model"] == WORLD_TEACHER
     assert {line["body"]["max_tokens"] for line in lines} == {256, 512}  # doubled where cut off
 
 
-def test_existing_output_is_refused(demo_folders):
-    out = demo_folders["obqa"].out
+def test_existing_output_is_refused(world, world_build):
+    out = world_build("obqa").out
     before = sorted(p for p in out.rglob("*"))
     with pytest.raises(TinyThinkerError, match="output folder exists; pass --overwrite"):
-        build_demo("obqa", out)
+        build_dataset("obqa", *_inputs(world, "obqa"), out)
     assert sorted(p for p in out.rglob("*")) == before
 
 
-def test_no_training_rationale_is_an_error(tmp_path):
+def test_no_training_rationale_is_an_error(world, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(TinyThinkerError, match="no training question of obqa has a usable teacher rationale"):
-        build_dataset("obqa", demo_raw_dir("obqa"), [empty], tmp_path / "o")
+        build_dataset("obqa", world("obqa") / "raw", [empty], tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
@@ -145,10 +166,10 @@ class _InterruptAfter:
                 raise KeyboardInterrupt
 
 
-def test_interrupted_build_leaves_nothing(tmp_path):
+def test_interrupted_build_leaves_nothing(world, tmp_path):
     out = tmp_path / "csqa"
     with pytest.raises(KeyboardInterrupt):
-        build_dataset("csqa", demo_raw_dir("csqa"), [demo_responses("csqa")], out, progress=_InterruptAfter(5))
+        build_dataset("csqa", *_inputs(world, "csqa"), out, progress=_InterruptAfter(5))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -183,12 +204,12 @@ def test_signalled_cli_build_leaves_no_output(tmp_path, signum):
         assert list(tmp_path.glob(".out.partial-*")) == [] and out.is_dir()
 
 
-def test_load_dataset_offline(demo_folders, tmp_path):
+def test_load_dataset_offline(world_build, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **cache_env(tmp_path)}  # an empty cache
     code = ("import datasets, sys; d = datasets.load_dataset(sys.argv[1], 'csqa-full'); "
             "print(d['summarize'].num_rows, d['test'][0]['target'])")
-    done = subprocess.run([sys.executable, "-c", code, str(demo_folders["csqa"].out)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", code, str(world_build("csqa").out)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows, target = done.stdout.split(" ", 1)
-    assert int(rows) == demo_folders["csqa"].counts["csqa-full"]["summarize"] and target.startswith("So the answer is option")
+    assert int(rows) == world_build("csqa").counts["csqa-full"]["summarize"] and target.startswith("So the answer is option")

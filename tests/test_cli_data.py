@@ -1,9 +1,8 @@
 """`tinythinker build / inspect / push` on the command line; every bad input ends in one line, exit 2,
-and leaves no output behind."""
+and leaves no output behind. The inputs are a small generated world (conftest: ``world``)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import subprocess
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tinythinker.artifacts import read_card_metadata
 from tinythinker.cli import main
-from tinythinker.demo import demo_raw_dir, demo_responses
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,22 +39,36 @@ def assert_one_line_error(result, *fragments):
 
 
 @pytest.fixture
-def csqa_raw(tmp_path):
+def csqa_world(world):
+    return world("csqa")
+
+
+@pytest.fixture
+def csqa_raw(tmp_path, csqa_world):
+    """A copy of the world's csqa raw folder, for tests that break it."""
     folder = tmp_path / "raw"
-    shutil.copytree(demo_raw_dir("csqa"), folder)
+    shutil.copytree(csqa_world / "raw", folder)
     return folder
+
+
+@pytest.fixture
+def csqa_responses(csqa_world):
+    return csqa_world / "teacher.jsonl"
 
 
 def build_args(raw, responses, out, *extra):
     return ["build", "csqa", "--raw", raw, "--responses", responses, "--out", out, *extra]
 
 
-def test_build_inspect_and_dry_run(tmp_path):
+def test_build_inspect_and_dry_run(tmp_path, csqa_world, csqa_responses):
     out, next_round = tmp_path / "csqa", tmp_path / "round2.jsonl"
-    done = cli(*build_args(demo_raw_dir("csqa"), demo_responses("csqa"), out, "--seed", "42", "--next-round", next_round))
+    done = cli(*build_args(csqa_world / "raw", csqa_responses, out, "--seed", "42", "--next-round", next_round))
     assert done.returncode == 0, done.stderr
     assert "csqa-summarize_only" in done.stdout and "rejected: truncated" in done.stdout
-    assert f"requests written to {next_round}" in done.stdout and next_round.read_text().count("\n") == 5
+    selection = read_card_metadata(out)["tinythinker"]["selection"]
+    needs_round = sum(split["needs_round"] for split in selection.values())
+    assert needs_round > 0 and f"requests written to {next_round}" in done.stdout
+    assert next_round.read_text().count("\n") == needs_round
     shown = cli("inspect", out)
     assert shown.returncode == 0, shown.stderr
     for text in ("csqa-full", "recall_single", "rejected: bad_explanation_prefix", "Recall:", "So the answer is option"):
@@ -64,24 +77,25 @@ def test_build_inspect_and_dry_run(tmp_path):
     assert dry.returncode == 0 and "would upload 19 files" in dry.stdout
 
 
-def test_missing_raw_file(tmp_path, csqa_raw):
+def test_missing_raw_file(tmp_path, csqa_raw, csqa_responses):
     (csqa_raw / "dev_rand_split.jsonl").unlink()
-    result = cli(*build_args(csqa_raw, demo_responses("csqa"), tmp_path / "out"))
+    result = cli(*build_args(csqa_raw, csqa_responses, tmp_path / "out"))
     assert_one_line_error(result, "dev_rand_split.jsonl: raw file not found", "pass --raw")
     assert not (tmp_path / "out").exists()
 
 
-def test_unreadable_raw_file(tmp_path, csqa_raw):
+def test_unreadable_raw_file(tmp_path, csqa_raw, csqa_responses):
     (csqa_raw / "dev_rand_split.jsonl").write_bytes(b"\x80\x81 not utf-8\n")
-    result = cli_in_process(*build_args(csqa_raw, demo_responses("csqa"), tmp_path / "out"))
+    result = cli_in_process(*build_args(csqa_raw, csqa_responses, tmp_path / "out"))
     assert_one_line_error(result, "dev_rand_split.jsonl: cannot read raw file (UnicodeDecodeError)")
 
 
-def test_raw_line_not_json(tmp_path, csqa_raw):
+def test_raw_line_not_json(tmp_path, csqa_raw, csqa_responses):
     path = csqa_raw / "train_rand_split.jsonl"
-    path.write_text(path.read_text() + "{broken\n")
-    result = cli(*build_args(csqa_raw, demo_responses("csqa"), tmp_path / "out"))
-    assert_one_line_error(result, f"{path}:51: not valid JSON")
+    text = path.read_text()
+    path.write_text(text + "{broken\n")
+    result = cli(*build_args(csqa_raw, csqa_responses, tmp_path / "out"))
+    assert_one_line_error(result, f"{path}:{text.count(chr(10)) + 1}: not valid JSON")
     assert not (tmp_path / "out").exists()
 
 
@@ -90,7 +104,7 @@ def test_raw_line_not_json(tmp_path, csqa_raw):
     ({"answerKey": "Z"}, "has answer 'Z', not one of its options A, B, C, D, E"),
     ({"choices": 3}, "has 3 options, this data set needs 5"),
 ])
-def test_bad_question(tmp_path, csqa_raw, change, message):
+def test_bad_question(tmp_path, csqa_raw, csqa_responses, change, message):
     path = csqa_raw / "train_rand_split.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     if "choices" in change:
@@ -98,44 +112,45 @@ def test_bad_question(tmp_path, csqa_raw, change, message):
     else:
         rows[2]["answerKey"] = change["answerKey"]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = cli_in_process(*build_args(csqa_raw, demo_responses("csqa"), tmp_path / "out"))
-    assert_one_line_error(result, f"{path}:3: question demo-csqa-train-002", message)
+    result = cli_in_process(*build_args(csqa_raw, csqa_responses, tmp_path / "out"))
+    assert rows[2]["id"] == "world-csqa-train-00002"
+    assert_one_line_error(result, f"{path}:3: question world-csqa-train-00002", message)
     assert not (tmp_path / "out").exists()
 
 
-def test_responses_not_jsonl(tmp_path):
+def test_responses_not_jsonl(tmp_path, csqa_world, csqa_responses):
     responses = tmp_path / "teacher.json"
-    lines = gzip.open(demo_responses("csqa"), "rt").read().splitlines()
+    lines = csqa_responses.read_text().splitlines()
     responses.write_text(json.dumps([json.loads(x) for x in lines[:2]], indent=2))
-    result = cli(*build_args(demo_raw_dir("csqa"), responses, tmp_path / "out"))
+    result = cli(*build_args(csqa_world / "raw", responses, tmp_path / "out"))
     assert_one_line_error(result, f"{responses}:1: not valid JSON", "JSONL")
     assert not (tmp_path / "out").exists()
 
 
-def test_responses_of_unknown_shape(tmp_path):
+def test_responses_of_unknown_shape(tmp_path, csqa_world):
     responses = tmp_path / "teacher.jsonl"
     responses.write_text('{"question": "q", "answer": "A"}\n')
-    result = cli_in_process(*build_args(demo_raw_dir("csqa"), responses, tmp_path / "out"))
+    result = cli_in_process(*build_args(csqa_world / "raw", responses, tmp_path / "out"))
     assert_one_line_error(result, f"{responses}:1: unknown response shape")
 
 
-def test_responses_matching_no_question(tmp_path):
+def test_responses_matching_no_question(tmp_path, world, csqa_world):
     responses = tmp_path / "teacher.jsonl"
-    lines = gzip.open(demo_responses("obqa"), "rt").read().splitlines()  # obqa's answers given to csqa
+    lines = (world("obqa") / "teacher.jsonl").read_text().splitlines()  # obqa's answers given to csqa
     responses.write_text("\n".join(lines[:3]) + "\n")
-    result = cli(*build_args(demo_raw_dir("csqa"), responses, tmp_path / "out"))
+    result = cli(*build_args(csqa_world / "raw", responses, tmp_path / "out"))
     assert_one_line_error(result, f"{responses}:1: response matches no question of csqa")
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_is_refused_unless_overwrite(tmp_path):
+def test_existing_output_is_refused_unless_overwrite(tmp_path, csqa_world, csqa_responses):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = cli_in_process(*build_args(demo_raw_dir("csqa"), demo_responses("csqa"), out))
+    result = cli_in_process(*build_args(csqa_world / "raw", csqa_responses, out))
     assert_one_line_error(result, f"{out}: output folder exists; pass --overwrite")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    replaced = cli_in_process(*build_args(demo_raw_dir("csqa"), demo_responses("csqa"), out, "--overwrite"))
+    replaced = cli_in_process(*build_args(csqa_world / "raw", csqa_responses, out, "--overwrite"))
     assert replaced.exit_code == 0, replaced.output
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "data"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no partial or old folder left beside it

@@ -31,36 +31,33 @@ def trained_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    from tinythinker.demo import build_demo
-
-    out = tmp_path_factory.mktemp("demo") / "csqa"
-    build_demo("csqa", out)
-    return out
+def built(world_build):
+    """A built small generated csqa world (conftest)."""
+    return world_build("csqa").out
 
 
-def test_student_init_on_demo_data_then_oracle_infer(demo, tmp_path):
+def test_student_init_on_world_data_then_oracle_infer(built, tmp_path):
     from tinythinker.pipeline import items_from_dataset, oracles_from_dataset
     from tinythinker.students import Student
 
     out = tmp_path / "tiny"
-    result = tinythinker("student", "init", "--tiny", "--kind", "causal", "--data", demo, "--config", "csqa-full", "--out", out)
+    result = tinythinker("student", "init", "--tiny", "--kind", "causal", "--data", built, "--config", "csqa-full", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "wrote causal student" in result.stdout
     student = Student.load(out, device="cpu")
     assert not student.is_seq2seq and (out / "README.md").exists()
-    question = items_from_dataset(demo, "csqa-full", "test")[0].question
+    question = items_from_dataset(built, "csqa-full", "test")[0].question
     assert student.tokenizer.decode(student.tokenizer(question, add_special_tokens=False)["input_ids"]) == question
 
-    again = tinythinker("student", "init", "--tiny", "--data", demo, "--out", out)
+    again = tinythinker("student", "init", "--tiny", "--data", built, "--out", out)
     assert again.returncode == 2 and again.stderr.strip() == f"Error: {out}: output folder exists; pass --overwrite to replace it or choose another --out"
 
     # the teacher's recall and analyses from the data set replace the (untrained) student's
     traces = tmp_path / "oracle.jsonl"
-    result = tinythinker("infer", "--student", out, "--data", demo, "--config", "csqa-full", "--split", "test",
+    result = tinythinker("infer", "--student", out, "--data", built, "--config", "csqa-full", "--split", "test",
                          "--oracle", "both", "--limit", "3", "--out", traces)
     assert result.returncode == 0, result.stderr
-    recalls, analyses = oracles_from_dataset(demo, "csqa-full", "test")
+    recalls, analyses = oracles_from_dataset(built, "csqa-full", "test")
     rows = [json.loads(line) for line in traces.read_text().splitlines()]
     assert len(rows) == 3 and all(r["recall"] == recalls[r["id"]] and r["analyses"] == analyses[r["id"]] for r in rows)
     assert json.loads((tmp_path / "oracle.summary.json").read_text())["oracle"] == "both"

@@ -190,8 +190,8 @@ def test_task_docs_prompts_come_from_the_protocol():
 def test_data_source_precedence(monkeypatch, caplog):
     monkeypatch.delenv("TINYTHINKER_DATA", raising=False)
     monkeypatch.delenv("TINYTHINKER_DATA_CSQA", raising=False)
-    assert ev.data_source("csqa", {}) == "demo"
-    assert "embedded demo data" in caplog.text
+    assert ev.data_source("csqa", {}) == "world"
+    assert "using the generated world data" in caplog.text
     monkeypatch.setenv("TINYTHINKER_DATA", "/env/all")
     assert ev.data_source("csqa", {}) == "/env/all"
     monkeypatch.setenv("TINYTHINKER_DATA_CSQA", "/env/csqa")
@@ -208,9 +208,41 @@ def test_data_source_from_the_students_card(tmp_path, monkeypatch):
     monkeypatch.delenv("TINYTHINKER_DATA_OBQA", raising=False)
     write_card(tmp_path, {"tinythinker": {"method": "sft", "data": "runs/x/data/obqa", "config": "obqa-full"}}, "# student")
     assert ev.data_source("obqa", {"pretrained": str(tmp_path)}) == "runs/x/data/obqa"
-    assert ev.data_source("csqa", {"pretrained": str(tmp_path)}) == "demo"  # trained on another data set
+    assert ev.data_source("csqa", {"pretrained": str(tmp_path)}) == "world"  # trained on another data set
     assert ev.data_source("obqa", {"pretrained": str(tmp_path), "data": "mine"}) == "mine"
-    assert ev.data_source("obqa", {"pretrained": "google-t5/t5-small"}) == "demo"
+    assert ev.data_source("obqa", {"pretrained": "google-t5/t5-small"}) == "world"
+
+
+def test_world_folder_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    from tinythinker.pipeline import load_stage_split
+
+    monkeypatch.setenv("TINYTHINKER_CACHE", str(tmp_path / "cache"))
+    folder = ev.world_folder("obqa", questions=80)  # the default size takes longer; the same code path
+    assert folder.parent == tmp_path / "cache" / "world" and folder.name == f"obqa-{ev._world_digest('obqa', 42, 80)}"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "data"]
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no generated or partial files left beside it
+    assert len(load_stage_split(folder, "obqa-full", "test")) > 0
+    stamp = (folder / "README.md").stat().st_mtime_ns
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr("dataset_builders.build.build_dataset", no_rebuild)
+    assert ev.world_folder("obqa", questions=80) == folder and (folder / "README.md").stat().st_mtime_ns == stamp
+    # keyed by the generated files: another world (here another seed) is another folder
+    assert ev._world_digest("obqa", 7, 80) != ev._world_digest("obqa", 42, 80)
+
+
+def test_demo_source_is_a_deprecated_alias_of_world(world_build, monkeypatch, caplog):
+    built = world_build("csqa").out
+    asked = []
+    monkeypatch.setattr(ev, "world_folder", lambda dataset: asked.append(dataset) or built)
+    monkeypatch.setattr(ev, "_warned_demo", [])
+    rows = ev.load_split("world", "csqa", "full", "test")
+    assert asked == ["csqa"] and "deprecated" not in caplog.text
+    assert ev.load_split("demo", "csqa", "full", "test")[:] == rows[:] and asked == ["csqa", "csqa"]
+    ev.load_split("demo", "csqa", "full", "test")
+    assert caplog.text.count("data=demo is deprecated") == 1  # one warning line, not one per task
 
 
 def test_decode_trace_refuses_plain_text():

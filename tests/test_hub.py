@@ -11,7 +11,6 @@ import pytest
 
 from hub_server import LocalHub
 from tinythinker.artifacts import split_path
-from tinythinker.demo import build_demo
 from tinythinker.errors import TinyThinkerError
 from tinythinker.hub import plan_push, repo_type_of
 
@@ -20,8 +19,9 @@ TOKEN = "hf_local_test_token_never_printed"
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return build_demo("strategyqa", tmp_path_factory.mktemp("push") / "strategyqa").out
+def folder(world_build):
+    """A built small generated strategyqa world (conftest)."""
+    return world_build("strategyqa").out
 
 
 def run_cli(*args, endpoint, home, token=TOKEN):

@@ -37,7 +37,13 @@ def test_shipped_recipes_are_valid_and_plan_every_phase():
         assert [s for s in steps if s.startswith("sft-")] == [f"sft-{v}" for v in variants]
         assert ("reflect" in steps) == (recipe["reflect"]["iterations"] > 0)
     quickstart = builtin_recipe("quickstart")
-    assert "teach" not in [s.name for s in plan(quickstart, "/tmp/never-written").steps]
+    assert quickstart["raw"] == quickstart["teacher"]["responses"] == "world"
+    steps = {s.name: s for s in plan(quickstart, "/tmp/never-written").steps}
+    assert list(steps)[:2] == ["world", "build"] and "teach" not in steps
+    assert steps["world"].argv[:2] == ["world", "csqa"]
+    built = steps["build"].argv  # the world step's files, not a folder or Hub id named "world"
+    assert built[built.index("--raw") + 1] == str(steps["world"].output / "raw")
+    assert built[built.index("--responses") + 1] == str(steps["world"].output / "teacher.jsonl")
 
 
 def test_recipe_errors_name_the_key():
@@ -49,6 +55,8 @@ def test_recipe_errors_name_the_key():
         validate_recipe({"dataset": "squad"})
     with pytest.raises(TinyThinkerError, match="sft.variants"):
         validate_recipe({"dataset": "obqa", "sft": {"variants": ["full", "no_summary"]}})
+    with pytest.raises(TinyThinkerError, match="demo data is gone; write raw: world"):
+        validate_recipe({"dataset": "obqa", "raw": "demo"})
 
 
 def test_processes_launch_through_accelerate_and_responses_skip_teaching(tmp_path):
@@ -71,14 +79,12 @@ def test_bad_recipe_file_is_one_line(tmp_path):
     assert missing.returncode == 2 and "recipe not found" in missing.stderr
 
 
-def _small_recipe(base_url: str, run_dir: Path) -> dict:
-    from tinythinker.demo import demo_raw_dir
-
+def _small_recipe(base_url: str, run_dir: Path, raw: Path) -> dict:
     return {
         "name": "tiny-e2e",
         "dataset": "csqa",
         "run_dir": str(run_dir),
-        "raw": str(demo_raw_dir("csqa")),
+        "raw": str(raw),
         "teacher": {"model": "gpt-4o-2024-05-13", "base_url": base_url, "rounds": 1, "concurrency": 8,
                     "splits": "train,validation,test"},
         "student": "tiny-seq2seq",
@@ -89,12 +95,12 @@ def _small_recipe(base_url: str, run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_run_survives_sigkill_and_skips_finished_steps(tmp_path):
+def test_run_survives_sigkill_and_skips_finished_steps(tmp_path, world):
     run_dir = tmp_path / "run"
     env = {"OPENAI_API_KEY": "sk-test-recipe", "TINYTHINKER_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     with serve() as server:
         recipe_file = tmp_path / "recipe.yaml"
-        recipe_file.write_text(yaml.safe_dump(_small_recipe(server.base_url, run_dir)))
+        recipe_file.write_text(yaml.safe_dump(_small_recipe(server.base_url, run_dir, world("csqa") / "raw")))
         state = run_dir / "run_state.json"
 
         # First run: kill the whole process group once the SFT step has started.

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker.demo import demo_raw_dir
 from tinythinker.errors import TinyThinkerError
 from tinythinker.sources import Question, check_no_leakage, load_questions
 
@@ -52,10 +51,18 @@ def test_strategyqa_dedup_then_80_10_10(raw_dir):
     assert all(q.options == ("yes", "no") for q in qs.all())
 
 
-def test_demo_sources():
-    sizes = {name: load_questions(name, demo_raw_dir(name)).sizes() for name in ("csqa", "obqa", "strategyqa")}
-    assert sizes["csqa"] == sizes["obqa"] == {"train": 40, "validation": 10, "test": 10}
-    assert sizes["strategyqa"] == {"train": 48, "validation": 6, "test": 6}
+def test_world_sources(world):
+    """A generated world's raw files load like the real ones, split by the data sets' own rules."""
+    files = {name: json.loads((world(name) / "world.json").read_text())["files"] for name in ("csqa", "obqa", "strategyqa")}
+    sizes = {name: load_questions(name, world(name) / "raw").sizes() for name in files}
+    # csqa: test = the dev file; validation = as many questions drawn from the train file
+    csqa = files["csqa"]
+    assert sizes["csqa"] == {"train": csqa["train"] - csqa["dev"], "validation": csqa["dev"], "test": csqa["dev"]}
+    # obqa: the three files (train's exact duplicate merged)
+    assert sizes["obqa"] == {"train": files["obqa"]["train"], "validation": files["obqa"]["dev"], "test": files["obqa"]["test"]}
+    # strategyqa: one file (its duplicate merged) cut 80 / 10 / 10
+    total = files["strategyqa"]["train"]
+    assert sizes["strategyqa"] == {"train": total * 8 // 10, "validation": total // 10, "test": total // 10}
 
 
 def test_leakage_is_refused():
@@ -67,16 +74,22 @@ def test_leakage_is_refused():
 
 # --- bad raw input: one clear line naming file (and line) and the fix ---------------------------
 
-def _csqa_folder(tmp_path: Path, train_lines: list[str]) -> Path:
+@pytest.fixture
+def csqa_raw(world) -> Path:
+    """The raw folder of a small generated csqa world (read only)."""
+    return world("csqa") / "raw"
+
+
+def _csqa_folder(tmp_path: Path, train_lines: list[str], csqa_raw: Path) -> Path:
     folder = tmp_path / "csqa"
     folder.mkdir()
     (folder / "train_rand_split.jsonl").write_text("\n".join(train_lines) + "\n")
-    (folder / "dev_rand_split.jsonl").write_text((demo_raw_dir("csqa") / "dev_rand_split.jsonl").read_text())
+    (folder / "dev_rand_split.jsonl").write_text((csqa_raw / "dev_rand_split.jsonl").read_text())
     return folder
 
 
-def _row(**change) -> str:
-    row = json.loads((demo_raw_dir("csqa") / "train_rand_split.jsonl").read_text().splitlines()[0])
+def _row(csqa_raw: Path, **change) -> str:
+    row = json.loads((csqa_raw / "train_rand_split.jsonl").read_text().splitlines()[0])
     row.update(change)
     return json.dumps(row)
 
@@ -96,36 +109,38 @@ def test_missing_raw_file(tmp_path):
     assert "no such local folder" in _error("csqa", tmp_path / "absent")
 
 
-def test_unreadable_raw_file(tmp_path):
-    folder = _csqa_folder(tmp_path, [_row()])
+def test_unreadable_raw_file(tmp_path, csqa_raw):
+    folder = _csqa_folder(tmp_path, [_row(csqa_raw)], csqa_raw)
     (folder / "train_rand_split.jsonl").write_bytes(b'{"id": "\xff\xfe"}\n')
     assert "cannot read raw file (UnicodeDecodeError)" in _error("csqa", folder)
 
 
-def test_raw_line_not_json(tmp_path):
-    folder = _csqa_folder(tmp_path, [_row(), "{not json"])
+def test_raw_line_not_json(tmp_path, csqa_raw):
+    folder = _csqa_folder(tmp_path, [_row(csqa_raw), "{not json"], csqa_raw)
     assert f"{folder / 'train_rand_split.jsonl'}:2: not valid JSON" in _error("csqa", folder)
 
 
-def test_missing_answer(tmp_path):
-    folder = _csqa_folder(tmp_path, [_row(answerKey="")])
-    assert "train_rand_split.jsonl:1: question demo-csqa-train-000 has no answer" in _error("csqa", folder)
+def test_missing_answer(tmp_path, csqa_raw):
+    folder = _csqa_folder(tmp_path, [_row(csqa_raw, answerKey="")], csqa_raw)
+    assert "train_rand_split.jsonl:1: question world-csqa-train-00000 has no answer" in _error("csqa", folder)
 
 
-def test_answer_not_among_options(tmp_path):
-    folder = _csqa_folder(tmp_path, [_row(answerKey="F")])
+def test_answer_not_among_options(tmp_path, csqa_raw):
+    folder = _csqa_folder(tmp_path, [_row(csqa_raw, answerKey="F")], csqa_raw)
     assert "has answer 'F', not one of its options A, B, C, D, E" in _error("csqa", folder)
 
 
-def test_wrong_option_count(tmp_path):
-    row = json.loads(_row())
+def test_wrong_option_count(tmp_path, csqa_raw):
+    row = json.loads(_row(csqa_raw))
     row["question"]["choices"] = row["question"]["choices"][:4]
-    folder = _csqa_folder(tmp_path, [json.dumps(row)])
+    folder = _csqa_folder(tmp_path, [json.dumps(row)], csqa_raw)
     assert "has 4 options, this data set needs 5" in _error("csqa", folder)
 
 
-def test_duplicates_with_different_answers_are_refused(tmp_path):
-    folder = _csqa_folder(tmp_path, [_row(), _row(id="copy", answerKey="A")])
+def test_duplicates_with_different_answers_are_refused(tmp_path, csqa_raw):
+    row = json.loads(_row(csqa_raw))
+    other = next(x for x in "ABCDE" if x != row["answerKey"])
+    folder = _csqa_folder(tmp_path, [_row(csqa_raw), _row(csqa_raw, id="copy", answerKey=other)], csqa_raw)
     assert "same question" in _error("csqa", folder) and "different answers" in _error("csqa", folder)
 
 

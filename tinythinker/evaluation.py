@@ -16,6 +16,7 @@ teacher's analyses too -> ``analyze``; wrong even then -> ``summarize``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -239,8 +240,8 @@ def data_source(dataset: str, metadata: Mapping) -> str:
     """Where a task reads its data set folder: lm-eval metadata ``data_<dataset>`` or ``data``
     (``--metadata data=PATH``), else the environment ``TINYTHINKER_DATA_<DATASET>`` or
     ``TINYTHINKER_DATA``, else the data the student was trained on (its card, when ``pretrained``
-    is a TinyThinker checkpoint of this data set), else ``demo`` (the embedded demo data). A local
-    folder, a Hub id, or ``demo``."""
+    is a TinyThinker checkpoint of this data set), else ``world`` (the generated learnable world,
+    :func:`world_folder`). A local folder, a Hub id, or ``world`` (``demo``: a deprecated alias)."""
     for value in (metadata.get(f"data_{dataset}"), metadata.get("data"),
                   os.environ.get(f"{DATA_ENV}_{dataset.upper()}"), os.environ.get(DATA_ENV)):
         if value not in (None, ""):
@@ -249,8 +250,8 @@ def data_source(dataset: str, metadata: Mapping) -> str:
     if trained_on:
         log.warning("%s: reading %s, the data set the student's card names (--metadata data=... to choose another)", dataset, trained_on)
         return trained_on
-    log.warning("%s: no data set given (--metadata data=PATH_OR_HUB_ID, or %s); using the embedded demo data", dataset, DATA_ENV)
-    return "demo"
+    log.warning("%s: no data set given (--metadata data=PATH_OR_HUB_ID, or %s); using the generated world data", dataset, DATA_ENV)
+    return "world"
 
 
 def _student_data(pretrained, dataset: str) -> str | None:
@@ -268,34 +269,61 @@ def _student_data(pretrained, dataset: str) -> str | None:
     return str(info["data"])
 
 
-def demo_folder(dataset: str) -> Path:
-    """The embedded demo data of ``dataset`` built once into the user cache (``TINYTHINKER_CACHE``,
-    default ``~/.cache/tinythinker``); rebuilt when the package's demo files change."""
+WORLD_SOURCE = "world"  # data=world: the generated world (world_folder); "demo" is a deprecated alias
+
+
+@functools.lru_cache(maxsize=None)
+def _world_digest(dataset: str, seed: int, questions: int) -> str:
+    """A hash of the generated world's files (generating the default world takes seconds: once a process)."""
     import hashlib
 
-    from . import demo
+    from .world import world_files
 
-    raw, responses = Path(demo.demo_raw_dir(dataset)), Path(demo.demo_responses(dataset))
     digest = hashlib.sha256()
-    for path in sorted([*raw.rglob("*"), responses] if raw.is_dir() else [raw, responses]):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
+    for path, text in sorted(world_files(dataset, seed=seed, questions=questions).items()):
+        digest.update(path.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def world_folder(dataset: str, *, seed: int = 42, questions: int | None = None) -> Path:
+    """The generated learnable world of ``dataset`` (``tinythinker world``: seed 42, the default size)
+    built once into the user cache (``TINYTHINKER_CACHE``, default ``~/.cache/tinythinker``), under a
+    name keyed by a hash of the generated files: a change of the generator builds it again."""
+    import tempfile
+
+    from dataset_builders.build import build_dataset
+
+    from .world import DEFAULT_QUESTIONS, write_world
+
+    questions = questions or DEFAULT_QUESTIONS
     cache = Path(os.environ.get("TINYTHINKER_CACHE") or Path.home() / ".cache" / "tinythinker")
-    out = cache / "demo" / f"{dataset}-{digest.hexdigest()[:12]}"
+    out = cache / "world" / f"{dataset}-{_world_digest(dataset, seed, questions)}"
     if not (out / "README.md").exists():
-        try:
-            demo.build_demo(dataset, out)
-        except TinyThinkerError:
-            if not (out / "README.md").exists():  # not merely another process finishing it first
-                raise
+        log.warning("%s: building the generated world data into %s (once)", dataset, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{dataset}-world-", dir=out.parent) as tmp:
+            world = write_world(dataset, Path(tmp) / "world", seed=seed, questions=questions)
+            try:
+                build_dataset(dataset, world / "raw", [world / "teacher.jsonl"], out, seed=seed)
+            except TinyThinkerError:
+                if not (out / "README.md").exists():  # not merely another process finishing it first
+                    raise
     return out
 
 
+_warned_demo: list[bool] = []
+
+
 def load_split(source: str, dataset: str, variant: str, split: str):
-    """One split of config ``{dataset}-{variant}`` of a data set folder, Hub id, or ``demo``."""
+    """One split of config ``{dataset}-{variant}`` of a data set folder, Hub id, or ``world``."""
     from .pipeline import load_stage_split  # the engine's loader: one set of checks and messages
 
-    folder = demo_folder(dataset) if source == "demo" else Path(source).expanduser()
+    if source == "demo":  # the embedded demo data is gone; its keyword still works
+        if not _warned_demo:
+            _warned_demo.append(True)
+            log.warning("data=demo is deprecated: reading data=world (the generated world data) instead")
+        source = WORLD_SOURCE
+    folder = world_folder(dataset) if source == WORLD_SOURCE else Path(source).expanduser()
     # datasets reads a relative folder such as "." as a Hub name: hand it an absolute path
     folder = folder.resolve() if folder.exists() else source
     return load_stage_split(folder, f"{dataset}-{variant}", split)

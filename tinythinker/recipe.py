@@ -123,6 +123,9 @@ def validate_recipe(given: dict, where: str = "recipe") -> dict:
         raise TinyThinkerError(f"{where}: sft.variants {bad or variants} must be among {', '.join(VARIANTS)}")
     if int(recipe["processes"]) < 1:
         raise TinyThinkerError(f"{where}: processes must be at least 1")
+    if "demo" in (recipe["raw"], recipe["teacher"]["responses"]):
+        raise TinyThinkerError(f"{where}: the embedded demo data is gone; write raw: world and teacher.responses: world "
+                               "(a generated learnable world, see tinythinker world --help)")
     return recipe
 
 

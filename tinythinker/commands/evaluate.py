@@ -13,7 +13,7 @@ import click
     epilog="Every other argument goes to lm_eval unchanged (e.g. --tasks, --model hf, --model_args seed=7, --metadata, --seed).",
 )
 @click.option("--student", help="Student checkpoint folder or Hub id: runs --model tinythinker with pretrained=STUDENT.")
-@click.option("--data", help="Data set folder made by `tinythinker build`, a Hub id, or demo (lm-eval --metadata data=...).")
+@click.option("--data", help="Data set folder made by `tinythinker build`, a Hub id, or world (the generated world; lm-eval --metadata data=...).")
 @click.option("--config", help="{dataset}-{variant}, e.g. csqa-full: the tasks to run (full: pipeline + both oracles).")
 @click.option("--split", help="Split to evaluate (default test).")
 @click.option("--output-path", type=click.Path(file_okay=False), help="Results folder (per-question samples logged; a rerun resumes).")

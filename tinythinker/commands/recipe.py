@@ -48,9 +48,9 @@ def _show_summary(summary: dict, console) -> None:
 @click.command()
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("tinythinker-quickstart"), show_default=True,
               help="Run folder for every artifact; rerunning continues a stopped run.")
-@click.option("--dataset", type=click.Choice(["csqa", "obqa", "strategyqa"]), default="csqa", show_default=True, help="Which embedded demo data set.")
+@click.option("--dataset", type=click.Choice(["csqa", "obqa", "strategyqa"]), default="csqa", show_default=True, help="Which data set's generated world.")
 def quickstart(run_dir: Path, dataset: str):
-    """Embedded demo data -> build -> tiny student SFT -> 1 DPO iteration -> lm-eval -> report (no network, no key)."""
+    """A generated learnable world -> build -> tiny student SFT -> 1 DPO iteration -> lm-eval -> report (no network, no key)."""
     from rich.console import Console
 
     from ..recipe import builtin_recipe, execute, plan
