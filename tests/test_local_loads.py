@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 from dataset_builders.build import build_dataset
 from helpers_data import TOY_QUESTIONS, write_stage_data
 from tinythinker.artifacts import card_data_files, split_file, split_path, staged_folder, write_split
-from tinythinker.demo import build_demo, demo_raw_dir, demo_responses
 from tinythinker.pipeline import load_stage_split
 from tinythinker.preferences import PairSet, config_name, write_preference_config
 from tinythinker.records import FEATURES, all_configs
@@ -80,13 +79,14 @@ def test_stage_folders_with_the_same_basename_load_their_own_rows(tmp_path):
     assert [r["id"] for r in assert_loads_its_own_rows(first, "toy-full")["test"]] == ["q1", "q2", "q3"]
 
 
-def test_built_folder_rebuilt_with_other_rows_of_the_same_counts_loads_them(tmp_path):
+def test_built_folder_rebuilt_with_other_rows_of_the_same_counts_loads_them(world, tmp_path):
     """The builder's path (dataset_builders): a rebuild in place whose splits have the same sizes but
     other rows (another order of the analyses) must not be served from the first build's cache."""
     out = tmp_path / "csqa"
-    first = build_demo("csqa", out)
+    raw, responses = world("csqa") / "raw", [world("csqa") / "teacher.jsonl"]
+    first = build_dataset("csqa", raw, responses, out)
     before = {config: assert_loads_its_own_rows(out, config) for config in all_configs("csqa")}
-    again = build_dataset("csqa", demo_raw_dir("csqa"), [demo_responses("csqa")], out, overwrite=True, reference_order=True)
+    again = build_dataset("csqa", raw, responses, out, overwrite=True, reference_order=True)
     assert again.counts == first.counts
     after = {config: assert_loads_its_own_rows(out, config) for config in all_configs("csqa")}
     assert after["csqa-full"]["summarize"] != before["csqa-full"]["summarize"]

@@ -75,13 +75,26 @@ def test_encode_counts_only_target_tokens(untrained):
             assert (batch["labels"][row][padded] == IGNORE_INDEX).all()
 
 
-def test_encode_truncates_long_prompts_from_the_left(untrained):
+def test_encode_cuts_no_input_unless_asked_and_then_keeps_its_end(untrained):
     prompt = " ".join(["filler"] * 300) + "\nAnalyze: For option B,"
-    batch = untrained.encode([prompt], ["A clear sky is blue."], max_length=40)
-    assert batch["input_ids"].shape[1] <= 40
+    whole = untrained.encode([prompt], ["A clear sky is blue."], max_length=40)
+    assert whole["input_ids"].shape[1] > 300  # the reference cuts no SFT input
+    assert untrained.count_long_inputs([prompt, "short"], 200) == 1
+    batch = untrained.encode([prompt], ["A clear sky is blue."], max_length=40, max_input_length=30)
+    prompt_tokens = int((batch["labels"][0] == IGNORE_INDEX).sum()) if not untrained.is_seq2seq else batch["input_ids"].shape[1]
+    assert prompt_tokens <= 30 + (0 if untrained.is_seq2seq else 1)
     ids = batch["input_ids"][0].tolist()
     kept = untrained.tokenizer.decode(ids, skip_special_tokens=True)
     assert "Analyze: For option B," in kept  # the end of the stage input survives
+
+
+def test_sampling_with_top_k_0_is_not_cut_to_top_50(untrained):
+    """top_k=0 means no cut: transformers would fill None with its default 50 (or the checkpoint's)."""
+    untrained.model.generation_config.top_k = 3  # a checkpoint's own setting must not leak in either
+    prompt = protocol.recall_prompt(TOY_QUESTIONS[0].text)
+    firsts = untrained.generate([prompt], max_new_tokens=1, do_sample=True, temperature=1000.0, top_k=0,
+                                num_return_sequences=400, batch_size=400, seed=1)[0]
+    assert len(set(firsts)) > 60  # uniform over the vocabulary gives far more than a top-50 cut allows
 
 
 def test_target_logprobs_is_the_negative_summed_loss(untrained):

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from tinythinker.cli import main
 from tinythinker.protocol import letters_for
 from tinythinker.sources import check_no_leakage, get_spec, load_questions
-from tinythinker.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, World, world_files
+from tinythinker.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, TRAIN_VARIANTS, World, world_files
 
 DATASETS = ("csqa", "obqa", "strategyqa")
 SMALL = MIN_ENTITIES * len(RELATIONS)  # the minimum, 80
@@ -66,7 +66,8 @@ def test_same_seed_same_bytes_other_seed_other_world(dataset):
 def test_world_json_records_the_facts():
     meta = json.loads(world_files("obqa", questions=SMALL)["world.json"])
     world = World(42, SMALL)
-    assert meta["seed"] == 42 and meta["questions"] == SMALL and meta["entities"] == MIN_ENTITIES
+    assert meta["seed"] == 42 and meta["pairs"] == SMALL and meta["entities"] == MIN_ENTITIES
+    assert meta["questions"] == sum(meta["files"].values())
     assert meta["relations"] == list(RELATIONS) and meta["files"] == {s: len(q) for s, q in world.questions("obqa").items()}
     assert {k: meta[k] for k in ("kind_properties", "entity_kinds")} == world.facts()
 
@@ -79,8 +80,8 @@ def test_every_file_loads_in_its_release_format(world, dataset):
     meta = json.loads((folder / "world.json").read_text())
     qs = load_questions(dataset, folder / "raw")
     twins = {"csqa": 0, "obqa": 1, "strategyqa": 1}[dataset]  # the one exact duplicate the release has
-    assert sum(qs.raw_counts.values()) == meta["questions"] + twins == SMALL + twins
-    assert len(qs.merged_duplicates) == twins and sum(qs.sizes().values()) == SMALL
+    assert sum(qs.raw_counts.values()) == meta["questions"] + twins
+    assert len(qs.merged_duplicates) == twins and sum(qs.sizes().values()) == meta["questions"]
     check_no_leakage(qs.splits)
 
 
@@ -106,11 +107,16 @@ def test_no_stem_in_two_files(dataset):
 
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("questions", [SMALL, DEFAULT_QUESTIONS])
-def test_each_entity_and_relation_asked_exactly_once(dataset, questions):
+def test_held_out_pairs_asked_once_training_pairs_in_variants(dataset, questions):
     world = World(42, questions)
-    asked = Counter((wq.entity, wq.relation) for split in world.questions(dataset).values() for wq in split)
-    assert set(asked.values()) == {1}
+    by_file = world.questions(dataset)
+    asked = Counter((wq.entity, wq.relation) for split in by_file.values() for wq in split)
+    held = {(wq.entity, wq.relation) for split in HELD_OUT_FILES.get(dataset, ()) for wq in by_file[split]}
     assert set(asked) == {(e, r) for e in world.entities for r in RELATIONS}
+    assert all(asked[pair] == 1 for pair in held)
+    assert all(asked[pair] == TRAIN_VARIANTS[dataset] for pair in set(asked) - held)
+    train = [(wq.question.stem, wq.question.options) for wq in by_file["train"]]
+    assert len(set(train)) == len(train)  # variants differ in their options
     assert len(world.entities) == questions // len(RELATIONS)
 
 

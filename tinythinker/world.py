@@ -8,11 +8,12 @@ Shakespeare shows that nanoGPT's trainer works. The world is built so that the m
   thing (also invented). A kind fixes every property: where it is kept, what it is made of, what it
   is used for, ... (:data:`RELATIONS`). A question asks one property of one entity, so the answer
   needs two facts: the entity's kind, and that kind's property.
-* **Every fact is taught, no combination is repeated.** Each (entity, relation) is asked exactly
-  once. An entity's other questions (in training) state its kind in their rationales; other entities
-  of the same kind state the kind's property. A held-out question's combination is never asked in
-  training, so answering it means recalling learned facts and composing them: what Recall and
-  Analyze are for.
+* **Every fact is taught, no held-out combination is asked in training.** ``questions`` counts
+  (entity, relation) pairs. A held-out pair is asked once, in a held-out file; a training pair is
+  asked ``TRAIN_VARIANTS`` times, with other distractors in other places. An entity's training
+  questions state its kind in their rationales; other entities of the same kind state the kind's
+  property. Answering a held-out question means recalling learned facts and composing them: what
+  Recall and Analyze are for.
 * **No shortcut.** Options are values of the asked relation (the same type), the gold position is
   balanced over the letters in every file, distractors are drawn at random, and no stem is in two
   files.
@@ -80,7 +81,12 @@ RELATIONS: dict[str, Relation] = {
                       ("smoke", "roses", "mint", "rain", "bread", "pine", "lemon", "soap", "earth", "honey")),
 }
 KINDS = 10  # one per value of every relation: a kind's properties are a row of a Latin-like table
-HELD_OUT = {"csqa": 1, "obqa": 1, "strategyqa": 0}  # relations per entity in the dev file (obqa: and again in test)
+HELD_OUT = {"csqa": 1, "obqa": 1, "strategyqa": 0}
+# how often the train file asks each of its (entity, relation) pairs, with other distractors in other
+# places: a question's answer letter cannot be memorised, only looked up (with one variant, a tiny
+# student memorised the 1,800 training questions' letters and stayed at chance on held-out ones).
+# StrategyQA has one: its build splits the one file at random, so a variant could land in test.
+TRAIN_VARIANTS = {"csqa": 3, "obqa": 3, "strategyqa": 1}  # relations per entity in the dev file (obqa: and again in test)
 
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -153,19 +159,18 @@ class World:
 
     def explanation(self, wq: WorldQuestion, letter: str) -> str:
         """Why option ``letter`` of ``wq`` is right or wrong (the text after ``Because``): the kind's
-        fact, which option holds its value, the option's own text, and the verdict.
+        fact, which option holds its value, and the verdict.
 
-        Each step is a lookup of something already written (the fact is in the recall, the value's
-        letter and the option's text are in the question) and the verdict compares two letters: a
-        small student learns lookups in a few hundred steps, while comparing two of 80 values
-        directly ("option (B) is wide ... so (B) is right") stayed unlearned after 3,000."""
+        The fact is copied from the recall, the value's letter is looked up in the question, and the
+        verdict compares two letters. Comparing two of 80 values directly ("option (B) is wide ... so
+        (B) is right") stayed unlearned by a tiny student after 3,000 steps; a lookup and a
+        comparison of letters are what small transformers learn quickly."""
         fact = RELATIONS[wq.relation].fact.format(k=wq.kind, v=wq.value)
         if wq.asked is not None:  # StrategyQA: yes / no about one asked value
             right = (wq.asked == wq.value) == (letter == "A")
             return f"{fact}; the question asks about {wq.asked}, so ({letter}) is {'right' if right else 'wrong'}."
         gold = wq.question.answer
-        option = wq.question.options[wq.question.letters.index(letter)]
-        return f"{fact}, which is option ({gold}); option ({letter}) is {option}, so ({letter}) is {'right' if letter == gold else 'wrong'}."
+        return f"{fact}, which is option ({gold}), so ({letter}) is {'right' if letter == gold else 'wrong'}."
 
     def teacher_text(self, wq: WorldQuestion, *, answer: str | None = None) -> str:
         """A good completion: key information, then one verdict per option (the hinted answer first)."""
@@ -189,13 +194,14 @@ class World:
             # rotate which relations are held out, so every relation is asked in every file
             start = (index * max(held, 1)) % len(relations)
             order = relations[start:] + relations[:start]
+            variants = TRAIN_VARIANTS[dataset]
             if dataset == "csqa":
                 files["dev"] += [(entity, r) for r in order[:held]]
-                files["train"] += [(entity, r) for r in order[held:]]
+                files["train"] += [(entity, r) for r in order[held:]] * variants
             elif dataset == "obqa":
                 files["dev"].append((entity, order[0]))
                 files["test"].append((entity, order[1]))
-                files["train"] += [(entity, r) for r in order[2:]]
+                files["train"] += [(entity, r) for r in order[2:]] * variants
             else:
                 files["train"] += [(entity, r) for r in order]
         out: dict[str, list[WorldQuestion]] = {}
@@ -209,7 +215,7 @@ class World:
         letters = letters_for(n_options)
         gold_positions = [i % n_options for i in range(len(pairs))]  # balanced over the letters
         rng.shuffle(gold_positions)
-        made = []
+        made, seen = [], set()
         for number, ((entity, relation), gold) in enumerate(zip(pairs, gold_positions)):
             value, kind = self.value(entity, relation), self.kind_of[entity]
             if dataset == "strategyqa":
@@ -218,10 +224,14 @@ class World:
                 qid = f"{rng.getrandbits(80):020x}"
                 made.append(WorldQuestion(Question(qid, stem, ("yes", "no"), letters[gold]), entity, kind, relation, value, asked))
                 continue
-            others = rng.sample([v for v in RELATIONS[relation].values if v != value], n_options - 1)
-            options = others[:gold] + [value] + others[gold:]
-            qid = f"world-{dataset}-{split}-{number:05d}" if dataset == "csqa" else f"{ {'train': 1, 'dev': 2, 'test': 3}[split]}-{number + 1}"
             stem = RELATIONS[relation].stem.format(e=entity)
+            while True:  # a variant of a pair gets other options (never an exact duplicate)
+                others = rng.sample([v for v in RELATIONS[relation].values if v != value], n_options - 1)
+                options = others[:gold] + [value] + others[gold:]
+                if (stem, tuple(options)) not in seen:
+                    seen.add((stem, tuple(options)))
+                    break
+            qid = f"world-{dataset}-{split}-{number:05d}" if dataset == "csqa" else f"{ {'train': 1, 'dev': 2, 'test': 3}[split]}-{number + 1}"
             made.append(WorldQuestion(Question(qid, stem, tuple(options), letters[gold]), entity, kind, relation, value))
         return made
 
@@ -310,7 +320,8 @@ def world_files(dataset: str, *, seed: int = 42, questions: int = DEFAULT_QUESTI
         files["raw/strategyqa_train.json"] = json.dumps(records, indent=1, ensure_ascii=False)
     everything = [wq for split in by_file.values() for wq in split]
     files["teacher.jsonl"] = _jsonl(teacher_lines(world, dataset, everything, defects=defects))
-    meta = {"dataset": dataset, "seed": seed, "questions": len(everything), "entities": len(world.entities), "kinds": KINDS,
+    meta = {"dataset": dataset, "seed": seed, "questions": len(everything), "pairs": len(world.entities) * len(RELATIONS),
+            "train_variants": TRAIN_VARIANTS[dataset], "entities": len(world.entities), "kinds": KINDS,
             "relations": list(RELATIONS), "held_out_per_entity": HELD_OUT[dataset], "defects": defects,
             "files": {split: len(wqs) for split, wqs in by_file.items()}, "teacher": WORLD_TEACHER, **world.facts()}
     files["world.json"] = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
