@@ -79,10 +79,11 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def is_hub_id(source) -> bool:
-    """True for ``ORG/NAME`` (or a bare ``NAME``) that is not a local path."""
+def is_hub_id(source, repo_type: str = "dataset") -> bool:
+    """True for ``ORG/NAME`` that is not a local path (for a model also a bare ``NAME`` such as gpt2)."""
     text = str(source)
-    return bool(_READ_ID_RE.match(text)) and not Path(text).exists()
+    pattern = _READ_ID_RE if repo_type == "model" else _REPO_ID_RE
+    return bool(pattern.match(text)) and not Path(text).exists()
 
 
 def _chain(error: BaseException):
@@ -137,6 +138,9 @@ def hub_error(error: BaseException, repo_id: str, *, repo_type: str = "dataset",
                                     "(ORG/NAME) and the token's access, or pass a local folder")
         return TinyThinkerError(f"{repo_id}: no such {kind} on {where}, or it is private and no token is set; check the "
                                 "id (ORG/NAME), or set HF_TOKEN (or run `hf auth login`) with read access to it")
+    if _offline():
+        return TinyThinkerError(f"{repo_id}: not in the local cache, and HF_HUB_OFFLINE=1 keeps the Hub out of reach; "
+                                "run once with the Hub reachable (HF_HUB_OFFLINE unset) to cache it, or pass a local folder")
     if _is_network_error(error):
         return TinyThinkerError(f"{repo_id}: cannot reach the Hub at {where} ({type(error).__name__}); check your network "
                                 "and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what is in the local cache")
@@ -146,37 +150,63 @@ def hub_error(error: BaseException, repo_id: str, *, repo_type: str = "dataset",
     return TinyThinkerError(f"{repo_id}: cannot {doing} the {kind} ({type(error).__name__}: {detail})")
 
 
-def _cached_commit(repo_id: str, repo_type: str, revision: str) -> str | None:
-    """The commit the local Hub cache last saw ``revision`` at (``refs/<revision>``), if any."""
+def _cache_ref(repo_id: str, repo_type: str, revision: str) -> Path:
+    """``refs/<revision>`` of a repo in the Hub cache: the file huggingface_hub keeps a branch's commit in."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / revision
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type) / "refs" / revision
+
+
+def _cached_commit(repo_id: str, repo_type: str, revision: str) -> str | None:
+    """The commit the local Hub cache last saw ``revision`` at, if any."""
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
     try:
-        commit = ref.read_text().strip()
+        commit = _cache_ref(repo_id, repo_type, revision).read_text().strip()
     except OSError:
         return None
     return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
+def _remember_commit(repo_id: str, repo_type: str, revision: str, commit: str) -> None:
+    """Write ``refs/<revision>`` as huggingface_hub does when it downloads by branch name (files read by
+    commit id leave none), so that offline the same revision finds the same commit. Best effort."""
+    if revision == commit:
+        return
+    ref = _cache_ref(repo_id, repo_type, revision)
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.exists() or ref.read_text().strip() != commit:
+            ref.write_text(commit)
+    except OSError:
+        pass
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
+
+
 def pin(source, revision: str | None = None, *, repo_type: str = "dataset") -> str | None:
     """The commit id that ``revision`` (default: the main branch) of the Hub repo ``source`` points at.
 
-    None for a local folder (a ``revision`` given with one is an error). Offline (``HF_HUB_OFFLINE=1``),
-    or with the Hub unreachable, the commit the local cache recorded for that revision; the revision
-    itself when the cache has none offline. Failures are one :class:`TinyThinkerError` line."""
+    None for a local folder (a ``revision`` given with one is an error). The answer is kept in the Hub
+    cache (``refs/<revision>``, as huggingface_hub keeps it): offline (``HF_HUB_OFFLINE=1``), or with the
+    Hub unreachable, the commit the cache recorded is used (offline with none: the revision as given).
+    Failures are one :class:`TinyThinkerError` line."""
     from huggingface_hub import HfApi, constants
 
     text = str(source)
-    if not is_hub_id(text):
+    if not is_hub_id(text, repo_type):
         if revision is not None:
             what = "a local folder" if Path(text).exists() else "not a Hub id"
             raise TinyThinkerError(f"--revision {revision} names a Hub commit, but {text} is {what}; leave "
                                    "--revision out or pass a Hub id (ORG/NAME)")
         return None
     wanted = revision or "main"
-    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
-    if offline:
+    if _offline():
         return _cached_commit(text, repo_type, wanted) or revision
     try:
         info = HfApi(endpoint=endpoint()).repo_info(text, repo_type=repo_type, revision=revision)
@@ -187,6 +217,7 @@ def pin(source, revision: str | None = None, *, repo_type: str = "dataset") -> s
         raise hub_error(error, text, repo_type=repo_type, revision=revision) from None
     if not info.sha:
         raise TinyThinkerError(f"{text}: {endpoint()} did not say which commit {wanted!r} is; pass a commit id with --revision")
+    _remember_commit(text, repo_type, wanted, info.sha)
     return info.sha
 
 
