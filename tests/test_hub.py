@@ -135,3 +135,84 @@ def test_bad_push_arguments(tmp_path):
         plan_push(tmp_path / "absent", "a/b")
     with pytest.raises(TinyThinkerError, match="the folder is empty"):
         plan_push(tmp_path, "a/b")
+
+
+def test_the_local_hub_answers_the_read_routes_as_the_hub(tmp_path):
+    """The read protocol itself, through huggingface_hub's own functions and plain HTTP: info, tree,
+    paths-info, refs, commits, resolve (regular: 200 + ETag; LFS: 302 to the storage host with the
+    linked ETag and size), Range requests, and the errors' X-Error-Code."""
+    import urllib.request
+    from urllib.error import HTTPError
+
+    from huggingface_hub import HfApi, HfFileSystem, hf_hub_download
+
+    from hub_server import Blob, git_blob_id
+
+    card, weights = b"---\nlicense: mit\n---\n# hello\n", bytes(range(256)) * 4
+    sha = hashlib.sha256(weights).hexdigest()
+    with LocalHub(tokens={TOKEN}) as hub:
+        repo = hub.state.add_repo("dataset", "org/read")
+        hub.state.storage[sha] = weights
+        first = repo.add_commit("main", "add files", {**repo.resolve("main").files, "README.md": Blob.regular(card),
+                                                      "data/w.parquet": Blob.lfs(sha, len(weights))})
+        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+        api.create_tag("org/read", repo_type="dataset", tag="v1")
+        second = repo.add_commit("main", "new card", {**first.files, "README.md": Blob.regular(b"# bye\n")})
+
+        info = api.dataset_info("org/read", revision="v1", files_metadata=True)
+        assert info.sha == first.oid and info.card_data["license"] == "mit" and info.private is False
+        assert {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings} == {
+            ".gitattributes": (repo.resolve("main").files[".gitattributes"].size, None), "README.md": (len(card), None),
+            "data/w.parquet": (len(weights), sha)}
+        assert api.dataset_info("org/read").sha == second.oid
+        tree = {e.path: e for e in api.list_repo_tree("org/read", repo_type="dataset", recursive=True, expand=True)}
+        assert sorted(tree) == [".gitattributes", "README.md", "data", "data/w.parquet"]
+        assert tree["data/w.parquet"].lfs.sha256 == sha and tree["README.md"].blob_id == git_blob_id(b"# bye\n")
+        assert tree["README.md"].last_commit.oid == second.oid and tree["data/w.parquet"].last_commit.oid == first.oid
+        assert [e.path for e in api.list_repo_tree("org/read", "data", repo_type="dataset")] == ["data/w.parquet"]
+        assert [e.path for e in api.get_paths_info("org/read", ["README.md", "nope", "data"], repo_type="dataset")] == ["README.md", "data"]
+        refs = api.list_repo_refs("org/read", repo_type="dataset")
+        assert [(b.name, b.target_commit) for b in refs.branches] == [("main", second.oid)]
+        assert [(t.name, t.target_commit) for t in refs.tags] == [("v1", first.oid)]
+        assert [c.commit_id for c in api.list_repo_commits("org/read", repo_type="dataset")] == repo.commits[::-1]
+
+        cache = tmp_path / "cache"
+        got = hf_hub_download("org/read", "data/w.parquet", repo_type="dataset", endpoint=hub.endpoint, token=TOKEN, cache_dir=cache)
+        assert Path(got).read_bytes() == weights and f"snapshots/{second.oid}/data/w.parquet" in got
+        got = hf_hub_download("org/read", "README.md", repo_type="dataset", revision="v1", endpoint=hub.endpoint, token=TOKEN,
+                              cache_dir=cache)
+        assert Path(got).read_bytes() == card
+        with HfFileSystem(endpoint=hub.endpoint, token=TOKEN).open("datasets/org/read/data/w.parquet", "rb", block_size=100) as f:
+            f.seek(300)
+            assert f.read(50) == weights[300:350]  # a ranged GET (through the redirect)
+
+        def http(path, method="GET", **headers):
+            request = urllib.request.Request(hub.endpoint + path, method=method, headers=headers)
+
+            class NoRedirect(urllib.request.HTTPRedirectHandler):
+                def redirect_request(self, *args, **kwargs):
+                    return None
+
+            try:
+                with urllib.request.build_opener(NoRedirect).open(request) as reply:
+                    return reply.status, dict(reply.headers), reply.read()
+            except HTTPError as error:
+                return error.code, dict(error.headers), error.read()
+
+        status, headers, body = http("/datasets/org/read/resolve/main/README.md", Range="bytes=2-4")
+        assert (status, headers["Content-Range"], body) == (206, "bytes 2-4/6", b"bye")
+        status, headers, body = http("/datasets/org/read/resolve/main/README.md", "HEAD")
+        assert (status, headers["ETag"], headers["X-Repo-Commit"], headers["Content-Length"], body) == (
+            200, f'"{git_blob_id(b"# bye" + chr(10).encode())}"', second.oid, "6", b"")
+        status, headers, _ = http("/datasets/org/read/resolve/main/data/w.parquet", "HEAD")
+        assert status == 302 and headers["Location"] == f"{hub.storage_url}/lfs/{sha}"
+        assert (headers["X-Linked-Etag"], headers["X-Linked-Size"], headers["X-Repo-Commit"]) == (f'"{sha}"', str(len(weights)), second.oid)
+        with urllib.request.urlopen(urllib.request.Request(headers["Location"], headers={"Range": "bytes=-10"})) as reply:
+            assert (reply.status, reply.read()) == (206, weights[-10:])
+        assert http("/datasets/org/read/resolve/main/README.md", Range="bytes=10-")[0] == 416
+        for path, status, code in [("/datasets/org/read/resolve/main/absent.txt", 404, "EntryNotFound"),
+                                   ("/datasets/org/read/resolve/nope/README.md", 404, "RevisionNotFound"),
+                                   ("/datasets/org/absent/resolve/main/README.md", 401, "RepoNotFound")]:
+            got_status, headers, _ = http(path)
+            assert (got_status, headers.get("X-Error-Code")) == (status, code), path
+        assert http("/api/datasets/org/absent", Authorization=f"Bearer {TOKEN}")[0] == 404  # with a token: 404, not 401
