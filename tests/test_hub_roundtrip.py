@@ -156,13 +156,12 @@ def test_student_from_the_hub_loads_with_transformers_and_student_load(hub, loca
                       "revision": hub.repo(STUDENT, "model").commits[-1]}
 
 
-def test_train_sft_and_eval_read_the_hub_and_name_the_commit(hub, tmp_path):
+def test_train_sft_reads_the_hub_and_names_the_commit(hub, tmp_path):
     commit = hub.repo(DATA).commits[-1]
-    home = tmp_path / "hf"
     run = tmp_path / "sft"
     done = tinythinker("train", "sft", "--data", DATA, "--config", "csqa-full", "--student", STUDENT, "--out", run,
                        "--epochs", "1", "--interval", "1", "--batch-size", "4", "--eval-limit", "2", "--no-progress",
-                       endpoint=hub.endpoint, home=home)
+                       endpoint=hub.endpoint, home=tmp_path / "hf")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"of {DATA} at commit {commit}" in done.stderr
     settings = json.loads((run / "run.json").read_text())
@@ -170,15 +169,19 @@ def test_train_sft_and_eval_read_the_hub_and_name_the_commit(hub, tmp_path):
     card = (run / "best" / "README.md").read_text()
     assert f"data_revision: {commit}" in card and f"at commit [`{commit}`]" in card and f"--revision {commit}" in card
 
+
+def test_eval_reads_the_hub_and_the_results_name_the_commits(hub, tmp_path):
+    commit, student_commit = hub.repo(DATA).commits[-1], hub.repo(STUDENT, "model").commits[-1]
     results = tmp_path / "results"
-    done = tinythinker("eval", "--student", run / "best", "--data", DATA, "--revision", "main", "--config", "csqa-full",
+    done = tinythinker("eval", "--student", STUDENT, "--data", DATA, "--revision", "main", "--config", "csqa-full",
                        "--output-path", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
-                       endpoint=hub.endpoint, home=home, cwd=tmp_path)
+                       endpoint=hub.endpoint, home=tmp_path / "hf", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     [path] = results.rglob("results_*.json")
     report = json.loads(path.read_text())
     assert set(report["results"]) == {"tinythinker_csqa", "tinythinker_csqa_analyze_oracle", "tinythinker_csqa_summarize_oracle"}
     assert {task: config["metadata"].get("data_revision") for task, config in report["configs"].items()} == dict.fromkeys(report["results"], commit)
+    assert report["config"]["model_args"]["revision"] == student_commit == report["config"]["tinythinker_student_revision"]
 
 
 def test_infer_pins_a_branch_tag_or_commit(hub, tmp_path):
