@@ -1,7 +1,11 @@
-"""`push` against a real HTTP Hub on 127.0.0.1 (tests/hub_server.py) that speaks huggingface_hub's calls."""
+"""`push` against a real HTTP Hub on 127.0.0.1 (tests/hub_server.py) that speaks huggingface_hub's calls.
+
+The local Hub serves LFS, not Xet (as a Hub-compatible server may): pushes run with
+HF_HUB_DISABLE_XET=1 unless a test says otherwise."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -24,11 +28,14 @@ def folder(world_build):
     return world_build("strategyqa").out
 
 
-def run_cli(*args, endpoint, home, token=TOKEN):
+def run_cli(*args, endpoint, home, token=TOKEN, xet=False):
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    env.pop("HF_TOKEN", None)
+    for name in ("HF_TOKEN", "HF_HUB_DISABLE_XET", "HF_HUB_OFFLINE"):
+        env.pop(name, None)
     if token:
         env["HF_TOKEN"] = token
+    if not xet:
+        env["HF_HUB_DISABLE_XET"] = "1"
     return subprocess.run([sys.executable, "-m", "tinythinker", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=180)
 
@@ -39,20 +46,29 @@ def test_push_dataset_folder(folder, tmp_path):
         assert done.returncode == 0, done.stderr
         repo = hub.state.repos[("dataset", "someone/tt-strategyqa")]
         local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-        assert repo.files == local and len(repo.commits) == 1
+        assert repo.files == local and len(repo.commits) == 2  # the Hub's initial .gitattributes commit, then ours
         assert repo.visibility == "private"
+        # parquet files went through LFS (batch API, PUT to the storage host, verify), the card inline
+        assert repo.lfs_files() == {p for p in local if p.endswith(".parquet")} and "README.md" in local
         calls = [(method, path) for method, path, _ in hub.state.requests if path != "/api/agent-harnesses"]
-        assert calls == [("POST", "/api/repos/create"), ("POST", "/api/validate-yaml"),
-                         ("POST", "/api/datasets/someone/tt-strategyqa/preupload/main"),
-                         ("POST", "/api/datasets/someone/tt-strategyqa/commit/main")]
+        route = lambda path: path.split("?")[0]  # noqa: E731
+        assert list(dict.fromkeys((m, route(p)) for m, p in calls)) == [
+            ("POST", "/api/repos/create"), ("POST", "/api/validate-yaml"),
+            ("POST", "/api/datasets/someone/tt-strategyqa/preupload/main"),
+            ("POST", "/datasets/someone/tt-strategyqa.git/info/lfs/objects/batch"),
+            ("POST", "/datasets/someone/tt-strategyqa.git/info/lfs/objects/verify"),
+            ("POST", "/api/datasets/someone/tt-strategyqa/commit/main")]
+        assert sorted(p for m, p, _ in hub.storage_requests if m == "PUT") == sorted(
+            f"/upload/{hashlib.sha256(local[p]).hexdigest()}" for p in repo.lfs_files())
         assert {auth for _, path, auth in hub.state.requests if path != "/api/agent-harnesses"} == {f"Bearer {TOKEN}"}
-        assert f"{hub.endpoint}/datasets/someone/tt-strategyqa" in done.stdout
+        assert {auth for _, _, auth in hub.storage_requests} == {None}  # the token never leaves the Hub
+        assert f"{hub.endpoint}/datasets/someone/tt-strategyqa" in done.stdout and repo.commits[-1] in done.stdout
         assert TOKEN not in done.stdout + done.stderr
         assert not any(TOKEN.encode() in p.read_bytes() for p in Path(tmp_path).rglob("*") if p.is_file())
 
         again = run_cli("push", str(folder), "--repo", "someone/tt-strategyqa", endpoint=hub.endpoint, home=tmp_path)
         assert again.returncode == 0, again.stderr  # an existing repo is fine (exist_ok)
-        assert len(repo.commits) == 2
+        assert len(repo.commits) == 2 and repo.commits[-1] in again.stdout  # nothing changed: no empty commit
 
 
 def test_push_checkpoint_folder_as_model_repo(tmp_path):
@@ -66,6 +82,7 @@ def test_push_checkpoint_folder_as_model_repo(tmp_path):
         assert done.returncode == 0, done.stderr
         repo = hub.state.repos[("model", "someone/tiny-student")]
         assert sorted(repo.files) == ["config.json", "model.safetensors"] and repo.visibility == "public"
+        assert repo.lfs_files() == {"model.safetensors"} and repo.files["model.safetensors"] == b"\x00" * 64
         assert ("POST", "/api/models/someone/tiny-student/commit/main") in [(m, p) for m, p, _ in hub.state.requests]
 
 
@@ -76,7 +93,8 @@ def test_dry_run_lists_files_and_sends_nothing(folder, tmp_path):
         assert [r for r in hub.state.requests if r[1] != "/api/agent-harnesses"] == []
     plan = plan_push(folder, "someone/x")
     assert f"would upload {len(plan.files)} files" in done.stdout
-    assert "README.md" in done.stdout and split_path(folder, "strategyqa-full", "analyze").relative_to(folder).as_posix() in done.stdout
+    assert "README.md" in done.stdout and all(path in done.stdout for path, _ in plan.files)
+    assert any(path.startswith("data/strategyqa-full/analyze") for path, _ in plan.files)
     assert plan.repo_type == "dataset" and plan.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
@@ -97,6 +115,20 @@ def test_refused_or_unreachable_push_is_one_line_without_the_token(folder, tmp_p
     assert "401" in refused.stderr
 
 
+def test_push_with_hf_xet_to_a_hub_without_xet_names_the_cause_and_the_fix(folder, tmp_path):
+    """hf_xet uploads LFS files only through Xet; against a Hub-compatible server without it the client
+    reports a 'network error'. The line says what is wrong instead, and the setting that fixes it."""
+    pytest.importorskip("hf_xet")
+    with LocalHub() as hub:
+        done = run_cli("push", str(folder), "--repo", "someone/x", endpoint=hub.endpoint, home=tmp_path, xet=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0] == (f"Error: push to someone/x failed: {hub.endpoint} does not serve Xet storage, and hf_xet (installed "
+                        "here) uploads large and binary files only through Xet; set HF_HUB_DISABLE_XET=1 to upload them "
+                        "through LFS, then push again")
+    assert TOKEN not in done.stdout + done.stderr
+
+
 def test_bad_push_arguments(tmp_path):
     with pytest.raises(TinyThinkerError, match="not a Hub repo id"):
         plan_push(tmp_path, "no-slash")
@@ -104,3 +136,84 @@ def test_bad_push_arguments(tmp_path):
         plan_push(tmp_path / "absent", "a/b")
     with pytest.raises(TinyThinkerError, match="the folder is empty"):
         plan_push(tmp_path, "a/b")
+
+
+def test_the_local_hub_answers_the_read_routes_as_the_hub(tmp_path):
+    """The read protocol itself, through huggingface_hub's own functions and plain HTTP: info, tree,
+    paths-info, refs, commits, resolve (regular: 200 + ETag; LFS: 302 to the storage host with the
+    linked ETag and size), Range requests, and the errors' X-Error-Code."""
+    import urllib.request
+    from urllib.error import HTTPError
+
+    from huggingface_hub import HfApi, HfFileSystem, hf_hub_download
+
+    from hub_server import Blob, git_blob_id
+
+    card, weights = b"---\nlicense: mit\n---\n# hello\n", bytes(range(256)) * 4
+    sha = hashlib.sha256(weights).hexdigest()
+    with LocalHub(tokens={TOKEN}) as hub:
+        repo = hub.state.add_repo("dataset", "org/read")
+        hub.state.storage[sha] = weights
+        first = repo.add_commit("main", "add files", {**repo.resolve("main").files, "README.md": Blob.regular(card),
+                                                      "data/w.parquet": Blob.lfs(sha, len(weights))})
+        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+        api.create_tag("org/read", repo_type="dataset", tag="v1")
+        second = repo.add_commit("main", "new card", {**first.files, "README.md": Blob.regular(b"# bye\n")})
+
+        info = api.dataset_info("org/read", revision="v1", files_metadata=True)
+        assert info.sha == first.oid and info.card_data["license"] == "mit" and info.private is False
+        assert {s.rfilename: (s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings} == {
+            ".gitattributes": (repo.resolve("main").files[".gitattributes"].size, None), "README.md": (len(card), None),
+            "data/w.parquet": (len(weights), sha)}
+        assert api.dataset_info("org/read").sha == second.oid
+        tree = {e.path: e for e in api.list_repo_tree("org/read", repo_type="dataset", recursive=True, expand=True)}
+        assert sorted(tree) == [".gitattributes", "README.md", "data", "data/w.parquet"]
+        assert tree["data/w.parquet"].lfs.sha256 == sha and tree["README.md"].blob_id == git_blob_id(b"# bye\n")
+        assert tree["README.md"].last_commit.oid == second.oid and tree["data/w.parquet"].last_commit.oid == first.oid
+        assert [e.path for e in api.list_repo_tree("org/read", "data", repo_type="dataset")] == ["data/w.parquet"]
+        assert [e.path for e in api.get_paths_info("org/read", ["README.md", "nope", "data"], repo_type="dataset")] == ["README.md", "data"]
+        refs = api.list_repo_refs("org/read", repo_type="dataset")
+        assert [(b.name, b.target_commit) for b in refs.branches] == [("main", second.oid)]
+        assert [(t.name, t.target_commit) for t in refs.tags] == [("v1", first.oid)]
+        assert [c.commit_id for c in api.list_repo_commits("org/read", repo_type="dataset")] == repo.commits[::-1]
+
+        cache = tmp_path / "cache"
+        got = hf_hub_download("org/read", "data/w.parquet", repo_type="dataset", endpoint=hub.endpoint, token=TOKEN, cache_dir=cache)
+        assert Path(got).read_bytes() == weights and f"snapshots/{second.oid}/data/w.parquet" in got
+        got = hf_hub_download("org/read", "README.md", repo_type="dataset", revision="v1", endpoint=hub.endpoint, token=TOKEN,
+                              cache_dir=cache)
+        assert Path(got).read_bytes() == card
+        with HfFileSystem(endpoint=hub.endpoint, token=TOKEN).open("datasets/org/read/data/w.parquet", "rb", block_size=100) as f:
+            f.seek(300)
+            assert f.read(50) == weights[300:350]  # a ranged GET (through the redirect)
+
+        def http(path, method="GET", **headers):
+            request = urllib.request.Request(hub.endpoint + path, method=method, headers=headers)
+
+            class NoRedirect(urllib.request.HTTPRedirectHandler):
+                def redirect_request(self, *args, **kwargs):
+                    return None
+
+            try:
+                with urllib.request.build_opener(NoRedirect).open(request) as reply:
+                    return reply.status, dict(reply.headers), reply.read()
+            except HTTPError as error:
+                return error.code, dict(error.headers), error.read()
+
+        status, headers, body = http("/datasets/org/read/resolve/main/README.md", Range="bytes=2-4")
+        assert (status, headers["Content-Range"], body) == (206, "bytes 2-4/6", b"bye")
+        status, headers, body = http("/datasets/org/read/resolve/main/README.md", "HEAD")
+        assert (status, headers["ETag"], headers["X-Repo-Commit"], headers["Content-Length"], body) == (
+            200, f'"{git_blob_id(b"# bye" + chr(10).encode())}"', second.oid, "6", b"")
+        status, headers, _ = http("/datasets/org/read/resolve/main/data/w.parquet", "HEAD")
+        assert status == 302 and headers["Location"] == f"{hub.storage_url}/lfs/{sha}"
+        assert (headers["X-Linked-Etag"], headers["X-Linked-Size"], headers["X-Repo-Commit"]) == (f'"{sha}"', str(len(weights)), second.oid)
+        with urllib.request.urlopen(urllib.request.Request(headers["Location"], headers={"Range": "bytes=-10"})) as reply:
+            assert (reply.status, reply.read()) == (206, weights[-10:])
+        assert http("/datasets/org/read/resolve/main/README.md", Range="bytes=10-")[0] == 416
+        for path, status, code in [("/datasets/org/read/resolve/main/absent.txt", 404, "EntryNotFound"),
+                                   ("/datasets/org/read/resolve/nope/README.md", 404, "RevisionNotFound"),
+                                   ("/datasets/org/absent/resolve/main/README.md", 401, "RepoNotFound")]:
+            got_status, headers, _ = http(path)
+            assert (got_status, headers.get("X-Error-Code")) == (status, code), path
+        assert http("/api/datasets/org/absent", Authorization=f"Bearer {TOKEN}")[0] == 404  # with a token: 404, not 401

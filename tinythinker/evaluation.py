@@ -254,19 +254,38 @@ def data_source(dataset: str, metadata: Mapping) -> str:
     return "world"
 
 
-def _student_data(pretrained, dataset: str) -> str | None:
-    """The ``data`` a TinyThinker checkpoint's card records, when its config is of ``dataset``."""
+def _student_card(pretrained, dataset: str) -> dict:
+    """The ``tinythinker`` card metadata of a local checkpoint trained on a config of ``dataset`` ({} otherwise)."""
     from .artifacts import read_card_metadata
 
     if not pretrained or not Path(str(pretrained)).is_dir():
-        return None
+        return {}
     try:
         info = read_card_metadata(Path(str(pretrained))).get("tinythinker") or {}
     except Exception:  # noqa: BLE001 - an unreadable card only loses this default
-        return None
+        return {}
     if not isinstance(info, dict) or not info.get("data") or str(info.get("config", "")).partition("-")[0] != dataset:
-        return None
-    return str(info["data"])
+        return {}
+    return info
+
+
+def _student_data(pretrained, dataset: str) -> str | None:
+    """The ``data`` a TinyThinker checkpoint's card records, when its config is of ``dataset``."""
+    info = _student_card(pretrained, dataset)
+    return str(info["data"]) if info else None
+
+
+def data_revision(dataset: str, metadata: Mapping, source: str) -> str | None:
+    """The Hub commit to read ``source`` at: lm-eval metadata ``data_revision`` (`tinythinker eval
+    --revision`, pinned to a commit id), else the commit the student's card names when ``source``
+    is the data set it was trained on, else None (the main branch)."""
+    given = metadata.get("data_revision")
+    if given not in (None, ""):
+        return str(given)
+    info = _student_card(metadata.get("pretrained"), dataset)
+    if info and str(info.get("data")) == source and info.get("data_revision"):
+        return str(info["data_revision"])
+    return None
 
 
 WORLD_SOURCE = "world"  # data=world: the generated world (world_folder); "demo" is a deprecated alias
@@ -314,8 +333,8 @@ def world_folder(dataset: str, *, seed: int = 42, questions: int | None = None) 
 _warned_demo: list[bool] = []
 
 
-def load_split(source: str, dataset: str, variant: str, split: str):
-    """One split of config ``{dataset}-{variant}`` of a data set folder, Hub id, or ``world``."""
+def load_split(source: str, dataset: str, variant: str, split: str, revision: str | None = None):
+    """One split of config ``{dataset}-{variant}`` of a data set folder, Hub id (at ``revision``), or ``world``."""
     from .pipeline import load_stage_split  # the engine's loader: one set of checks and messages
 
     if source == "demo":  # the embedded demo data is gone; its keyword still works
@@ -326,7 +345,7 @@ def load_split(source: str, dataset: str, variant: str, split: str):
     folder = world_folder(dataset) if source == WORLD_SOURCE else Path(source).expanduser()
     # datasets reads a relative folder such as "." as a Hub name: hand it an absolute path
     folder = folder.resolve() if folder.exists() else source
-    return load_stage_split(folder, f"{dataset}-{variant}", split)
+    return load_stage_split(folder, f"{dataset}-{variant}", split, revision)
 
 
 def task_docs(rows: Iterable[Mapping], kind: str, variant: str = "full") -> list[dict]:
@@ -367,8 +386,8 @@ def load_task_docs(dataset: str, kind: str, **metadata):
     """lm-eval ``custom_dataset``: ``{"test": docs}`` for one data set and task kind.
 
     lm-eval calls it with the task's metadata, which holds ``--metadata`` and ``--model_args``:
-    ``data``/``data_<dataset>`` (:func:`data_source`), ``split`` (default test), ``variant``
-    (default full; the oracle kinds always read the full config)."""
+    ``data``/``data_<dataset>`` (:func:`data_source`), ``data_revision`` (:func:`data_revision`),
+    ``split`` (default test), ``variant`` (default full; the oracle kinds always read the full config)."""
     import datasets
 
     split = str(metadata.get("split") or "test")
@@ -378,7 +397,7 @@ def load_task_docs(dataset: str, kind: str, **metadata):
     if kind == "analyze_oracle" and "recall" not in VARIANT_STAGES[variant]:
         raise TinyThinkerError("analyze_oracle needs a variant with a recall stage")
     source = data_source(dataset, metadata)
-    docs = task_docs(load_split(source, dataset, variant, split), kind, variant)
+    docs = task_docs(load_split(source, dataset, variant, split, data_revision(dataset, metadata, source)), kind, variant)
     if not docs:
         raise TinyThinkerError(
             f"{source}: no {split} question of {dataset}-{variant} has the teacher's text that the {kind} task needs; "
@@ -426,12 +445,13 @@ def tasks_folder() -> Path:
     return Path(str(resources.files("eval_tasks")))
 
 
-def _student_fingerprint(student: str) -> str:
-    """Identity of a checkpoint for the request cache: its path and its files' sizes and times."""
+def _student_fingerprint(student: str, revision: str | None = None) -> str:
+    """Identity of a checkpoint for the request cache: its path and its files' sizes and times (a Hub
+    student: its id and commit)."""
     import hashlib
 
     path = Path(student)
-    parts = [str(path.resolve()) if path.exists() else student]
+    parts = [str(path.resolve()) if path.exists() else f"{student}@{revision or 'main'}"]
     if path.is_dir():
         parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.iterdir()) if p.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -439,9 +459,12 @@ def _student_fingerprint(student: str) -> str:
 
 def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data: str | None = None, config: str | None = None,
                  split: str | None = None, output_path: str | None = None, limit: float | None = None,
-                 batch_size: int | None = None, device: str | None = None, self_consistency: bool = False) -> list[str]:
+                 batch_size: int | None = None, device: str | None = None, self_consistency: bool = False,
+                 data_revision: str | None = None, student_revision: str | None = None) -> list[str]:
     """``lm_eval run`` arguments for `tinythinker eval`: its own options translated, ``extra``
-    (any lm_eval arguments) passed through unchanged after them."""
+    (any lm_eval arguments) passed through unchanged after them. ``data_revision`` and
+    ``student_revision`` are Hub commits (see :func:`tinythinker.hub.pin`): they go to the tasks'
+    metadata and the model's arguments, so lm-eval's results file records them."""
     extra = list(extra)
     given = {arg.split("=", 1)[0] for arg in extra if arg.startswith("-")}
     argv: list[str] = []
@@ -460,11 +483,14 @@ def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data:
             raise TinyThinkerError("give either --student or lm_eval's --model/--model_args, not both")
         argv += ["--model", MODEL_NAME]
         model_args += [f"pretrained={student}"]
+        if student_revision:
+            model_args.append(f"revision={student_revision}")
         if variant:
             model_args.append(f"variant={variant}")
     if model_args:
         argv += ["--model_args", *model_args]
-    metadata = ([f"data={data}"] if data else []) + ([f"split={split}"] if split else [])
+    metadata = ([f"data={data}"] if data else []) + ([f"data_revision={data_revision}"] if data_revision else []) \
+        + ([f"split={split}"] if split else [])
     if variant and student is None:
         metadata.append(f"variant={variant}")
     if metadata:
@@ -475,7 +501,7 @@ def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data:
             argv.append("--log_samples")
         if student is not None and "--use_cache" not in given and "-c" not in given:
             # greedy responses are cached per finished engine call: rerunning resumes (lm-eval appends _rank0.db)
-            argv += ["--use_cache", str(Path(output_path) / ".requests-cache" / _student_fingerprint(student))]
+            argv += ["--use_cache", str(Path(output_path) / ".requests-cache" / _student_fingerprint(student, student_revision))]
     if limit is not None:
         argv += ["--limit", str(limit)]
     if batch_size is not None or ("--batch_size" not in given and "-b" not in given):

@@ -88,14 +88,15 @@ class TinyThinkerLM(LM):
     """A TinyThinker student behind lm-eval's LM interface (generate_until only)."""
 
     def __init__(self, pretrained: str, variant: str = "full", batch_size=None, max_batch_size=None, device=None,
-                 dtype=None, bf16: bool = False, seed: int = 42, progress: bool = True, max_new_tokens=None, **task_args):
+                 dtype=None, bf16: bool = False, seed: int = 42, progress: bool = True, max_new_tokens=None,
+                 revision=None, **task_args):
         super().__init__()
         from .students import Student
 
         unknown = sorted(k for k in task_args if k not in TASK_ARGS and not k.startswith("data_"))
         if unknown:
             raise TinyThinkerError(f"unknown --model_args for tinythinker: {', '.join(unknown)} (known: pretrained, variant, "
-                                   "batch_size, device, dtype, bf16, seed, progress, max_new_tokens; data/split go to the tasks)")
+                                   "batch_size, device, dtype, bf16, seed, progress, max_new_tokens, revision; data/split go to the tasks)")
         if variant not in VARIANTS:
             raise TinyThinkerError(f"variant {variant!r}: choose one of {', '.join(VARIANTS)}")
         self.pretrained = str(pretrained)
@@ -105,7 +106,8 @@ class TinyThinkerLM(LM):
         self.progress = _as_bool(progress)
         # a cap on recall and analysis length (the engine's defaults otherwise): bounds runaway text
         self.stage_tokens = None if max_new_tokens in (None, "") else {"recall": int(max_new_tokens), "analyze": int(max_new_tokens)}
-        self.student = Student.load(self.pretrained, device=_pick_device(device), dtype=dtype, bf16=_as_bool(bf16))
+        self.student = Student.load(self.pretrained, device=_pick_device(device), dtype=dtype, bf16=_as_bool(bf16),
+                                    revision=None if revision in (None, "") else str(revision))
         self.engine_seconds = 0.0  # time spent inside the engine (benchmarks/eval.py)
 
     # --- lm-eval interface ----------------------------------------------------------------------
@@ -117,7 +119,8 @@ class TinyThinkerLM(LM):
         raise TinyThinkerError("the tinythinker model only generates (generate_until tasks); use --model hf for perplexity tasks")
 
     def get_model_info(self) -> dict:
-        return {"tinythinker_student": self.pretrained, "tinythinker_variant": self.variant,
+        return {"tinythinker_student": self.pretrained, "tinythinker_student_revision": self.student.revision,
+                "tinythinker_variant": self.variant,
                 "tinythinker_seq2seq": self.student.is_seq2seq, "tinythinker_seed": self.seed,
                 "tinythinker_max_new_tokens": self.stage_tokens,
                 "model_num_parameters": sum(p.numel() for p in self.student.model.parameters())}

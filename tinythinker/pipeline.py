@@ -75,8 +75,8 @@ class Trace:
 
 # --- reading questions from a stage data set -----------------------------------------------------
 
-def stage_configs(data) -> dict[str, list[str]]:
-    """{config: [split, ...]} of a stage data set folder (its README.md) or Hub id."""
+def stage_configs(data, revision: str | None = None) -> dict[str, list[str]]:
+    """{config: [split, ...]} of a stage data set folder (its README.md) or Hub id (at ``revision``)."""
     from .artifacts import read_card_metadata
 
     source = str(data)
@@ -92,18 +92,33 @@ def stage_configs(data) -> dict[str, list[str]]:
     import datasets
 
     try:
-        return {config: list(datasets.get_dataset_split_names(source, config)) for config in datasets.get_dataset_config_names(source)}
+        return {config: list(datasets.get_dataset_split_names(source, config, revision=revision))
+                for config in datasets.get_dataset_config_names(source, revision=revision)}
     except Exception as error:  # noqa: BLE001 - Hub/network errors become one user-facing line
-        raise TinyThinkerError(f"{source}: cannot list the data set's configs ({error.__class__.__name__}); check the Hub id and your network") from None
+        from .hub import hub_error
+
+        raise hub_error(error, source, revision=revision, doing="list the configs of") from None
 
 
-def load_stage_split(data, config: str, split: str):
-    """One split of a stage data set (local folder or Hub id) as a ``datasets.Dataset``; a missing
-    config or split is a one-line error naming the choices."""
+def _hub_failure(error: BaseException) -> bool:
+    """A missing/hidden repo, an unknown revision or no network (not a bad config or split name)."""
+    from .hub import _chain, _is_network_error
+
+    names = {cls.__name__ for item in _chain(error) for cls in type(item).__mro__}
+    return _is_network_error(error) or bool(names & {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError",
+                                                      "DatasetNotFoundError"})
+
+
+def load_stage_split(data, config: str, split: str, revision: str | None = None):
+    """One split of a stage data set (local folder, or Hub id at ``revision``: a branch, tag or commit id,
+    default main) as a ``datasets.Dataset``; a missing config or split is a one-line error naming the choices."""
     import datasets
 
     source = str(data)
     if Path(source).exists():  # check locally first: clearer than the loader's errors
+        if revision is not None:
+            raise TinyThinkerError(f"--revision {revision} names a Hub commit, but {source} is a local folder; leave "
+                                   "--revision out or pass a Hub id (ORG/NAME)")
         configs = stage_configs(source)
         if config not in configs:
             raise TinyThinkerError(f"{source}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
@@ -119,10 +134,15 @@ def load_stage_split(data, config: str, split: str):
 
             path = Path(source) / card_data_files(source)[config][split]
             return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
-        return datasets.load_dataset(source, config, split=split)
+        return datasets.load_dataset(source, config, split=split, revision=revision)
     except Exception as error:  # noqa: BLE001 - Hub/network/format errors become one user-facing line
+        if not Path(source).exists() and _hub_failure(error):
+            from .hub import hub_error
+
+            raise hub_error(error, source, revision=revision) from None
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise TinyThinkerError(f"{source}: cannot load config {config!r} split {split!r} ({error.__class__.__name__}: {message[:200]})") from None
+        at = f" at {revision}" if revision else ""
+        raise TinyThinkerError(f"{source}{at}: cannot load config {config!r} split {split!r} ({error.__class__.__name__}: {message[:200]})") from None
 
 
 def _items(rows) -> list[Item]:
@@ -133,15 +153,15 @@ def _items(rows) -> list[Item]:
     return list(seen.values())
 
 
-def items_from_dataset(data, config: str, split: str) -> list[Item]:
+def items_from_dataset(data, config: str, split: str, revision: str | None = None) -> list[Item]:
     """One :class:`Item` per question id of a stage data set split, in file order."""
-    return _items(load_stage_split(data, config, split))
+    return _items(load_stage_split(data, config, split, revision))
 
 
-def oracles_from_dataset(data, config: str, split: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+def oracles_from_dataset(data, config: str, split: str, revision: str | None = None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """The teacher's recall and analyses per question id of a validation/test split, where the
     data set has them (the ``given_recalls`` / ``given_analyses`` of oracle evaluation)."""
-    rows = load_stage_split(data, config, split)
+    rows = load_stage_split(data, config, split, revision)
     recalls: dict[str, str] = {}
     analyses: dict[str, dict[str, str]] = {}
     for row in rows:

@@ -80,6 +80,7 @@ class ReflectSettings:
     eval_limit: int | None = None  # validation questions per evaluation (None: all; 0: no validation)
     train_limit: int | None = None  # training questions sampled (None: all)
     eval_batch_size: int = 64  # sequences per generation batch (sampled texts depend on it, so it is fixed per run)
+    revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
 
     def resolved(self) -> "ReflectSettings":
         """Local paths made absolute (a rerun from elsewhere matches); stages in pipeline order."""
@@ -136,7 +137,7 @@ class ReflectData:
     """The stage data set config the student was trained on: training questions (``recall_single``),
     the teacher's recalls and analyses (``recall`` / ``analyze``) and the validation questions."""
 
-    def __init__(self, settings: ReflectSettings):
+    def __init__(self, settings: ReflectSettings, revision: str | None = None):
         from .pipeline import Item, items_from_dataset, load_stage_split, stage_configs  # noqa: F401 - Item types self.items
 
         need = ["recall_single", "recall"] + (["analyze"] if ANALYZE in settings.stages else [])
@@ -148,9 +149,9 @@ class ReflectData:
         if missing:
             raise TinyThinkerError(f"{settings.data} config {settings.config!r} has no {', '.join(missing)} split "
                                    f"(it has {', '.join(configs[settings.config])}); self-reflection needs a -full config")
-        splits = {split: load_stage_split(settings.data, settings.config, split) for split in dict.fromkeys(need)}
+        splits = {split: load_stage_split(settings.data, settings.config, split, revision) for split in dict.fromkeys(need)}
         self.dataset = settings.config.rsplit("-", 1)[0] if "-" in settings.config else settings.config
-        self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single")[: settings.train_limit]
+        self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single", revision)[: settings.train_limit]
         self.questions = {item.id: item for item in self.items}
         if not self.items:
             raise TinyThinkerError(f"{settings.data} config {settings.config!r}: no training questions in recall_single")
@@ -166,7 +167,7 @@ class ReflectData:
             self.teacher_analyses = teacher_analyses(recall_rows, rows("analyze", ["id", "input", "target"]), self.questions)
         self.validation = []
         if settings.eval_limit != 0:
-            self.validation = items_from_dataset(settings.data, settings.config, "validation")[: settings.eval_limit]
+            self.validation = items_from_dataset(settings.data, settings.config, "validation", revision)[: settings.eval_limit]
 
 
 # --- sampling, in resumable chunks -----------------------------------------------------------------
@@ -247,7 +248,8 @@ class Reflection:
         self.accelerator = make_accelerator(self.settings.bf16)
         self.is_main = self.accelerator.is_main_process
         # inputs first: a mistake in them must not leave a started run behind
-        self.data = ReflectData(self.settings)
+        self.data_commit = self._data_commit(overwrite)
+        self.data = ReflectData(self.settings, self.data_commit)
         self.start_student = self._load(self.settings.student)
         fresh = self._check_folder(overwrite)
         self.accelerator.wait_for_everyone()
@@ -257,9 +259,25 @@ class Reflection:
                     shutil.rmtree(self.out)
                 self.out.mkdir(parents=True)
             # written on every start: the iteration count may grow; everything else must match it
-            atomic_write_text(self.out / SETTINGS_FILE, json.dumps(asdict(self.settings), indent=2) + "\n")
+            record = {**asdict(self.settings), "data_commit": self.data_commit}
+            atomic_write_text(self.out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
         self.state = self._read_state()
+
+    def _data_commit(self, overwrite: bool) -> str | None:
+        """The commit of a Hub data set this run reads: the one a run being continued pinned, else
+        the one ``settings.revision`` (default main) points at now."""
+        from .hub import pin
+
+        settings_file = self.out / SETTINGS_FILE
+        if not overwrite and settings_file.exists():
+            try:
+                saved = json.loads(settings_file.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                saved = {}
+            if saved.get("data") == self.settings.data and saved.get("revision") == self.settings.revision and saved.get("data_commit"):
+                return str(saved["data_commit"])
+        return pin(self.settings.data, self.settings.revision)
 
     def _check_folder(self, overwrite: bool) -> bool:
         """True to start fresh; refuses a folder that is another run's or not a run at all."""
@@ -411,7 +429,9 @@ class Reflection:
                      "tinythinker": {"method": "dpo", "iteration": k, "start": start, "data": s.data, "config": s.config,
                                      "seed": s.seed, "steps": run.step, "validation_accuracy": run.best and run.best["accuracy"],
                                      "best_step": run.best and run.best["step"], "version": __version__}}
-            body = render_card("reflection_model.md.j2", iteration=k, start=start, settings=asdict(s),
+            if self.data_commit:  # a Hub data set: the commit read
+                front["tinythinker"]["data_revision"] = self.data_commit
+            body = render_card("reflection_model.md.j2", iteration=k, start=start, settings=asdict(s), data_commit=self.data_commit,
                                pairs={stage: len(p.rows) for stage, p in sets.items()},
                                preference_config=config_name(self.data.dataset, k), steps_done=run.step,
                                total_steps=run.schedule.total_steps, cycle=" · ".join(f"{stage} {n:,}" for stage, n in run.schedule.batches.items()) + " pair batches per cycle",
@@ -437,6 +457,8 @@ class Reflection:
             began = time.perf_counter()
             info = {"student": start, "samples": s.samples, "seed": s.seed, "data": s.data, "config": s.config,
                     "sampling": {"do_sample": True, "temperature": s.temperature, "top_k": s.top_k}}
+            if self.data_commit:
+                info["data_revision"] = self.data_commit
             written = None
             if self.is_main:
                 written = write_preference_config(self.out / PREFERENCES, dataset=self.data.dataset, iteration=k,

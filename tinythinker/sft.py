@@ -37,6 +37,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import TinyThinkerError
+from .hub import pin
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
@@ -193,6 +194,8 @@ class SFTSettings:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
+    student_revision: str | None = None  # of a Hub base model, likewise
 
     def resolved(self) -> "SFTSettings":
         """Variant filled in and checked, local paths made absolute (so a rerun from elsewhere matches)."""
@@ -220,13 +223,13 @@ class StageData:
     """The training splits of one data set config (``recall``, ``analyze``, ``summarize``; columns
     ``input`` and ``target``) for the stages of ``variant``, read by :func:`pipeline.load_stage_split`."""
 
-    def __init__(self, data: str, config: str, variant: str):
+    def __init__(self, data: str, config: str, variant: str, revision: str | None = None):
         from .pipeline import load_stage_split  # the one reader of stage data set splits (one-line errors)
 
         self.stages = VARIANT_STAGES[variant]
         self.splits = {}
         for stage in self.stages:
-            split = load_stage_split(data, config, stage)
+            split = load_stage_split(data, config, stage, revision)
             absent = {"input", "target", "choices"} - set(split.column_names)
             if absent:
                 raise TinyThinkerError(f"{data} config {config!r} split {stage!r} lacks column(s) {', '.join(sorted(absent))}; "
@@ -291,8 +294,10 @@ def hub_id_or_none(name: str) -> str | None:
 
 
 def write_model_card(folder: Path, *, settings: SFTSettings, schedule: StageSchedule, is_seq2seq: bool, processes: int,
-                     curve: Sequence[dict], best: dict | None, steps_done: int, eval_questions: int) -> None:
-    """README.md of a checkpoint: how it was made (cards/model.md.j2)."""
+                     curve: Sequence[dict], best: dict | None, steps_done: int, eval_questions: int,
+                     data_commit: str | None = None, student_commit: str | None = None) -> None:
+    """README.md of a checkpoint: how it was made (cards/model.md.j2), naming the Hub commits it was
+    made from (``data_commit``, ``student_commit``) when its data set or base model came from the Hub."""
     from . import __version__
     from .artifacts import write_card
     from .cards import render_card
@@ -317,12 +322,15 @@ def write_model_card(folder: Path, *, settings: SFTSettings, schedule: StageSche
         "validation_accuracy": None if best is None else best["accuracy"], "best_step": None if best is None else best["step"],
         "version": __version__,
     }
+    # the Hub commits read (local folders have none): a published result names the exact data
+    front["tinythinker"].update({key: commit for key, commit in (("data_revision", data_commit), ("student_revision", student_commit))
+                                 if commit})
     body = render_card(
         "model.md.j2", name=folder.parent.name, settings=asdict(settings), stages=list(schedule.stages),
         sizes=schedule.sizes, n_options=schedule.n_options, cycle=schedule.describe(), steps_per_epoch=schedule.steps_per_epoch,
         total_steps=schedule.total_steps, steps_done=steps_done, hyperparameters=hyperparameters, curve=list(curve),
         best=best, eval_questions=eval_questions, base_model=base_model, dataset=dataset, version=__version__,
-        is_seq2seq=is_seq2seq,
+        is_seq2seq=is_seq2seq, data_commit=data_commit, student_commit=student_commit,
     )
     write_card(folder, front, body)
 
@@ -410,6 +418,10 @@ class SFTTrainer:
         self.is_main = self.accelerator.is_main_process
         self.progress_enabled, self.console = progress, console
         self.resume = read_run(out, settings, overwrite=overwrite)
+        # the commits a Hub data set and base model are read at: pinned when the run starts, kept when it resumes
+        saved = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8")) if self.resume is not None else {}
+        self.data_commit = saved.get("data_commit") or pin(settings.data, settings.revision)
+        self.student_commit = saved.get("student_commit") or pin(settings.student, settings.student_revision, repo_type="model")
         self.accelerator.wait_for_everyone()
         if self.is_main and self.resume is None:  # a fresh start: empty folder, settings, empty log
             if out.exists():
@@ -417,7 +429,8 @@ class SFTTrainer:
             out.mkdir(parents=True)
             from .artifacts import atomic_write_text
 
-            atomic_write_text(out / SETTINGS_FILE, json.dumps(asdict(settings), indent=2) + "\n")
+            record = {**asdict(settings), "data_commit": self.data_commit, "student_commit": self.student_commit}
+            atomic_write_text(out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
             (out / METRICS_FILE).write_text("", encoding="utf-8")
         self.accelerator.wait_for_everyone()
 
@@ -433,15 +446,17 @@ class SFTTrainer:
 
         s, acc = self.settings, self.accelerator
         with acc.main_process_first():
-            self.data = StageData(s.data, s.config, s.variant)
-            items = items_from_dataset(s.data, s.config, "validation") if s.eval_limit != 0 else []
+            self.data = StageData(s.data, s.config, s.variant, revision=self.data_commit)
+            items = items_from_dataset(s.data, s.config, "validation", self.data_commit) if s.eval_limit != 0 else []
         self.items = items if s.eval_limit is None else items[: s.eval_limit]
         self.schedule = StageSchedule(self.data.sizes(), n_options=self.data.n_options, interval=s.interval,
                                       batch_size=s.batch_size, epochs=s.epochs, seed=s.seed, mixed=s.schedule == MIXED)
         set_seed(s.seed, device_specific=True)
         with acc.main_process_first():
-            source = self.out / LAST / "model" if self.resume else s.student
-            self.student = Student.load(source, device=acc.device, bf16=s.bf16)
+            if self.resume:
+                self.student = Student.load(self.out / LAST / "model", device=acc.device, bf16=s.bf16)
+            else:
+                self.student = Student.load(s.student, device=acc.device, bf16=s.bf16, revision=self.student_commit)
         self.student.model.train()
         optimizer = torch.optim.AdamW(self.student.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         warmup = math.ceil(s.warmup_ratio * self.schedule.total_steps)
@@ -564,7 +579,8 @@ class SFTTrainer:
     def _card(self, folder: Path) -> None:
         write_model_card(folder, settings=self.settings, schedule=self.schedule, is_seq2seq=self.student.is_seq2seq,
                          processes=self.accelerator.num_processes, curve=self.curve, best=self.best,
-                         steps_done=self.step, eval_questions=len(self.items))
+                         steps_done=self.step, eval_questions=len(self.items), data_commit=self.data_commit,
+                         student_commit=self.student_commit)
 
     def _save_best(self) -> None:
         from .artifacts import staged_folder
@@ -619,7 +635,8 @@ class SFTTrainer:
                 self.console.print(f"inputs longer than {limit} tokens, {what} {limit}: "
                                    + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in long.items()))
             where = f"resuming at step {self.step:,}" if self.resume else "starting"
-            self.console.print(f"SFT {s.config} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
+            pinned = f" of {s.data} at commit {self.data_commit}" if self.data_commit else ""
+            self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
                                f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
                                f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),

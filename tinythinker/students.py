@@ -55,6 +55,7 @@ class Student:
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.bf16 = bf16
+        self.revision: str | None = None  # set by load: the Hub commit the checkpoint was read at
         if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers have no pad token: pad with eos
             if tokenizer.eos_token_id is None:
                 raise TinyThinkerError("the student's tokenizer has neither a pad nor an eos token; add one and save it again")
@@ -65,9 +66,13 @@ class Student:
     # --- loading and saving ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, name_or_path, *, device=None, dtype=None, bf16: bool = False) -> "Student":
-        """Load a checkpoint by Hub id or local path; seq2seq or causal is decided by its config."""
+    def load(cls, name_or_path, *, device=None, dtype=None, bf16: bool = False, revision: str | None = None) -> "Student":
+        """Load a checkpoint by local path or Hub id (at ``revision``: a branch, tag or commit id, default
+        main; pinned to its commit first, see :func:`tinythinker.hub.pin`); seq2seq or causal is decided
+        by its config."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from .hub import hub_error, is_hub_id, pin
 
         source = str(name_or_path)
         local = Path(source)
@@ -75,23 +80,31 @@ class Student:
             raise TinyThinkerError(f"{source}: no config.json in this folder; pass a checkpoint folder (made by save_pretrained) or a Hub id")
         if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
             raise TinyThinkerError(f"{source}: no such student folder; pass a checkpoint folder or a Hub id such as google-t5/t5-small")
+        hub = is_hub_id(source, "model")
+        if hub or revision is not None:
+            revision = pin(source, revision, repo_type="model")  # one-line errors for a missing repo or revision
+        at = {"revision": revision} if revision is not None else {}
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, **at)
         except (OSError, ValueError) as error:
+            if hub:
+                raise hub_error(error, source, repo_type="model", revision=revision, doing="load the config of") from None
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
             raise TinyThinkerError(f"{source}: cannot load the student's config ({first_line[:200]}); pass a checkpoint folder or a reachable Hub id") from None
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         device = torch.device(device) if device is not None else default_device()
         kwargs = {"dtype": _resolve_dtype(dtype)} if dtype is not None else {}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = auto.from_pretrained(source, config=config, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, **at)
+            model = auto.from_pretrained(source, config=config, **at, **kwargs)
         except (OSError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
             raise TinyThinkerError(f"{source}: cannot load the student ({first_line[:200]})") from None
         model.to(device)
         model.eval()
-        return cls(model, tokenizer, device=device, bf16=bf16)
+        student = cls(model, tokenizer, device=device, bf16=bf16)
+        student.revision = revision  # the commit a Hub student was read at (None: a local folder)
+        return student
 
     def save(self, path) -> None:
         """save_pretrained of model and tokenizer: the folder loads with :meth:`load` or transformers."""

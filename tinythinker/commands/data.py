@@ -189,7 +189,8 @@ def push(folder, repo, private, dry_run):
         return
     with console.status(f"uploading {len(plan.files)} files ({_size(plan.total_bytes)}) to {repo}"):
         result = push_folder(folder, repo, private=private)
-    _say(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {result.url} (commit {result.commit[:12]})")
+    _say(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {result.url} (commit {result.commit}; "
+         "pass it to --revision to read exactly this version)")
 
 
 @click.command()

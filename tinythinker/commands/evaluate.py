@@ -13,7 +13,9 @@ import click
     epilog="Every other argument goes to lm_eval unchanged (e.g. --tasks, --model hf, --model_args seed=7, --metadata, --seed).",
 )
 @click.option("--student", help="Student checkpoint folder or Hub id: runs --model tinythinker with pretrained=STUDENT.")
+@click.option("--student-revision", help="Of a Hub --student: branch, tag or commit id (default main), pinned to its commit.")
 @click.option("--data", help="Data set folder made by `tinythinker build`, a Hub id, or world (the generated world; lm-eval --metadata data=...).")
+@click.option("--revision", help="Of a Hub --data: branch, tag or commit id (default main); the results name the commit read.")
 @click.option("--config", help="{dataset}-{variant}, e.g. csqa-full: the tasks to run (full: pipeline + both oracles).")
 @click.option("--split", help="Split to evaluate (default test).")
 @click.option("--output-path", type=click.Path(file_okay=False), help="Results folder (per-question samples logged; a rerun resumes).")
@@ -22,13 +24,25 @@ import click
 @click.option("--device", help="cuda, cuda:0, cpu ... (default: cuda when available).")
 @click.option("--self-consistency", is_flag=True, help="Also run the self-consistency task (5 sampled traces, majority vote).")
 @click.pass_context
-def eval_command(ctx, student, data, config, split, output_path, limit, batch_size, device, self_consistency):
+def eval_command(ctx, student, student_revision, data, revision, config, split, output_path, limit, batch_size, device,
+                 self_consistency):
     """Evaluate with lm-eval: `tinythinker eval LM_EVAL_ARGS...` is `lm_eval LM_EVAL_ARGS...` that also
     knows --model tinythinker and the TinyThinker tasks (eval_tasks/)."""
+    from ..errors import TinyThinkerError
     from ..evaluation import lm_eval_argv, run_lm_eval
+    from ..hub import pin
 
-    argv = lm_eval_argv(ctx.args, student=student, data=data, config=config, split=split, output_path=output_path,
-                        limit=limit, batch_size=batch_size, device=device, self_consistency=self_consistency)
+    if revision is not None and (not data or data == "demo"):
+        raise TinyThinkerError("--revision pins the Hub data set given with --data; pass --data ORG/NAME too")
+    if student_revision is not None and not student:
+        raise TinyThinkerError("--student-revision pins the Hub student given with --student; pass --student ORG/NAME too")
+    options = dict(student=student, data=data, config=config, split=split, output_path=output_path, limit=limit,
+                   batch_size=batch_size, device=device, self_consistency=self_consistency)
+    lm_eval_argv(ctx.args, **options)  # the options' own mistakes first, before any Hub call
+    # the commits read, resolved once here so that every task reads the same one and the results name it
+    data_commit = pin(data, revision) if data and data != "demo" else None
+    student_commit = pin(student, student_revision, repo_type="model") if student else None
+    argv = lm_eval_argv(ctx.args, **options, data_revision=data_commit, student_revision=student_commit)
     run_lm_eval(argv)
     if output_path is not None:
         click.echo(f"results in {output_path}; tables and plots: tinythinker report {output_path} --plots {Path(output_path) / 'plots'}", err=True)

@@ -17,6 +17,8 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.command()
 @click.option("--student", required=True, help="Starting checkpoint (the SFT best, e.g. runs/csqa-sft/best) or Hub id.")
 @click.option("--data", required=True, help="Stage data set folder made by `tinythinker build` (or its Hub id).")
+@click.option("--revision", default=None,
+              help="Of a Hub --data: branch, tag or commit id (default main); the run reads, and its cards name, that commit.")
 @click.option("--config", required=True, help="Its -full config, e.g. csqa-full (training questions, teacher records, validation).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Run folder: best/, preferences/, iter<k>/, state.json, metrics.jsonl.")
@@ -47,7 +49,7 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it).")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of continuing it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
-def reflect(student, data, config, out, iterations, stages, samples, temperature, top_k, beta, nll_weight, lr, batch_size,
+def reflect(student, data, revision, config, out, iterations, stages, samples, temperature, top_k, beta, nll_weight, lr, batch_size,
             micro_batch_size, cycles, max_length, eval_limit, train_limit, eval_batch_size, seed, bf16, overwrite, progress):
     """Self-reflection: each iteration samples the student's own recalls and analyses of the training
     questions, makes recall and analyze preference pairs (OUT/preferences, config {dataset}-dpo-iter<k>),
@@ -65,7 +67,8 @@ def reflect(student, data, config, out, iterations, stages, samples, temperature
     settings = ReflectSettings(student=student, data=data, config=config, iterations=iterations, stages=_stages(stages),
                                samples=samples, temperature=temperature, top_k=top_k, beta=beta, nll_weight=nll_weight, lr=lr,
                                batch_size=batch_size, cycles=cycles, max_length=max_length, seed=seed, bf16=bf16,
-                               eval_limit=eval_limit, train_limit=train_limit, eval_batch_size=eval_batch_size)
+                               eval_limit=eval_limit, train_limit=train_limit, eval_batch_size=eval_batch_size,
+                               revision=revision)
     try:
         result = run_reflection(settings, out, overwrite=overwrite, progress=progress, console=console,
                                 micro_batch_size=micro_batch_size)

@@ -37,13 +37,14 @@ def student():
 @click.option("--kind", type=click.Choice(["seq2seq", "causal"]), default="seq2seq", show_default=True,
               help="seq2seq: T5-style encoder-decoder; causal: Llama-style decoder-only.")
 @click.option("--data", required=True, help="Stage data set folder or Hub id whose texts train the tokenizer.")
+@click.option("--revision", default=None, help="Of a Hub --data: branch, tag or commit id (default main).")
 @click.option("--config", default=None, help="Only this config's texts (default: every config).")
 @click.option("--shape", type=click.Choice(["tiny", "t5-small"]), default="tiny", show_default=True,
               help="tiny: trains in seconds on a CPU; t5-small: google-t5/t5-small's shape (benchmarks).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def init(tiny, kind, data, config, shape, seed, out, overwrite):
+def init(tiny, kind, data, revision, config, shape, seed, out, overwrite):
     """Write a randomly initialised student whose tokenizer is trained on a stage data set."""
     if not tiny:
         raise TinyThinkerError("only --tiny students are made here; to train a real model pass its Hub id "
@@ -52,16 +53,18 @@ def init(tiny, kind, data, config, shape, seed, out, overwrite):
         raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
     from ..artifacts import staged_folder, write_card
+    from ..hub import pin
     from ..pipeline import load_stage_split, stage_configs
     from ..students import make_tiny_student
 
-    configs = stage_configs(data)
+    commit = pin(data, revision)
+    configs = stage_configs(data, commit)
     if config is not None and config not in configs:
         raise TinyThinkerError(f"{data}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
     texts: list[str] = []
     for name in [config] if config else sorted(configs):
         for split in configs[name]:
-            rows = load_stage_split(data, name, split)
+            rows = load_stage_split(data, name, split, commit)
             texts += [t for column in ("input", "target") for t in rows[column] if t]
     texts = list(dict.fromkeys(texts))
     with staged_folder(out, overwrite=overwrite) as folder:
@@ -70,7 +73,7 @@ def init(tiny, kind, data, config, shape, seed, out, overwrite):
                  "pipeline_tag": "text2text-generation" if kind == "seq2seq" else "text-generation"}
         body = (f"# Untrained {shape} {kind} TinyThinker student\n\n"
                 f"Random weights (seed {seed}); byte-level BPE tokenizer trained on {len(texts)} distinct texts of "
-                f"`{data}`{f' config `{config}`' if config else ''}.\n\n"
+                f"`{data}`{f' at commit `{commit}`' if commit else ''}{f' config `{config}`' if config else ''}.\n\n"
                 f"Train it with `tinythinker train sft --student {out}`.\n")
         write_card(folder, front, body)
     click.echo(f"wrote {kind} student ({shape}, tokenizer from {len(texts)} texts) to {out}")
@@ -108,7 +111,10 @@ def _partial_line(**entry) -> str:
 
 @click.command("infer")
 @click.option("--student", "student_name", required=True, help="Student checkpoint folder or Hub id.")
+@click.option("--student-revision", default=None, help="Of a Hub --student: branch, tag or commit id (default main).")
 @click.option("--data", required=True, help="Stage data set folder or Hub id.")
+@click.option("--revision", default=None,
+              help="Of a Hub --data: branch, tag or commit id (default main); the summary names the commit read.")
 @click.option("--config", required=True, help="Data set config, e.g. csqa-full.")
 @click.option("--split", default="test", show_default=True, help="Split to answer.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Traces JSONL to write (a .summary.json goes beside it).")
@@ -126,7 +132,7 @@ def _partial_line(**entry) -> str:
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def infer(student_name, data, config, split, out, variant, samples, temperature, top_k, batch_size, bf16, limit,
+def infer(student_name, student_revision, data, revision, config, split, out, variant, samples, temperature, top_k, batch_size, bf16, limit,
           oracle, seed, device, overwrite):
     """Answer a split with the three-stage pipeline; write traces and print accuracy.
 
@@ -139,25 +145,29 @@ def infer(student_name, data, config, split, out, variant, samples, temperature,
         raise TinyThinkerError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
     from ..artifacts import atomic_write_text
+    from ..hub import pin
     from ..pipeline import Sampling, Trace, accuracy, items_from_dataset, oracles_from_dataset, run_pipeline
     from ..students import Student
 
-    items = items_from_dataset(data, config, split)[:limit]
+    data_commit = pin(data, revision)
+    student_commit = pin(student_name, student_revision, repo_type="model")
+    items = items_from_dataset(data, config, split, data_commit)[:limit]
     if variant is None:
         variant = next((v for v in sorted(VARIANTS, key=len, reverse=True) if config.endswith("-" + v)), None)
         if variant is None:
             raise TinyThinkerError(f"cannot tell the variant from config {config!r}; pass --variant ({', '.join(VARIANTS)})")
-    given_recalls, given_analyses = oracles_from_dataset(data, config, split) if oracle != "none" else ({}, {})
+    given_recalls, given_analyses = oracles_from_dataset(data, config, split, data_commit) if oracle != "none" else ({}, {})
     if oracle in ("none", "analyses"):
         given_recalls = {}
     if oracle in ("none", "recall"):
         given_analyses = {}
     if oracle != "none" and not (given_recalls or given_analyses):
         raise TinyThinkerError(f"{data} {config}/{split}: no teacher texts for --oracle {oracle}; build the data set with teacher responses for this split")
-    loaded = Student.load(student_name, device=device, bf16=bf16)
+    loaded = Student.load(student_name, device=device, bf16=bf16, revision=student_commit)
     sampling = Sampling(do_sample=samples > 1, temperature=temperature, top_k=top_k)
 
-    settings = {"student": str(student_name), "data": str(data), "config": config, "split": split, "variant": variant,
+    settings = {"student": str(student_name), "student_revision": student_commit, "data": str(data),
+                "data_revision": data_commit, "config": config, "split": split, "variant": variant,
                 "samples": samples, "sampling": vars(sampling), "seed": seed, "batch_size": batch_size, "bf16": bf16,
                 "oracle": oracle, "questions": [item.id for item in items]}
     key = _settings_key(settings)

@@ -18,8 +18,11 @@ def train():
 
 @train.command("sft")
 @click.option("--data", required=True, help="Stage data set folder made by `tinythinker build`, or its Hub id.")
+@click.option("--revision", default=None,
+              help="Of a Hub --data: branch, tag or commit id (default main); the run reads, and its card names, that commit.")
 @click.option("--config", required=True, help="Data set config, e.g. csqa-full (its -variant suffix picks the variant).")
 @click.option("--student", required=True, help="Base model: Hub id (google-t5/t5-small, gpt2, ...) or checkpoint folder.")
+@click.option("--student-revision", default=None, help="Of a Hub --student: branch, tag or commit id (default main).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder: best/, last/, metrics.jsonl.")
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Stages to train; default: the config's suffix.")
 @click.option("--interval", type=click.IntRange(min=1), default=100, show_default=True,
@@ -45,7 +48,8 @@ def train():
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def sft(data, config, student, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size, max_length, max_input_length, warmup_ratio,
+def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size,
+        max_length, max_input_length, warmup_ratio,
         bf16, eval_limit, eval_batch_size, log_every, seed, overwrite, progress):
     """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
     after every cycle; the best checkpoint (with a model card) in OUT/best.
@@ -58,8 +62,9 @@ def sft(data, config, student, out, variant, interval, schedule, epochs, lr, bat
 
     console = Console(stderr=True, soft_wrap=True)
     settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,
-                           epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, max_input_length=max_input_length, seed=seed, bf16=bf16,
-                           eval_limit=eval_limit, warmup_ratio=warmup_ratio)
+                           epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, max_input_length=max_input_length,
+                           seed=seed, bf16=bf16, eval_limit=eval_limit, warmup_ratio=warmup_ratio, revision=revision,
+                           student_revision=student_revision)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
                            log_every=log_every, overwrite=overwrite, progress=progress, console=console)

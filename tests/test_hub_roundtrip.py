@@ -1,0 +1,302 @@
+"""A Hub round trip, offline: `tinythinker push` to the local Hub (tests/hub_server.py), then everything
+that reads from the Hub reads it back -- ``datasets.load_dataset``, ``transformers``, ``Student.load``,
+`tinythinker train sft`, `infer` and `eval` with ``--data ORG/NAME`` -- pinned to commits, and every
+Hub failure is one line naming the repo and the fix.
+
+Every command runs as a subprocess with ``HF_ENDPOINT`` at the local Hub and a fresh ``HF_HOME``, so
+neither the developer's cache nor the real Hub can change a result. The local Hub serves LFS, not Xet:
+``HF_HUB_DISABLE_XET=1`` (test_hub.py checks the message without it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from helpers_data import TOY_QUESTIONS, all_texts, write_stage_data
+from hub_server import LocalHub
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "hf_local_roundtrip_token_never_printed"
+DATA, PREFS, STUDENT, PRIVATE = "org/name", "org/prefs", "org/student", "org/secret"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def environment(hub_endpoint: str, home: Path, token: str | None = TOKEN) -> dict:
+    env = {**os.environ, "HF_ENDPOINT": hub_endpoint, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HUB_DISABLE_XET": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(REPO), "TINYTHINKER_CACHE": str(home / "tinythinker")}
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_CACHE",
+                 "HF_HUB_CACHE", "TINYTHINKER_DATA"):
+        env.pop(name, None)
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def tinythinker(*args, endpoint: str, home: Path, token: str | None = TOKEN, cwd: Path | None = None, **env):
+    return subprocess.run([sys.executable, "-m", "tinythinker", *map(str, args)], cwd=cwd or REPO, capture_output=True,
+                          text=True, env={**environment(endpoint, home, token), **env}, timeout=600)
+
+
+def python(code: str, *, endpoint: str, home: Path, token: str | None = TOKEN):
+    """Run ``code`` in a fresh interpreter (huggingface_hub reads HF_ENDPOINT when imported); its last
+    stdout line is JSON."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+                          env=environment(endpoint, home, token), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parquet_rows(folder: Path, config: str) -> dict[str, list[dict]]:
+    """{split: rows} of a config of a local folder, read file by file (whatever the files are named)."""
+    rows: dict[str, list[dict]] = {}
+    for path in sorted((folder / "data" / config).glob("*.parquet")):
+        split = path.name.split("-")[0]
+        rows.setdefault(split, []).extend(pq.read_table(path).to_pylist())
+    return rows
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("Error: "), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and TOKEN not in done.stdout + done.stderr
+    return lines[0]
+
+
+# --- what is published: a data set folder, a preference set (private) and a student --------------------
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    from tinythinker.preferences import PairSet, write_preference_config
+    from tinythinker.students import make_tiny_student
+
+    root = tmp_path_factory.mktemp("hub-roundtrip")
+    data = write_stage_data(root / "csqa", dataset="csqa")
+    old = write_stage_data(root / "csqa-old", TOY_QUESTIONS[:2], dataset="csqa")  # an earlier version: 2 questions
+    rows = [{"id": q.id, "stage": "recall", "prompt": f"{q.text}\nRecall:", "chosen": q.recall, "rejected": "No idea."}
+            for q in TOY_QUESTIONS]
+    prefs = root / "preferences"
+    info = {"student": "runs/x/best", "samples": 2, "sampling": {"do_sample": True, "temperature": 0.7, "top_k": 0},
+            "seed": 42, "data": DATA, "config": "csqa-full"}
+    write_preference_config(prefs, dataset="csqa", iteration=1, pair_sets=[PairSet("recall", rows, {"pairs": len(rows)})], info=info)
+    student = make_tiny_student("seq2seq", all_texts(), root / "student", seed=0, d_model=32, layers=1, heads=2, d_ff=64,
+                                vocab_size=400)
+    return {"root": root, "data": data, "old": old, "prefs": prefs, "student": student}
+
+
+@pytest.fixture(scope="module")
+def hub(local, tmp_path_factory):
+    """The local Hub with the old data set (commit recorded), then the current one, the preference set
+    (private) and the student pushed by `tinythinker push`."""
+    home = tmp_path_factory.mktemp("hf-push")
+    with LocalHub(tokens={TOKEN}) as server:
+        pushed = {}
+        for folder, repo, extra in [(local["old"], DATA, ()), (local["data"], DATA, ()), (local["prefs"], PREFS, ("--private",)),
+                                    (local["student"], STUDENT, ()), (local["old"], PRIVATE, ("--private",))]:
+            done = tinythinker("push", folder, "--repo", repo, *extra, endpoint=server.endpoint, home=home)
+            assert done.returncode == 0, done.stderr[-3000:]
+            pushed.setdefault(repo, []).append(done.stdout)
+        server.old_commit = server.repo(DATA).commits[-2]  # type: ignore[attr-defined]
+        yield server
+
+
+def test_push_put_binary_files_in_lfs(hub, local):
+    data, student = hub.repo(DATA), hub.repo(STUDENT, "model")
+    files = {p.relative_to(local["data"]).as_posix(): p.read_bytes() for p in local["data"].rglob("*") if p.is_file()}
+    assert {path: data.files.get(path) for path in files} == files
+    assert {p for p in files if p.endswith(".parquet")} <= data.lfs_files()
+    assert all(p.endswith(".parquet") for p in data.lfs_files()) and "README.md" not in data.lfs_files()
+    assert "model.safetensors" in student.lfs_files() and "config.json" not in student.lfs_files()
+    assert hub.repo(PREFS).visibility == "private"
+    assert {auth for _, _, auth in hub.storage_requests} == {None}
+
+
+def test_load_dataset_and_preferences_from_the_hub(hub, local, tmp_path):
+    loaded = python(f"""
+        import json, datasets
+        full = datasets.load_dataset({DATA!r}, "csqa-full")
+        prefs = datasets.load_dataset({PREFS!r}, "csqa-dpo-iter1")
+        old = datasets.load_dataset({DATA!r}, "csqa-full", revision={hub.old_commit!r})
+        print(json.dumps({{"full": {{s: full[s].to_list() for s in full}}, "prefs": {{s: prefs[s].to_list() for s in prefs}},
+                          "old_test": old["test"].num_rows}}))
+    """, endpoint=hub.endpoint, home=tmp_path / "hf")
+    assert loaded["full"] == parquet_rows(local["data"], "csqa-full")
+    assert loaded["prefs"] == parquet_rows(local["prefs"], "csqa-dpo-iter1")
+    assert loaded["old_test"] == 2 and len(loaded["full"]["test"]) == 4  # the pinned commit reads the old rows
+    # the parquet files came through the LFS redirect to the storage host, without the token
+    commit = hub.repo(DATA).commits[-1]
+    assert any(m == "HEAD" and f"/datasets/{DATA}/resolve/{commit}/data/csqa-full/" in p for m, p, _ in hub.state.requests)
+    assert any(m == "GET" and p.startswith("/lfs/") for m, p, _ in hub.storage_requests)
+
+
+def test_student_from_the_hub_loads_with_transformers_and_student_load(hub, local, tmp_path):
+    loaded = python(f"""
+        import json, torch
+        from transformers import AutoModelForSeq2SeqLM
+        from tinythinker.students import Student
+        model = AutoModelForSeq2SeqLM.from_pretrained({STUDENT!r})
+        student = Student.load({STUDENT!r}, device="cpu")
+        mine = Student.load({str(local["student"])!r}, device="cpu")
+        same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        text = "What color is the sky on a clear day?"
+        print(json.dumps({{"transformers": same(model, mine.model), "student": same(student.model, mine.model),
+                          "seq2seq": student.is_seq2seq, "revision": student.revision,
+                          "tokens": student.tokenizer(text)["input_ids"] == mine.tokenizer(text)["input_ids"]}}))
+    """, endpoint=hub.endpoint, home=tmp_path / "hf")
+    assert loaded == {"transformers": True, "student": True, "seq2seq": True, "tokens": True,
+                      "revision": hub.repo(STUDENT, "model").commits[-1]}
+
+
+def test_train_sft_reads_the_hub_and_names_the_commit(hub, tmp_path):
+    commit = hub.repo(DATA).commits[-1]
+    run = tmp_path / "sft"
+    done = tinythinker("train", "sft", "--data", DATA, "--config", "csqa-full", "--student", STUDENT, "--out", run,
+                       "--epochs", "1", "--interval", "1", "--batch-size", "4", "--eval-limit", "2", "--no-progress",
+                       endpoint=hub.endpoint, home=tmp_path / "hf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"of {DATA} at commit {commit}" in done.stderr
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["data_commit"] == commit and settings["student_commit"] == hub.repo(STUDENT, "model").commits[-1]
+    card = (run / "best" / "README.md").read_text()
+    assert f"data_revision: {commit}" in card and f"at commit [`{commit}`]" in card and f"--revision {commit}" in card
+
+
+def test_eval_reads_the_hub_and_the_results_name_the_commits(hub, tmp_path):
+    commit, student_commit = hub.repo(DATA).commits[-1], hub.repo(STUDENT, "model").commits[-1]
+    results = tmp_path / "results"
+    done = tinythinker("eval", "--student", STUDENT, "--data", DATA, "--revision", "main", "--config", "csqa-full",
+                       "--output-path", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
+                       endpoint=hub.endpoint, home=tmp_path / "hf", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [path] = results.rglob("results_*.json")
+    report = json.loads(path.read_text())
+    assert set(report["results"]) == {"tinythinker_csqa", "tinythinker_csqa_analyze_oracle", "tinythinker_csqa_summarize_oracle"}
+    assert {task: config["metadata"].get("data_revision") for task, config in report["configs"].items()} == dict.fromkeys(report["results"], commit)
+    assert report["config"]["model_args"]["revision"] == student_commit == report["config"]["tinythinker_student_revision"]
+
+
+def test_infer_pins_a_branch_tag_or_commit(hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    api.create_branch(DATA, repo_type="dataset", branch="v1", revision=hub.old_commit, exist_ok=True)
+    home = tmp_path / "hf"
+    for revision, questions in [("v1", 2), (hub.old_commit, 2), (None, 4)]:
+        out = tmp_path / f"{revision}.jsonl"
+        args = ["--revision", revision] if revision else []
+        done = tinythinker("infer", "--student", STUDENT, "--data", DATA, *args, "--config", "csqa-full", "--out", out,
+                           endpoint=hub.endpoint, home=home)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+        expected = hub.old_commit if revision else hub.repo(DATA).commits[-1]
+        assert (summary["data_revision"], summary["questions"]) == (expected, questions)
+        assert summary["student_revision"] == hub.repo(STUDENT, "model").commits[-1]
+
+
+def test_offline_a_revision_resolves_to_the_commit_the_cache_saw(hub, tmp_path):
+    home = tmp_path / "hf"
+    online = tinythinker(*_infer(tmp_path, DATA, STUDENT, "--limit", "1"), endpoint=hub.endpoint, home=home)
+    assert online.returncode == 0, online.stderr[-3000:]
+    out = tmp_path / "offline.jsonl"
+    offline = tinythinker("infer", "--student", STUDENT, "--data", DATA, "--config", "csqa-full", "--limit", "1", "--out", out,
+                          endpoint=hub.endpoint, home=home, HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    summary = json.loads(out.with_name("offline.summary.json").read_text())
+    assert summary["data_revision"] == hub.repo(DATA).commits[-1]
+    assert summary["student_revision"] == hub.repo(STUDENT, "model").commits[-1]
+
+    empty = tinythinker(*_infer(tmp_path / "empty", DATA), endpoint=hub.endpoint, home=tmp_path / "empty", HF_HUB_OFFLINE="1")
+    assert one_error_line(empty).startswith(f"Error: {DATA}: not in the local cache, and HF_HUB_OFFLINE=1 keeps the Hub out of reach")
+
+
+# --- bad input: one line naming the repo and the fix, never a traceback, never the token ------------------
+
+def _infer(tmp_path, data=DATA, student=STUDENT, *extra):
+    return ("infer", "--student", student, "--data", data, "--config", "csqa-full", "--out", tmp_path / "t.jsonl", *extra)
+
+
+def _train(tmp_path, data=DATA, *extra):
+    return ("train", "sft", "--data", data, "--config", "csqa-full", "--student", STUDENT, "--out", tmp_path / "run",
+            "--epochs", "1", *extra)
+
+
+def _eval(tmp_path, data=DATA, *extra):
+    return ("eval", "--student", STUDENT, "--data", data, "--config", "csqa-full", "--output-path", tmp_path / "res",
+            "--limit", "1", *extra)
+
+
+MISSING = "{repo}: no such dataset repo on {endpoint}, or your token cannot read it; check the id (ORG/NAME) and the token's access, or pass a local folder"
+NO_REVISION = ("{repo}: the dataset repo has no revision 'nope' on {endpoint}; pass an existing branch, tag or commit id with "
+               "--revision (or leave --revision out for main)")
+PRIVATE_NO_TOKEN = ("{repo}: no such dataset repo on {endpoint}, or it is private and no token is set; check the id (ORG/NAME), "
+                    "or set HF_TOKEN (or run `hf auth login`) with read access to it")
+BAD_TOKEN = "{repo}: {endpoint} refused your token (401 invalid credentials); set HF_TOKEN to a valid token or run `hf auth login`"
+UNREACHABLE = ("{repo}: cannot reach the Hub at {endpoint} (ConnectError); check your network and HF_ENDPOINT, or set "
+               "HF_HUB_OFFLINE=1 to use what is in the local cache")
+MISSING_STUDENT = ("org/nobody: no such model repo on {endpoint}, or your token cannot read it; check the id (ORG/NAME) and the "
+                   "token's access, or pass a local folder")
+
+
+@pytest.mark.parametrize("command, repo, token, endpoint, expected", [
+    (lambda t: _infer(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: _train(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: _eval(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: _infer(t, DATA, STUDENT, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
+    (lambda t: _train(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
+    (lambda t: _infer(t, PRIVATE), PRIVATE, None, None, PRIVATE_NO_TOKEN),
+    (lambda t: _infer(t, DATA), DATA, "hf_not_a_token_of_this_hub", None, BAD_TOKEN),
+    (lambda t: _infer(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
+    (lambda t: _train(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
+    (lambda t: _infer(t, DATA, "org/nobody"), "org/nobody", TOKEN, None, MISSING_STUDENT),
+], ids=["missing-infer", "missing-train", "missing-eval", "revision-infer", "revision-train", "private-no-token",
+        "wrong-token", "unreachable-infer", "unreachable-train", "missing-student"])
+def test_hub_failures_are_one_line(hub, tmp_path, command, repo, token, endpoint, expected):
+    endpoint = endpoint or hub.endpoint
+    done = tinythinker(*command(tmp_path), endpoint=endpoint, home=tmp_path / "hf", token=token, cwd=tmp_path)
+    line = one_error_line(done)
+    assert line == "Error: " + expected.format(repo=repo, endpoint=endpoint)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "t.jsonl").exists() and not (tmp_path / "res").exists()
+    if token and token != TOKEN:
+        assert token not in done.stderr
+
+
+def test_private_repo_reads_with_the_token(hub, tmp_path):
+    done = tinythinker(*_infer(tmp_path, PRIVATE), endpoint=hub.endpoint, home=tmp_path / "hf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 questions" in done.stdout
+
+
+def test_revision_of_a_local_folder_is_refused(hub, local, tmp_path):
+    done = tinythinker(*_infer(tmp_path, local["data"], local["student"], "--revision", "v1"), endpoint=hub.endpoint,
+                       home=tmp_path / "hf")
+    assert one_error_line(done) == (f"Error: --revision v1 names a Hub commit, but {local['data']} is a local folder; "
+                                    "leave --revision out or pass a Hub id (ORG/NAME)")
+
+
+def test_eval_pins_data_and_student_commits(tmp_path):
+    """What `tinythinker eval` hands lm-eval, and which commit the tasks read when the data set comes
+    from the student's card (no --data)."""
+    from tinythinker.artifacts import write_card
+    from tinythinker.evaluation import data_revision, data_source, lm_eval_argv
+
+    student = tmp_path / "student"
+    student.mkdir()
+    write_card(student, {"tinythinker": {"method": "sft", "data": DATA, "data_revision": "a" * 40, "config": "csqa-full"}}, "# s")
+    metadata = {"pretrained": str(student)}
+    assert data_source("csqa", metadata) == DATA and data_revision("csqa", metadata, DATA) == "a" * 40
+    assert data_revision("csqa", {**metadata, "data_revision": "b" * 40}, DATA) == "b" * 40
+    assert data_revision("csqa", metadata, "other/data") is None and data_revision("obqa", metadata, DATA) is None
+
+    argv = lm_eval_argv(student=STUDENT, data=DATA, config="csqa-full", data_revision="c" * 40, student_revision="d" * 40)
+    model_args = argv[argv.index("--model_args") + 1 : argv.index("--metadata")]
+    metadata_args = argv[argv.index("--metadata") + 1 : argv.index("--batch_size")]
+    assert f"revision={'d' * 40}" in model_args and metadata_args == [f"data={DATA}", f"data_revision={'c' * 40}"]
