@@ -153,3 +153,27 @@ def test_bad_sizes_are_refused():
         schedule({"recall": 0, "summarize": 0})
     with pytest.raises(ValueError, match="unknown stage"):
         schedule({"recall_single": 3})
+
+
+def test_mixed_schedule_draws_every_record_once_per_epoch_from_one_pool():
+    sizes = {"recall": 37, "analyze": 185, "summarize": 37}
+    schedule = StageSchedule(sizes, n_options=5, interval=3, batch_size=8, epochs=2, seed=5, mixed=True)
+    total = sum(sizes.values())
+    assert schedule.steps_per_epoch == -(-total // 8) and schedule.pool_lengths == {"mixed": 3 * 7}
+    steps = list(schedule.steps())
+    assert {s.stage for s in steps} == {"mixed"} and len(steps) == schedule.total_steps
+    for epoch in range(2):
+        rows = np.concatenate([s.rows for s in steps if s.epoch == epoch])
+        assert sorted(rows.tolist()) == list(range(total))  # every record once, all stages pooled
+        per_stage = {stage: sorted(np.concatenate([idx for st, _, idx in schedule.locate(rows) if st == stage]).tolist())
+                     for stage in sizes}
+        assert per_stage == {stage: list(range(n)) for stage, n in sizes.items()}
+    first = steps[0]
+    assert len({stage for stage, _, _ in schedule.locate(first.rows)}) > 1  # batches mix the stages
+    cycle_ends = [s.index + 1 for s in steps if s.cycle_end and s.epoch == 0]
+    assert cycle_ends == [21, 33]  # validation as often as a block cycle (3 + 15 + 3 batches), and at the epoch end
+    resumed = list(schedule.steps(17))  # resumable at any step
+    assert [(s.index, s.cycle) for s in resumed] == [(s.index, s.cycle) for s in steps[17:]]
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(resumed, steps[17:]))
+    locate = schedule.locate(first.rows)
+    assert sorted(p for _, positions, _ in locate for p in positions.tolist()) == list(range(len(first.rows)))
