@@ -268,9 +268,9 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
 
 
 # the headline columns: (name, task kind, lm-eval metric)
-HEADLINE = (("accuracy", "full", "acc"), ("analyze oracle", "analyze_oracle", "acc"),
-            ("summarize oracle", "summarize_oracle", "acc"), ("recall ROUGE-L", "full", "recall_rougeL"),
-            ("summary consistent", "full", "summary_consistent"))
+HEADLINE = (("accuracy", "full", "acc"), ("with teacher recall", "analyze_oracle", "acc"),
+            ("with teacher recall+analyses", "summarize_oracle", "acc"), ("recall ROUGE-L", "full", "recall_rougeL"),
+            ("answer found", "full", "answer_found"))
 
 
 def headline(report: dict, run_dir: Path) -> list[dict]:

@@ -14,14 +14,18 @@ def _show_headline(rows: list[dict], console) -> None:
     from ..recipe import HEADLINE
 
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    table = Table(title="test accuracy and per-stage figures (percent; chance 100/options)")
-    for column in ("student", "questions", *[c for c, _, _ in HEADLINE], "change"):
+    short = {"accuracy": "acc", "with teacher recall": "acc [1]", "with teacher recall+analyses": "acc [2]",
+             "recall ROUGE-L": "recall RL", "answer found": "answered"}
+    questions = sorted({str(r["questions"]) for r in rows if r.get("questions")})
+    table = Table(title=f"test split ({'/'.join(questions) or '?'} questions), percent")
+    for column in ("student", *[short[c] for c, _, _ in HEADLINE], "change"):
         table.add_column(column, justify="left" if column == "student" else "right")
     for row in rows:
         change = row.get("change")
-        table.add_row(row["student"], str(row.get("questions") or "–"), *[pct(row.get(c)) for c, _, _ in HEADLINE],
-                      "" if change is None else f"{100 * change:+.1f}")
+        table.add_row(row["student"], *[pct(row.get(c)) for c, _, _ in HEADLINE], "" if change is None else f"{100 * change:+.1f}")
     console.print(table)
+    console.print("[1] with the teacher's recall given; [2] with the teacher's recall and analyses given; "
+                  "change: against sft-full", soft_wrap=True)
     dpo = next((r for r in rows if r["student"] == "dpo"), None)
     if dpo and "chosen_iteration" in dpo:
         pairs = ", ".join(f"{k} {v:,}" for k, v in dpo["pairs"].items()) or "none"
