@@ -127,10 +127,21 @@ def test_two_iterations_end_to_end(finished, toy):
     assert all(m["questions"] == 2 for m in metrics if m["kind"] == "eval")
     assert any(m["kind"] == "train" and m["stage"] == "recall" for m in metrics)
 
-    # the best checkpoints load, carry a card, and OUT/best is the last iteration's
+    # the best checkpoints load, carry a card, and OUT/best is the best of every iteration, the
+    # starting student (iteration 0) included; a tie keeps the earlier one
     best = Student.load(out / "best", device="cpu")
     assert best.is_seq2seq
-    assert (out / "best" / "model.safetensors").read_bytes() == (out / "iter2" / "best" / "model.safetensors").read_bytes()
+    accuracies = [state["baseline"]["accuracy"]] + [state["iterations"][k]["summary"]["best_accuracy"] for k in ("1", "2")]
+    chosen = state["chosen"]
+    assert chosen["iteration"] == accuracies.index(max(accuracies)) and chosen["accuracy"] == max(accuracies)
+    source = out / f"iter{chosen['iteration']}" / "best" if chosen["iteration"] else Path(toy["student"])
+    if chosen["iteration"]:
+        assert (out / "best" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    else:
+        import torch
+
+        start = Student.load(source, device="cpu")
+        assert all(torch.equal(a, b) for a, b in zip(start.model.state_dict().values(), best.model.state_dict().values()))
     card = (out / "iter1" / "best" / "README.md").read_text()
     assert "iteration 1" in card and "Validation curve" in card
     assert not (out / "iter1" / "last").exists()  # finished iterations keep no resume point
