@@ -8,9 +8,15 @@ Prints one JSON object:
   output file written as answers come) against ``tests/openai_server.py`` in its own process with a
   fixed latency (from a request's arrival to its answer): requests/s achieved vs the ideal ``min(concurrency / latency, rpm / 60)``
   (target: >= 90% at 2,000 requests, concurrency 64, 100 ms).
+- ``default_limits``: the same with the default flags (no ``--rpm`` / ``--tpm``: limits come from the
+  server's x-ratelimit headers) against a server that sends none, as vLLM, Ollama or llama.cpp:
+  only the concurrency bounds the rate (target: >= 90% of concurrency / latency, 640 req/s).
 - ``bare_aiohttp``: plain aiohttp posting the same bodies at the same concurrency: the ceiling this
   machine and server allow (the client's own overhead is the gap to it).
 - ``rate_limited``: the same with an ``rpm`` budget below the concurrency bound (the limiter's accuracy).
+- ``server_limited``: default flags against a server whose x-ratelimit headers report (and enforce) a
+  bucket of ``--server-limit`` requests refilling in one second: the time vs the least the bucket
+  allows, and how many requests the server refused with 429.
 - ``dry_run``: prompt tokens estimated offline (word-piece estimate, no tokenizer) vs the
   ``usage.prompt_tokens`` the server reports, and the completion forecast vs the server's
   ``completion_tokens``, over requests of all three data sets. The server counts with the real
@@ -76,27 +82,44 @@ class Server:
         self.process.wait(30)
 
 
-def throughput(raw: str, n: int, concurrency: int, latency: float, rpm: float, work: Path) -> dict:
-    with Server("--latency", str(latency), "--usage", "chars") as server:
+def throughput(raw: str, n: int, concurrency: int, latency: float, rpm: float | None, work: Path, *, tpm: float | None = 1e12,
+               server_args: tuple[str, ...] = ()) -> dict:
+    """A teach round against the server; ``rpm`` / ``tpm`` None: the default (the server's headers)."""
+    with Server("--latency", str(latency), "--usage", "chars", *server_args) as server:
         options = TeachOptions(dataset="csqa", raw=raw, out=work / "out.jsonl", model="gpt-4o-2024-05-13", limit=n,
                                base_url=server.base_url, cache_dir=work / "cache",
-                               limits=Limits(concurrency=concurrency, rpm=rpm, tpm=1e12, timeout=60))
+                               limits=Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=60))
         server_cpu, client_cpu = server.cpu_seconds(), _own_cpu_seconds()
         result = teach(options, api_key="sk-benchmark")
         server_cpu, client_cpu = server.cpu_seconds() - server_cpu, _own_cpu_seconds() - client_cpu
         report = result.rounds[0]
         stats = server.stats()
-    ideal = min(concurrency / latency if latency else float("inf"), rpm / 60.0)
+    ideal = min(concurrency / latency if latency else float("inf"), rpm / 60.0 if rpm else float("inf"))
     achieved = report.answered / report.seconds
     return {
-        "requests": report.answered, "failed": report.failed, "concurrency": concurrency, "latency_s": latency, "rpm": rpm,
+        "requests": report.answered, "failed": report.failed, "concurrency": concurrency, "latency_s": latency, "rpm": rpm, "tpm": tpm,
+        "limits": report.limits,
         "seconds": round(report.seconds, 3), "requests_per_s": round(achieved, 1), "ideal_requests_per_s": round(ideal, 1),
         "fraction_of_ideal": round(achieved / ideal, 3), "server_posts": stats["posts"], "server_max_in_flight": stats["max_in_flight"],
+        "server_429": stats["statuses"].get("429", 0),
         # CPU per request (the client's includes loading the questions and building the requests):
         # with a free core each, the client alone could serve 1000 / client_cpu_ms_per_request requests/s
         "client_cpu_ms_per_request": round(1000 * client_cpu / report.answered, 3),
         "server_cpu_ms_per_request": round(1000 * server_cpu / report.answered, 3),
     }
+
+
+def server_limited(raw: str, n: int, concurrency: int, latency: float, limit: int, work: Path) -> dict:
+    """Default flags against a server that reports and enforces a bucket of ``limit`` requests
+    refilling in one second: the least time is the burst of ``limit``, then ``limit`` per second
+    (or the concurrency bound, if lower), plus one latency."""
+    run = throughput(raw, n, concurrency, latency, None, work, tpm=None,
+                     server_args=("--limit-requests", str(limit), "--limit-window", "1"))
+    rate = min(limit, concurrency / latency if latency else float("inf"))
+    least = max(n / (concurrency / latency) if latency else 0.0, (n - limit) / rate) + latency
+    return {**{k: run[k] for k in ("requests", "failed", "limits", "seconds", "requests_per_s", "server_posts", "server_429")},
+            "server_bucket": f"{limit} requests, refilling {limit}/s", "least_seconds": round(least, 3),
+            "fraction_of_least_time": round(least / run["seconds"], 3)}
 
 
 def bare_client(raw: str, n: int, concurrency: int, latency: float) -> dict:
@@ -184,6 +207,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--rpm", type=float, default=1_000_000)
     parser.add_argument("--limited-rpm", type=float, default=6000, help="rpm of the rate-limited run (below the concurrency bound)")
+    parser.add_argument("--server-limit", type=int, default=100,
+                        help="the server-limited run: a bucket of this many requests refilling in 1 s, in the server's headers")
     parser.add_argument("--raw", default=str(SHARED_RAW) if SHARED_RAW.exists() else None,
                         help="folder with csqa/ obqa/ strategyqa/ raw folders (default: ../shared/data/raw; else synthetic questions)")
     parser.add_argument("--dry-run-requests", type=int, default=100, help="requests per data set for the dry-run error")
@@ -199,8 +224,13 @@ def main() -> None:
         out["throughput"] = max(runs, key=lambda run: run["fraction_of_ideal"])
         if args.repeat > 1:
             out["throughput_all_runs"] = [run["fraction_of_ideal"] for run in runs]
+        defaults = [throughput(csqa, args.requests, args.concurrency, args.latency, None, work / f"default{i}", tpm=None) for i in range(args.repeat)]
+        out["default_limits"] = max(defaults, key=lambda run: run["fraction_of_ideal"])
+        if args.repeat > 1:
+            out["default_limits_all_runs"] = [run["fraction_of_ideal"] for run in defaults]
         out["bare_aiohttp"] = bare_client(csqa, args.requests, args.concurrency, args.latency)
         out["rate_limited"] = throughput(csqa, min(args.requests, 500), args.concurrency, args.latency, args.limited_rpm, work / "limited")
+        out["server_limited"] = server_limited(csqa, min(args.requests, 500), args.concurrency, args.latency, args.server_limit, work / "server-limited")
         out["dry_run"] = dry_run_error(raw_root, work, args.dry_run_requests)
         out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
         out["wall_s"] = round(time.monotonic() - started, 1)

@@ -18,6 +18,16 @@ POSTs) -> 429 with ``Retry-After``;
 than ``max_tokens`` is cut too); ``ignore_n`` -> one choice whatever ``n`` says (``max_choices``
 caps it at any number); ``api_key`` -> 401 for any other bearer token.
 
+Rate limits as OpenAI reports them: ``limit_requests`` / ``limit_tokens`` (> 0) give the server a
+bucket of that many requests / tokens that refills continuously in ``limit_window`` seconds (60: a
+per-minute limit), and every reply (200 or 429) carries ``x-ratelimit-limit-*``,
+``x-ratelimit-remaining-*`` (whole units, rounded down) and ``x-ratelimit-reset-*`` (the time until
+the bucket is full, written as Go durations like OpenAI's: "1s", "6m0s", "20ms"). A request counts
+1 request and characters / 4 + n x max_tokens tokens (OpenAI's rule) on arrival; one the bucket
+cannot pay for gets 429 with ``Retry-After`` (``enforce_limits=False``: only report, never refuse).
+``headers`` adds (or overrides) reply headers, ``"name=value,name=value"`` (e.g. a nonsense one).
+Without ``limit_*`` no rate-limit header is sent, as with vLLM, Ollama or llama.cpp.
+
 It counts what it received (``stats``): POSTs, replies by status, the sha256 of every body it
 received and of every body it answered with 200 (of the bytes as sent: tinythinker's client sends
 canonical JSON, so these are its ``request_hash`` values).
@@ -41,6 +51,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import random
 import re
 import signal
@@ -78,6 +89,11 @@ class Behaviour:
     max_choices: int | None = None
     usage: str = "auto"  # "auto" (real tokenizer if installed, else the project's estimate) or "chars"
     models: str = "test-teacher,gpt-4o-2024-05-13"  # what GET /v1/models lists (comma-separated)
+    limit_requests: int = 0  # > 0: a bucket of this many requests, reported in x-ratelimit-*-requests headers
+    limit_tokens: int = 0  # > 0: the same for tokens (x-ratelimit-*-tokens)
+    limit_window: float = 60.0  # seconds in which an empty bucket refills completely
+    enforce_limits: bool = True  # False: report the buckets but answer anyway
+    headers: str = ""  # extra reply headers, "name=value,name=value" (override the rate-limit ones)
 
 
 @dataclass
@@ -93,6 +109,7 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     post_times: list = field(default_factory=list)  # time.monotonic() of every POST
+    limited: int = 0  # 429s because a rate-limit bucket could not pay for the request
     first_post: float | None = None
     last_reply: float | None = None
 
@@ -106,9 +123,23 @@ class Stats:
             "truncated": self.truncated,
             "dropped": self.dropped,
             "malformed": self.malformed,
+            "limited": self.limited,
             "max_in_flight": self.max_in_flight,
             "seconds": None if self.first_post is None or self.last_reply is None else self.last_reply - self.first_post,
         }
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as OpenAI writes its reset headers (Go's time.Duration): "1h2m3.5s", "6m0s", "1s",
+    "20ms". Rounded up (to the microsecond), so a client never reads a shorter wait than the true one."""
+    micros = math.ceil(max(0.0, seconds) * 1e6 - 1e-6)
+    if micros < 1_000_000:
+        return f"{micros / 1000:g}ms" if micros else "0s"
+    hours, rest = divmod(micros, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    text = f"{hours}h" if hours else ""
+    text += f"{minutes}m" if hours or minutes else ""
+    return text + f"{rest / 1e6:.6f}".rstrip("0").rstrip(".") + "s"
 
 
 def _exemplars(system: str) -> list[tuple[str, list[str]]]:
@@ -158,6 +189,7 @@ class FakeOpenAI:
         self.base_url = ""
         self._counters: Counter = Counter()
         self._counter_cache: dict[str, object] = {}
+        self._buckets: dict[str, list[float]] = {}  # kind -> [level, time of level]; full at the first request
 
     def configure(self, **changes) -> None:
         self.behaviour = replace(self.behaviour, **changes)
@@ -165,6 +197,44 @@ class FakeOpenAI:
     def reset_stats(self) -> None:
         self.stats = Stats()
         self._counters = Counter()
+        self._buckets = {}
+
+    # --- rate limits --------------------------------------------------------------------------
+
+    def _rate_limits(self, body: dict) -> tuple[bool, dict[str, str], float]:
+        """Charge a request to the buckets: (allowed, x-ratelimit headers, seconds until it would be)."""
+        behaviour = self.behaviour
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        chars = sum(len(str(m.get("content") or "")) for m in messages if isinstance(m, dict))
+        try:
+            tokens = chars // 4 + int(body.get("n") or 1) * int(body.get("max_tokens") or 0)
+        except (TypeError, ValueError):
+            tokens = chars // 4
+        costs = {kind: (limit, cost) for kind, limit, cost in
+                 (("requests", behaviour.limit_requests, 1), ("tokens", behaviour.limit_tokens, tokens)) if limit > 0}
+        now = time.monotonic()
+        wait = 0.0
+        for kind, (limit, cost) in costs.items():
+            bucket = self._buckets.setdefault(kind, [float(limit), now])
+            rate = limit / behaviour.limit_window
+            bucket[0], bucket[1] = min(float(limit), bucket[0] + (now - bucket[1]) * rate), now
+            need = min(cost, limit)
+            if bucket[0] < need:
+                wait = max(wait, (need - bucket[0]) / rate)
+        allowed = wait == 0.0 or not behaviour.enforce_limits
+        headers = {}
+        for kind, (limit, cost) in costs.items():
+            bucket = self._buckets[kind]
+            if allowed:
+                bucket[0] -= cost
+            rate = limit / behaviour.limit_window
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(bucket[0])))
+            headers[f"x-ratelimit-reset-{kind}"] = go_duration((limit - bucket[0]) / rate)
+        for item in filter(None, behaviour.headers.split(",")):
+            name, _, value = item.partition("=")
+            headers[name.strip()] = value.strip()
+        return allowed, headers, wait
 
     # --- token counting -----------------------------------------------------------------------
 
@@ -254,6 +324,12 @@ class FakeOpenAI:
             stats.statuses[429] += 1
             return web.json_response({"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
                                                 "code": "insufficient_quota"}}, status=429)
+        allowed, limit_headers, wait = self._rate_limits(body)
+        if not allowed:
+            stats.statuses[429] += 1
+            stats.limited += 1
+            return self._error(429, "Rate limit reached for requests.", "requests",
+                               {**limit_headers, "Retry-After": f"{max(0.001, wait):.3f}"})
         if self._every("drop", behaviour.drop_every):
             stats.dropped += 1
             await asyncio.sleep(max(0.0, deadline - time.monotonic()))
@@ -261,17 +337,17 @@ class FakeOpenAI:
             raise asyncio.CancelledError
         if self._every("rate_limit", behaviour.rate_limit_every) or stats.posts <= behaviour.rate_limit_first:
             stats.statuses[429] += 1
-            return self._error(429, "Rate limit reached for requests.", "requests", {"Retry-After": f"{behaviour.retry_after:g}"})
+            return self._error(429, "Rate limit reached for requests.", "requests", {**limit_headers, "Retry-After": f"{behaviour.retry_after:g}"})
         if self._every("fail", behaviour.fail_every):
             stats.statuses[500] += 1
-            return self._error(500, "The server had an error while processing your request.", "server_error")
+            return self._error(500, "The server had an error while processing your request.", "server_error", limit_headers)
         if self._every("malformed", behaviour.malformed_every):
             stats.malformed += 1
-            return web.Response(text="<html>upstream hiccup</html>", content_type="text/html")
+            return web.Response(text="<html>upstream hiccup</html>", content_type="text/html", headers=limit_headers)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             stats.statuses[400] += 1
-            return self._error(400, "'messages' is a required property", "invalid_request_error")
+            return self._error(400, "'messages' is a required property", "invalid_request_error", limit_headers)
 
         model = str(body.get("model", "test-teacher"))
         asked = int(body.get("n") or 1)
@@ -304,7 +380,7 @@ class FakeOpenAI:
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
         }
-        return web.json_response(reply, headers={"x-request-id": f"req_{stats.posts:08d}"})
+        return web.json_response(reply, headers={"x-request-id": f"req_{stats.posts:08d}", **limit_headers})
 
 
 @contextlib.contextmanager
@@ -354,12 +430,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     for spec in fields(Behaviour):
         flag = "--" + spec.name.replace("_", "-")
-        if spec.type in ("bool", bool):
+        if spec.name == "enforce_limits":
+            parser.add_argument("--no-enforce-limits", dest="enforce_limits", action="store_false")
+        elif spec.type in ("bool", bool):
             parser.add_argument(flag, action="store_true")
-        elif spec.name in ("api_key", "usage", "models"):
+        elif spec.name in ("api_key", "usage", "models", "headers"):
             parser.add_argument(flag, default=spec.default)
         else:
-            caster = float if spec.name in ("latency", "retry_after") else int
+            caster = float if spec.name in ("latency", "retry_after", "limit_window") else int
             parser.add_argument(flag, type=caster, default=spec.default)
     args = vars(parser.parse_args(argv))
     port = args.pop("port")

@@ -142,3 +142,11 @@ def test_run_survives_sigkill_and_skips_finished_steps(tmp_path, world):
     third = _cli("run", str(recipe_file), cwd=tmp_path, env=env)
     assert third.returncode == 0
     assert third.stderr.count("finished earlier, skipped") == len(names)
+
+
+def test_teacher_limits_default_to_the_servers_headers_and_recipes_can_set_them():
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        teach = plan(load_recipe(path), "/tmp/never-written").steps[0]
+        assert "--rpm" not in teach.argv and "--tpm" not in teach.argv, path  # teach reads the server's x-ratelimit headers
+    teach = plan(validate_recipe({"dataset": "csqa", "teacher": {"rpm": 500, "tpm": 30000}}), "/tmp/never-written").steps[0]
+    assert teach.argv[teach.argv.index("--rpm") + 1] == "500" and teach.argv[teach.argv.index("--tpm") + 1] == "30000"

@@ -38,7 +38,7 @@ def env(tmp_path):
 
 def teach(raw, out, *args, env, base_url=None, check=False, popen=False):
     command = [sys.executable, "-m", "tinythinker", "teach", "csqa", "--raw", str(raw), "--out", str(out), "--model", "gpt-4o-2024-05-13",
-               "--rpm", "1e6", "--tpm", "1e9", *args]  # the default budgets (500 rpm, 200k tpm) are a real account's
+               *args]  # default limits: the server's x-ratelimit headers (the test server sends none unless told)
     if base_url:
         command += ["--base-url", base_url]
     if popen:
@@ -104,6 +104,17 @@ def test_dry_run_estimates_without_sending_or_writing(raw, tmp_path, env):
     assert "requests" in table and "30" in table and "unknown" in table and "--prices" in table
 
 
+def test_dry_run_says_where_the_rate_limits_come_from(raw, tmp_path, env):
+    out = tmp_path / "csqa.jsonl"
+    default = teach(raw, out, "--dry-run", "--concurrency", "16", env=env, check=True).stdout
+    text = " ".join(default.replace("│", " ").split())
+    assert "read from the server's x-ratelimit headers at run time; none if it sends none" in text and "--concurrency 16" in text
+    limits = summary(teach(raw, out, "--dry-run", "--json", "--rpm", "500", "--tpm", "30000", env=env, check=True))["limits"]
+    assert limits == {"rpm": 500, "tpm": 30000, "concurrency": 32, "source": "500 rpm / 30,000 tpm (--rpm / --tpm)"}
+    limits = summary(teach(raw, out, "--dry-run", "--json", "--rpm", "500", env=env, check=True))["limits"]
+    assert limits["source"].startswith("500 rpm (--rpm); tokens per minute read from the server's x-ratelimit headers")
+
+
 # --- a full run, faults included -----------------------------------------------------------------
 
 def test_run_through_faults_then_rerun_sends_nothing(raw, tmp_path, env):
@@ -113,6 +124,7 @@ def test_run_through_faults_then_rerun_sends_nothing(raw, tmp_path, env):
         report = summary(result)["rounds"][0]
         first_posts = server.stats.posts
         assert report["to_send"] == TRAIN and report["failed"] == 0 and report["retried"] > 0
+        assert report["limits"] == "limits: none (server sends no limit headers; concurrency 8)"  # 429s honoured all the same
         assert report["n_completions"] == 3 * TRAIN  # 5 of 8 choices, the rest as n=1 requests
         lines = assert_answered_once(out, train_ids(raw))
         assert all(len(line["response"]["body"]["choices"]) == 8 for line in lines)
@@ -206,6 +218,26 @@ def test_validation_and_test_questions_on_request(raw, tmp_path, env):
 
     other = teach(raw, out, "--splits", "train", "--limit", "3", "--model", "gpt-4o-mini", "--dry-run", env=env)
     assert other.returncode == 2 and "different request" in other.stderr  # answers of two settings never mix in one file
+
+
+def test_limits_from_headers_are_shown_bad_ones_warned_once_and_flags_win(raw, tmp_path, env):
+    out = tmp_path / "csqa.jsonl"
+    bad = "x-ratelimit-remaining-tokens=-5"  # nonsense on every reply
+    with serve(limit_requests=600, limit_tokens=2_000_000, headers=bad, usage="chars") as server:
+        result = teach(raw, out, "--json", "--concurrency", "8", env=env, base_url=server.base_url, check=True)
+        assert server.stats.posts == TRAIN
+    report = summary(result)["rounds"][0]
+    assert report["limits"] == "limits: 600 rpm (server headers) / no tpm limit; concurrency 8"
+    assert len(report["warnings"]) == 1 and "x-ratelimit-remaining-tokens header: '-5' is not a number of tokens" in report["warnings"][0]
+    stderr = " ".join(result.stderr.split())
+    assert stderr.count("Warning:") == 1 and stderr.count("x-ratelimit-remaining-tokens") == 1  # once, not per reply
+    assert "limits: 600 rpm (server headers) / no tpm limit; concurrency 8" in stderr  # the live display's line
+
+    out.unlink()
+    with serve(limit_requests=600, limit_tokens=2_000_000, usage="chars") as server:
+        result = teach(raw, out, "--limit", "5", "--rpm", "6000", "--cache-dir", str(tmp_path / "other-cache"), env=env, base_url=server.base_url, check=True)
+    text = " ".join(result.stdout.split())
+    assert "limits: 6,000 rpm (--rpm) / 2,000,000 tpm (server headers); concurrency 32" in text  # the flag wins for requests
 
 
 # --- errors a user can cause ---------------------------------------------------------------------

@@ -24,11 +24,11 @@ from tinythinker.teacher.cache import (
     read_output_lines,
     request_hash,
 )
-from tinythinker.teacher.client import Endpoint, Limits, TeacherClient, TeacherServerError, retry_after_seconds
-from tinythinker.teacher.cost import TokenCounter, estimate_tokens, load_prices, price_for
+from tinythinker.teacher.client import Endpoint, Limits, TeacherClient, TeacherServerError, parse_duration, retry_after_seconds
+from tinythinker.teacher.cost import TokenCounter, estimate_tokens, load_prices, price_for, reservation_tokens
 from tinythinker.teacher.requests import build_request, exemplars, instruction, render_exemplar
 
-FAST = dict(rpm=1e6, tpm=1e12, backoff_base=0.01, backoff_max=0.05, max_retries=8)
+FAST = dict(backoff_base=0.01, backoff_max=0.05, max_retries=8)  # rpm / tpm: the server's headers (the default)
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +38,20 @@ def requests_csqa(tmp_path_factory):
     return [build_request(q, dataset="csqa", model="gpt-4o-2024-05-13") for q in questions]
 
 
-def answer_all(base_url, requests, *, key="sk-test", check=True, **limits):
-    """Run the client over ``requests``; returns ({custom_id: Reply}, {custom_id: RequestFailed}, Stats)."""
+def answer_all(base_url, requests, *, key="sk-test", check=True, seen=None, **limits):
+    """Run the client over ``requests``; returns ({custom_id: Reply}, {custom_id: RequestFailed}, Stats).
+    ``seen``: a dict that gets the client's ``limits`` text at the end and its ``warnings`` as they come."""
     replies, failures = {}, {}
+    seen = {} if seen is None else seen
+    seen["warnings"] = []
 
     async def main():
-        async with TeacherClient(Endpoint(base_url, key), Limits(**{**FAST, **limits})) as client:
+        async with TeacherClient(Endpoint(base_url, key), Limits(**{**FAST, **limits}), on_warning=seen["warnings"].append) as client:
             if check:
                 await client.check(requests[0]["body"]["model"])
             await client.run(requests, lambda r, reply: replies.__setitem__(r["custom_id"], reply),
                              lambda r, failure: failures.__setitem__(r["custom_id"], failure))
+            seen["limits"] = client.limits_in_force()
             return client.stats
 
     stats = asyncio.run(main())
@@ -161,6 +165,90 @@ def test_rpm_budget_spaces_requests(requests_csqa):
         times = sorted(server.stats.post_times)
     assert len(times) == 13
     assert times[-1] - times[0] >= 12 / 10 * 0.9
+
+
+# --- rate limits from the server's x-ratelimit headers --------------------------------------------
+
+def test_reset_header_forms():
+    assert parse_duration("1s") == 1.0 and parse_duration("20ms") == pytest.approx(0.02)
+    assert parse_duration("6m0s") == 360.0 and parse_duration("1h2m3.5s") == pytest.approx(3723.5)
+    assert parse_duration("0.5") == 0.5 and parse_duration("1.5µs") == pytest.approx(1.5e-6)
+    for nonsense in ("soon", "", "-1s", "nan", "inf", "1x", "ms", "5 minutes"):
+        assert parse_duration(nonsense) is None, nonsense
+
+
+def test_paces_to_the_servers_limit_headers(requests_csqa):
+    # the server allows 5 requests, refilling 5 per second, and says so in its headers; /models does not
+    # name the model, so the first request goes alone and its reply tells the client the limits
+    with serve(limit_requests=5, limit_window=1.0, models="", usage="chars") as server:
+        seen = {}
+        replies, failures, _ = answer_all(server.base_url, requests_csqa[:15], concurrency=15, seen=seen)
+        times = sorted(server.stats.post_times)
+        statuses = dict(server.stats.statuses)
+    assert not failures and len(replies) == 15
+    assert statuses == {200: 15}  # paced below the server's bucket: not one 429
+    # 5 at once, then 10 at no more than 5 per second: at least 2 s (without pacing: all 15 at once)
+    assert times[-1] - times[0] >= 1.6
+    assert sum(t - times[0] < 0.5 for t in times) <= 9  # the bucket (5) plus half a second of refill (2.5), and one spare
+    assert seen["limits"] == "limits: 5 rpm (server headers) / no tpm limit; concurrency 15" and not seen["warnings"]
+
+
+def test_token_limit_headers_pace_by_tokens(requests_csqa):
+    requests = requests_csqa[:6]
+    per_request = max(reservation_tokens(r["body"]) for r in requests)  # what the server charges, about 3,900
+    limit = int(2.5 * per_request)  # two requests at once, then two and a half per second
+    with serve(limit_tokens=limit, limit_window=1.0, models="", usage="chars") as server:
+        seen = {}
+        replies, failures, _ = answer_all(server.base_url, requests, concurrency=6, seen=seen)
+        times = sorted(server.stats.post_times)
+        limited = server.stats.limited
+    assert not failures and len(replies) == 6 and limited == 0
+    assert times[-1] - times[0] >= 1.2  # 4 requests after the first 2 at 2.5 per second; without pacing: all at once
+    assert seen["limits"] == f"limits: no rpm limit / {limit:,} tpm (server headers); concurrency 6"
+
+
+def test_no_limit_headers_means_only_the_concurrency_bound(requests_csqa):
+    # vLLM, Ollama, llama.cpp: no x-ratelimit headers. The old default (500 rpm, ramping up from an
+    # empty bucket) let about 8 requests a second go; now all 30 are in flight together.
+    with serve(latency=0.5, usage="chars") as server:
+        seen = {}
+        replies, failures, _ = answer_all(server.base_url, requests_csqa, concurrency=len(requests_csqa), seen=seen)
+        in_flight = server.stats.max_in_flight
+    assert not failures and len(replies) == len(requests_csqa) == 30
+    assert in_flight >= 15  # at 500 rpm with 0.5 s latency: about 4
+    assert seen["limits"] == "limits: none (server sends no limit headers; concurrency 30)"
+
+
+def test_a_nonsense_limit_header_is_ignored_with_one_warning(requests_csqa):
+    bad = "x-ratelimit-limit-requests=plenty,x-ratelimit-reset-tokens=soon"
+    with serve(limit_requests=1000, limit_tokens=10_000_000, headers=bad, usage="chars") as server:
+        seen = {}
+        replies, failures, _ = answer_all(server.base_url, requests_csqa[:10], concurrency=4, seen=seen)
+        assert server.stats.posts == 10 and not failures
+    assert len(seen["warnings"]) == 2  # one per bad header, not one per reply
+    assert "x-ratelimit-limit-requests header: 'plenty' is not a positive number of requests" in seen["warnings"][0]
+    assert "x-ratelimit-reset-tokens header: 'soon' is not a duration" in seen["warnings"][1]
+    # the requests limit is ignored; the tokens limit is still read (its reset falls back to a per-minute refill)
+    assert seen["limits"] == "limits: no rpm limit / 10,000,000 tpm (server headers); concurrency 4"
+
+
+def test_explicit_rpm_wins_over_the_headers(requests_csqa):
+    # the headers say 2 requests per second; an explicit rpm of 6,000 (100 per second) replaces them
+    with serve(latency=0.5, limit_requests=2, limit_window=1.0, enforce_limits=False, usage="chars") as server:
+        seen = {}
+        replies, failures, _ = answer_all(server.base_url, requests_csqa[:12], concurrency=12, rpm=6000, seen=seen)
+        in_flight = server.stats.max_in_flight
+    assert not failures and len(replies) == 12
+    assert in_flight >= 8  # paced by the headers: about 2 or 3
+    assert seen["limits"] == "limits: 6,000 rpm (--rpm) / no tpm limit; concurrency 12"
+
+
+def test_a_429_pauses_every_worker_without_limit_headers(requests_csqa):
+    with serve(rate_limit_first=1, retry_after=0.5, models="", usage="chars") as server:  # the first request goes alone: a 429
+        replies, failures, _ = answer_all(server.base_url, requests_csqa[:6], concurrency=6)
+        times = sorted(server.stats.post_times)
+    assert not failures and len(replies) == 6
+    assert all(t - times[0] >= 0.5 for t in times[1:])  # everything after the 429 waited for its Retry-After
 
 
 @pytest.mark.parametrize("behaviour, posts_per_request", [({"ignore_n": True}, 8), ({"max_choices": 3}, 6)])

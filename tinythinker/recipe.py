@@ -42,7 +42,7 @@ DEFAULTS: dict = {
         "api_key_env": "OPENAI_API_KEY",
         "rounds": None,  # default: the data set's reference rounds
         "concurrency": 32,
-        "rpm": None,
+        "rpm": None,  # None: `teach`'s default, pacing by the server's x-ratelimit headers (no limit when it sends none)
         "tpm": None,
         "splits": "train",
         "responses": None,  # list of existing response files: skip teaching ("world": the world's teacher)

@@ -64,8 +64,10 @@ def _default_base_url() -> str:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Ask about at most N questions of each split.")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True, help="Teacher rounds: after each, parse and re-ask only for what is missing.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True, help="HTTP requests in flight at most.")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=500, show_default=True, help="Requests per minute budget.")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), default=200_000, show_default=True, help="Tokens per minute budget.")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Requests per minute budget [default: the server's x-ratelimit headers; none if it sends none].")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Tokens per minute budget [default: the server's x-ratelimit headers; none if it sends none].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True, help="Seconds to wait for one reply.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=6, show_default=True, help="Retries of one request on 429/5xx/timeouts/dropped connections.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the splits and of the few-shot exemplar choice.")
@@ -135,10 +137,15 @@ def ask(dataset, raw, out, model, base_url, api_key_env, splits, limit, rounds, 
 
 
 def _print_dry_run(console, options, result, as_json: bool) -> None:
+    from ..teacher.client import describe_limits
+
     estimate = result.estimate
+    limits = describe_limits(options.limits)
     if as_json:
         click.echo(json.dumps({"round": result.estimate_round, "estimate": None if estimate is None else estimate.to_dict(),
-                               "rounds": [r.to_dict() for r in result.rounds]}))
+                               "rounds": [r.to_dict() for r in result.rounds],
+                               "limits": {"rpm": options.limits.rpm, "tpm": options.limits.tpm, "concurrency": options.limits.concurrency,
+                                          "source": limits}}))
         return
     if estimate is None:
         console.print(f"Dry run: nothing to send for rounds 1-{options.rounds}: every request is answered in {options.out} or cached.", markup=False)
@@ -159,6 +166,8 @@ def _print_dry_run(console, options, result, as_json: bool) -> None:
     else:
         basis = f"${estimate.price.input:g} in / ${estimate.price.output:g} out per 1M tokens ({estimate.price.model})"
         table.add_row("cost", f"~${estimate.cost:,.2f}", f"at most ${estimate.cost_max:,.2f}; {basis}" + ("; Batch API: half" if estimate.batch else ""))
+    if not estimate.batch:
+        table.add_row("rate limits", "", limits)
     console.print(table)
     if options.rounds > result.estimate_round:
         console.print(f"Later rounds (up to --rounds {options.rounds}) ask again only for what is missing; their cost depends on the answers.")
@@ -197,6 +206,9 @@ def _print_summary(console, options, result) -> None:
             reasons[reason] = reasons.get(reason, 0) + count
     if reasons:
         console.print("retries by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    limits = [r.limits for r in result.rounds if r.limits]
+    if limits:
+        console.print(limits[-1], markup=False)
     n_completions = sum(r.n_completions for r in result.rounds)
     if n_completions:
         console.print(f"the server returned fewer samples than asked: {n_completions:,} sent again as n=1 requests")

@@ -3,9 +3,11 @@
 It sends Batch-API-shaped request lines (``{"custom_id", "body"}``) with:
 
 - bounded concurrency (at most ``concurrency`` HTTP requests in flight);
-- requests-per-minute and tokens-per-minute budgets (token buckets holding one second of rate;
-  a request reserves ``chars/4 + n x max_tokens`` tokens before it is sent and is settled against
-  the ``usage`` the server reports after);
+- rate limits: by default the server's own, read from OpenAI's ``x-ratelimit-*`` reply headers
+  (:class:`ServerBudget`; a server that sends none, like vLLM, Ollama or llama.cpp, gets no
+  requests- or tokens-per-minute limit beyond ``concurrency``); explicit ``rpm`` / ``tpm`` budgets
+  replace them (:class:`RateBudget`: token buckets holding one second of rate). A request reserves
+  ``chars/4 + n x max_tokens`` tokens before it is sent (OpenAI's own rule);
 - retries with exponential backoff and jitter on 429, 5xx, timeouts, dropped connections and
   malformed replies, honouring ``Retry-After`` / ``retry-after-ms`` (a 429 also pauses every worker);
 - a per-request timeout;
@@ -24,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -82,8 +86,8 @@ class Endpoint:
 @dataclass(frozen=True)
 class Limits:
     concurrency: int = 32
-    rpm: float = 500.0
-    tpm: float = 200_000.0
+    rpm: float | None = None  # None: the server's x-ratelimit-*-requests headers (no limit when it sends none)
+    tpm: float | None = None  # None: the server's x-ratelimit-*-tokens headers (no limit when it sends none)
     timeout: float = 60.0  # seconds per HTTP request
     max_retries: int = 6
     backoff_base: float = 1.0  # first retry waits about this long, doubling each time
@@ -101,6 +105,7 @@ class Stats:
     n_completions: int = 0  # extra n=1 requests sent because the server returned fewer choices
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    warnings: list[str] = field(default_factory=list)  # each said once (e.g. a nonsense rate-limit header)
 
     def note_retry(self, reason: str) -> None:
         self.retried += 1
@@ -114,6 +119,7 @@ class RateBudget:
     def __init__(self, per_minute: float, burst_seconds: float = 1.0, *, start_full: bool = True):
         if per_minute <= 0:
             raise ValueError("a rate budget must be positive")
+        self.per_minute = per_minute
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_seconds)
         self.level = self.capacity if start_full else min(1.0, self.capacity)
@@ -145,8 +151,126 @@ class RateBudget:
         self._refill()
         self.level = min(self.capacity, self.level + reserved - used)
 
+    def done(self, reserved: float, used: float) -> None:
+        """A request that reserved ``reserved`` has its answer (or failed): settle what it used."""
+        if reserved != used:
+            self.settle(reserved, used)
+
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+class ServerBudget:
+    """One of the server's rate limits (requests or tokens), as its ``x-ratelimit-*`` headers say.
+
+    Until a reply carries the headers there is no limit (a server that never sends them, like vLLM,
+    Ollama or llama.cpp, is limited by the concurrency alone). After one, it mirrors the server's
+    bucket: ``limit`` units that refill continuously (OpenAI's limiter: ``reset`` is the time until
+    the bucket is full again). Each observation sets the level to ``remaining`` less what is still in
+    flight (the server may not have counted it yet), and the level refills at a rate estimated from
+    ``(limit - remaining) / reset``. ``remaining`` is a whole number below the server's true level
+    (at most one unit below), so ``(limit - remaining - 1) / reset`` is a lower bound on the rate:
+    the client's model stays at or below the server's bucket and never sends into a 429 by its own
+    count. Waiters are served in order; a 429's ``Retry-After`` pauses everyone (:meth:`pause`)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind  # "requests" or "tokens": the header suffix
+        self.limit: float | None = None
+        self.level = 0.0
+        self.rate = 0.0  # units per second
+        self._bound = 0.0  # best lower bound of the rate seen since the limit last changed
+        self._updated = time.monotonic()
+        self.outstanding = 0.0  # reserved by requests still waiting or in flight
+        self.paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def _refill(self, now: float) -> None:
+        self.level = min(self.limit, self.level + (now - self._updated) * self.rate)
+        self._updated = now
+
+    async def acquire(self, amount: float) -> None:
+        if self.limit is None and time.monotonic() >= self.paused_until:  # the common case for local servers: free
+            self.outstanding += amount
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                if now < self.paused_until:
+                    await asyncio.sleep(self.paused_until - now)
+                    continue
+                if self.limit is None:
+                    break
+                self._refill(now)
+                need = min(amount, self.limit)
+                if self.level >= need:
+                    self.level -= amount
+                    break
+                # look again at least twice a second: replies in the meantime may say there is room
+                await asyncio.sleep(min(0.5, max(0.001, (need - self.level) / self.rate)))
+        self.outstanding += amount
+
+    def done(self, reserved: float, used: float) -> None:
+        self.outstanding -= reserved
+
+    def observe(self, limit: float, remaining: float, reset: float | None) -> None:
+        """What one reply's headers said (call :meth:`done` for that request first)."""
+        now = time.monotonic()
+        remaining = min(remaining, limit)
+        if limit != self.limit:
+            self.limit, self._bound = limit, 0.0
+            self.rate = limit / 60.0  # OpenAI's limits are per minute; refined below
+        deficit = limit - remaining
+        if reset is not None and reset > 0 and deficit >= 1:
+            if deficit >= 2:
+                self._bound = max(self._bound, (deficit - 1) / reset)
+                self.rate = self._bound
+            elif self._bound == 0.0:
+                self.rate = deficit / reset  # one unit used (a fresh bucket): the only figure there is
+        self.level = remaining - self.outstanding
+        self._updated = now
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+_DURATION = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds from an ``x-ratelimit-reset-*`` value: a Go duration as OpenAI writes it ("1s", "6m0s",
+    "20ms", "1h2m3.5s") or plain seconds ("0.5"); None for anything else (negative, NaN, words)."""
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        if not text or not re.fullmatch(f"(?:{_DURATION.pattern})+", text):
+            return None
+        seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(text))
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _header_number(value: str, *, positive: bool) -> float | None:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        return None
+    return number
+
+
+def describe_limits(limits: "Limits") -> str:
+    """Where a run's rate limits come from, before it starts (the dry run says this)."""
+    headers = "read from the server's x-ratelimit headers at run time; none if it sends none"
+    if limits.rpm is not None and limits.tpm is not None:
+        return f"{limits.rpm:,.0f} rpm / {limits.tpm:,.0f} tpm (--rpm / --tpm)"
+    if limits.rpm is not None:
+        return f"{limits.rpm:,.0f} rpm (--rpm); tokens per minute {headers}"
+    if limits.tpm is not None:
+        return f"{limits.tpm:,.0f} tpm (--tpm); requests per minute {headers}"
+    return f"{headers} (then only --concurrency {limits.concurrency} bounds the rate)"
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -241,6 +365,20 @@ def merge_choices(replies: list[dict], n: int) -> dict:
 
 
 @dataclass
+class _Attempt:
+    """One HTTP attempt's outcome (``TeacherClient._attempt``)."""
+
+    status: int | None = None  # None: no HTTP reply (see reason / message)
+    headers: Mapping[str, str] | None = None
+    data: dict | None = None  # a well-formed chat.completion (status 200)
+    text: str = ""  # the body of a non-200 reply
+    reason: str = "none"
+    message: str = ""
+    no_quota: bool = False
+    tokens_used: int = 0  # prompt + completion tokens the reply's usage reports
+
+
+@dataclass
 class Reply:
     """A request's answer: ``response`` is ``{"status_code", "request_id", "body"}`` (Batch output shape)."""
 
@@ -251,15 +389,20 @@ class Reply:
 class TeacherClient:
     """Use as ``async with TeacherClient(endpoint, limits) as client: await client.run(...)``."""
 
-    def __init__(self, endpoint: Endpoint, limits: Limits = Limits(), *, seed: int = 0):
+    def __init__(self, endpoint: Endpoint, limits: Limits = Limits(), *, seed: int = 0,
+                 on_warning: Callable[[str], None] | None = None):
         self.endpoint = endpoint
         self.limits = limits
         self.stats = Stats()
+        self._on_warning = on_warning  # called once per warning (also kept in stats.warnings)
         self._jitter = random.Random(seed)
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: asyncio.Semaphore | None = None
-        self._requests: RateBudget | None = None
-        self._tokens: RateBudget | None = None
+        self._requests: RateBudget | ServerBudget | None = None
+        self._tokens: RateBudget | ServerBudget | None = None
+        self._paced_by_headers: tuple[ServerBudget, ...] = ()
+        self._replies = 0  # HTTP replies received (any status)
+        self._bad_headers: set[str] = set()  # nonsense rate-limit headers already warned about
         self._first_reply: asyncio.Event | None = None  # set once the server has answered one request
         self._probing = False
         self._refused_in_a_row = 0  # connections refused since the server last answered
@@ -269,16 +412,76 @@ class TeacherClient:
         self._session = aiohttp.ClientSession(connector=connector, headers=self.endpoint.headers())
         self._in_flight = asyncio.Semaphore(self.limits.concurrency)
         self._first_reply = asyncio.Event()
-        # The request budget starts nearly empty (the run ramps up at the budgeted rate from its first
-        # second); the token budget starts full (a single request may need a whole second of it).
-        self._requests = RateBudget(self.limits.rpm, self.limits.burst_seconds, start_full=False)
-        self._tokens = RateBudget(self.limits.tpm, self.limits.burst_seconds)
+        # Explicit budgets: the request budget starts nearly empty (the run ramps up at the budgeted rate
+        # from its first second); the token budget starts full (a single request may need a whole
+        # second of it). Without them, the server's x-ratelimit headers set the pace.
+        self._requests = (ServerBudget("requests") if self.limits.rpm is None
+                          else RateBudget(self.limits.rpm, self.limits.burst_seconds, start_full=False))
+        self._tokens = ServerBudget("tokens") if self.limits.tpm is None else RateBudget(self.limits.tpm, self.limits.burst_seconds)
+        self._paced_by_headers = tuple(b for b in (self._requests, self._tokens) if isinstance(b, ServerBudget))
         return self
 
     async def __aexit__(self, *exc) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    # --- rate limits -----------------------------------------------------------------------------
+
+    def limits_in_force(self) -> str:
+        """The rate limits pacing the run now, and where they come from (for the live display), e.g.
+        ``limits: 500 rpm / 30,000 tpm (server headers)``."""
+        parts = []
+        for budget, unit, flag in ((self._requests, "rpm", "--rpm"), (self._tokens, "tpm", "--tpm")):
+            if isinstance(budget, RateBudget):
+                parts.append((f"{budget.per_minute:,.0f} {unit}", flag))
+            elif budget is not None and budget.limit is not None:
+                parts.append((f"{budget.limit:,.0f} {unit}", "server headers"))
+            else:
+                parts.append((f"no {unit} limit", None))
+        concurrency = f"concurrency {self.limits.concurrency}"
+        if all(source is None for _, source in parts):
+            if not self._replies:
+                return f"limits: from the server's x-ratelimit headers once it answers; {concurrency}"
+            return f"limits: none (server sends no limit headers; {concurrency})"
+        sources = {source for _, source in parts if source is not None}
+        if len(sources) == 1 and all(source is not None for _, source in parts):
+            flags = " / ".join(source for _, source in parts) if sources != {"server headers"} else "server headers"
+            return f"limits: {parts[0][0]} / {parts[1][0]} ({flags})"
+        text = " / ".join(f"{value} ({source})" if source else value for value, source in parts)
+        return f"limits: {text}; {concurrency}"
+
+    def _warn(self, message: str) -> None:
+        self.stats.warnings.append(message)
+        if self._on_warning is not None:
+            self._on_warning(message)
+
+    def _observe_limits(self, headers: Mapping[str, str]) -> None:
+        """Pace the header-paced budgets by a reply's ``x-ratelimit-*`` headers. A header with a
+        nonsense value is ignored (with its budget's other headers of that reply), with one warning."""
+        for budget in self._paced_by_headers:
+            names = [f"x-ratelimit-{part}-{budget.kind}" for part in ("limit", "remaining", "reset")]
+            raw = [headers.get(name) for name in names]
+            if raw[0] is None or raw[1] is None:
+                continue  # the server does not send (enough of) this limit
+            limit = _header_number(raw[0], positive=True)
+            remaining = _header_number(raw[1], positive=False)
+            reset = None if raw[2] is None else parse_duration(raw[2])
+            unusable = f"no {budget.kind} limit is read from the headers (429s are still honoured)"
+            bad = [(name, value, what, effect) for name, value, parsed, what, effect in (
+                (names[0], raw[0], limit, f"a positive number of {budget.kind}", unusable),
+                (names[1], raw[1], remaining, f"a number of {budget.kind}", unusable),
+                (names[2], raw[2], reset if raw[2] is not None else 0.0, 'a duration such as "1s", "6m0s" or "20ms"',
+                 f"the {budget.kind} limit is taken to refill once a minute"),
+            ) if parsed is None]
+            for name, value, what, effect in bad:
+                if name not in self._bad_headers:
+                    self._bad_headers.add(name)
+                    shown = self.endpoint.scrub(value)[:40]
+                    self._warn(f"ignoring the server's {name} header: {shown!r} is not {what}; {effect} (said once)")
+            if limit is None or remaining is None:
+                continue
+            budget.observe(limit, remaining, reset)
 
     # --- one run ---------------------------------------------------------------------------------
 
@@ -383,68 +586,87 @@ class TeacherClient:
                 await asyncio.sleep(self._backoff(attempt, wait))
             wait = None
             await self._requests.acquire(1)
-            await self._tokens.acquire(reserved)
             try:
-                async with self._in_flight:
-                    self.stats.http_requests += 1
-                    async with self._session.post(
-                        self.endpoint.chat_url, data=payload, timeout=aiohttp.ClientTimeout(total=self.limits.timeout)
-                    ) as reply:
-                        status, headers, raw = reply.status, reply.headers, await reply.read()
-            except asyncio.TimeoutError:
-                reason, last = "timeout", f"no reply within {self.limits.timeout:g} s (--timeout)"
-            except aiohttp.ClientConnectorError as error:  # nobody accepts connections (any more)
-                reason, last = "connection", self._describe(error)
-                self._refused_in_a_row += 1
-                if self._refused_in_a_row >= max(20, 2 * self.limits.concurrency):
+                await self._tokens.acquire(reserved)
+            except BaseException:
+                self._requests.done(1, 1)
+                raise
+            reply = _Attempt()
+            try:
+                reply = await self._attempt(payload, probe)
+            finally:  # the budgets learn what this attempt used, and what the server's headers say
+                self._requests.done(1, 1)
+                self._tokens.done(reserved, (reply.tokens_used or reserved) if reply.data is not None else 0)
+                if reply.headers is not None and self._paced_by_headers:
+                    self._observe_limits(reply.headers)
+            status, text = reply.status, reply.text
+            if reply.data is not None:
+                self.stats.prompt_tokens += _usage(reply.data, "prompt_tokens")
+                self.stats.completion_tokens += _usage(reply.data, "completion_tokens")
+                return reply.data, reply.headers.get("x-request-id")
+            if status is None or status == 200:  # no reply, or a malformed one
+                reason, last = reply.reason, reply.message
+            elif status in FATAL_STATUSES:
+                if status == 404:
                     raise TeacherServerError(
-                        f"lost the teacher at {self.endpoint.base_url}: {self._refused_in_a_row} connections in a row failed ({last}); "
-                        "the answers so far are saved: run the same command again when the server is back"
-                    ) from None
-            except (aiohttp.ClientError, OSError) as error:
-                reason, last = "connection", self._describe(error)
-            else:
-                self._refused_in_a_row = 0
-                text = "" if status == 200 else raw.decode("utf-8", "replace")
-                no_quota = status == 429 and _error_code(text) == "insufficient_quota"  # billing, not rate: waiting will not help
-                if probe and status not in FATAL_STATUSES and not no_quota:
-                    self._first_reply.set()  # the server answers and accepts model and key: open the gate
-                if status == 200:
-                    try:
-                        data = json.loads(raw)
-                    except ValueError:
-                        data = None
-                    problem = check_completion(data)
-                    if problem is None:
-                        prompt_tokens, completion_tokens = _usage(data, "prompt_tokens"), _usage(data, "completion_tokens")
-                        self.stats.prompt_tokens += prompt_tokens
-                        self.stats.completion_tokens += completion_tokens
-                        self._tokens.settle(reserved, prompt_tokens + completion_tokens or reserved)
-                        return data, headers.get("x-request-id")
-                    reason, last = "bad_reply", f"malformed reply ({problem})"
-                elif status in FATAL_STATUSES:
-                    if status == 404:
-                        raise TeacherServerError(
-                            f"{self.endpoint.chat_url} answered 404 ({self.endpoint.scrub(_error_message(text))}); check --model and --base-url"
-                        )
-                    raise self._auth_error(status, text)
-                elif no_quota:
-                    raise TeacherServerError(
-                        f"{self.endpoint.base_url} says the account has no quota left (HTTP 429 insufficient_quota: "
-                        f"{self.endpoint.scrub(_error_message(text))}); add credit or use another key, then run the same command again"
+                        f"{self.endpoint.chat_url} answered 404 ({self.endpoint.scrub(_error_message(text))}); check --model and --base-url"
                     )
-                elif status in RETRY_STATUSES:
-                    reason, last = str(status), f"HTTP {status}: {self.endpoint.scrub(_error_message(text))}"
-                    wait = retry_after_seconds(headers)
-                    if status == 429 and wait is not None:
-                        self._requests.pause(wait)  # everyone waits: the server said so
-                else:
-                    self._tokens.settle(reserved, 0)
-                    raise RequestFailed(str(status), f"HTTP {status}: {self.endpoint.scrub(_error_message(text))}")
-            self._tokens.settle(reserved, 0)
+                raise self._auth_error(status, text)
+            elif reply.no_quota:
+                raise TeacherServerError(
+                    f"{self.endpoint.base_url} says the account has no quota left (HTTP 429 insufficient_quota: "
+                    f"{self.endpoint.scrub(_error_message(text))}); add credit or use another key, then run the same command again"
+                )
+            elif status in RETRY_STATUSES:
+                reason, last = str(status), f"HTTP {status}: {self.endpoint.scrub(_error_message(text))}"
+                wait = retry_after_seconds(reply.headers)
+                if status == 429 and wait is not None:
+                    self._requests.pause(wait)  # everyone waits: the server said so
+            else:
+                raise RequestFailed(str(status), f"HTTP {status}: {self.endpoint.scrub(_error_message(text))}")
             if attempt < self.limits.max_retries:
                 self.stats.note_retry(reason)
         raise RequestFailed(reason, f"gave up after {self.limits.max_retries + 1} attempts; last: {last}")
+
+    async def _attempt(self, payload: bytes, probe: bool) -> "_Attempt":
+        """One HTTP request: the reply (its status and headers, and the completion when it is a good
+        one), or why there was none."""
+        try:
+            async with self._in_flight:
+                self.stats.http_requests += 1
+                async with self._session.post(
+                    self.endpoint.chat_url, data=payload, timeout=aiohttp.ClientTimeout(total=self.limits.timeout)
+                ) as reply:
+                    status, headers, raw = reply.status, reply.headers, await reply.read()
+        except asyncio.TimeoutError:
+            return _Attempt(reason="timeout", message=f"no reply within {self.limits.timeout:g} s (--timeout)")
+        except aiohttp.ClientConnectorError as error:  # nobody accepts connections (any more)
+            message = self._describe(error)
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row >= max(20, 2 * self.limits.concurrency):
+                raise TeacherServerError(
+                    f"lost the teacher at {self.endpoint.base_url}: {self._refused_in_a_row} connections in a row failed ({message}); "
+                    "the answers so far are saved: run the same command again when the server is back"
+                ) from None
+            return _Attempt(reason="connection", message=message)
+        except (aiohttp.ClientError, OSError) as error:
+            return _Attempt(reason="connection", message=self._describe(error))
+        self._replies += 1
+        self._refused_in_a_row = 0
+        text = "" if status == 200 else raw.decode("utf-8", "replace")
+        no_quota = status == 429 and _error_code(text) == "insufficient_quota"  # billing, not rate: waiting will not help
+        if probe and status not in FATAL_STATUSES and not no_quota:
+            self._first_reply.set()  # the server answers and accepts model and key: open the gate
+        if status != 200:
+            return _Attempt(status, headers, text=text, no_quota=no_quota)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        problem = check_completion(data)
+        if problem is not None:
+            return _Attempt(status, headers, reason="bad_reply", message=f"malformed reply ({problem})")
+        return _Attempt(status, headers, data=data, tokens_used=_usage(data, "prompt_tokens") + _usage(data, "completion_tokens"))
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Retry-After when the server gave one (plus up to 10% jitter), else exponential with jitter."""

@@ -92,6 +92,8 @@ class RoundReport:
     completion_tokens: int = 0
     cost: float | None = None
     seconds: float = 0.0
+    limits: str | None = None  # the rate limits in force at the end of the round, and where they came from
+    warnings: list[str] = field(default_factory=list)  # e.g. a nonsense rate-limit header (each said once)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -350,6 +352,11 @@ def _send(pending, round_index, options, endpoint, output, cache, report, price,
     started = time.monotonic()
     writer = _AnswerWriter(cache, output, round_index)
 
+    def on_warning(message: str) -> None:
+        report.warnings.append(message)
+        if display is not None:
+            display.warn(message)
+
     def on_reply(request: Mapping, reply: Reply) -> None:
         digest = digest_of[id(request)]
         writer.put(digest, groups[digest], reply.response)
@@ -366,12 +373,12 @@ def _send(pending, round_index, options, endpoint, output, cache, report, price,
             display.advance(len(members), failed=len(members))
 
     async def main(client_holder: list) -> None:
-        async with TeacherClient(endpoint, options.limits, seed=options.seed) as client:
+        async with TeacherClient(endpoint, options.limits, seed=options.seed, on_warning=on_warning) as client:
             client_holder.append(client)
             await client.check(options.model)  # before any display: a wrong URL or key is one line, not a bar and a line
             if display is not None:
                 display.start(round_index, total=report.requests, done=report.already + report.cached, cached=report.cached,
-                              stats=lambda: client.stats, price=price)
+                              stats=lambda: client.stats, price=price, limits=client.limits_in_force)
             await client.run(unique, on_reply, on_failure)
 
     holder: list[TeacherClient] = []
@@ -383,6 +390,7 @@ def _send(pending, round_index, options, endpoint, output, cache, report, price,
             display.stop()
         if holder:
             stats = holder[0].stats
+            report.limits = holder[0].limits_in_force()
             report.retried, report.retry_reasons = stats.retried, Counter(stats.retry_reasons)
             report.n_completions, report.http_requests = stats.n_completions, stats.http_requests
             report.prompt_tokens, report.completion_tokens = stats.prompt_tokens, stats.completion_tokens
@@ -408,8 +416,23 @@ class _StatsColumn(ProgressColumn):
         return Text(self._text(), style="cyan")
 
 
+class _ProgressWithFooter(Progress):
+    """A rich Progress with one more line under the bars (the rate limits in force)."""
+
+    def __init__(self, *columns, footer: Callable[[], str], **kwargs):
+        self._footer = footer  # before Progress.__init__, which renders once
+        super().__init__(*columns, **kwargs)
+
+    def get_renderables(self):
+        yield from super().get_renderables()
+        footer = self._footer()
+        if footer:
+            yield Text(footer, style="dim")
+
+
 class LiveProgress:
-    """The rich progress line of a round: done / cached / retried / failed, tokens and cost so far."""
+    """The rich progress line of a round: done / cached / retried / failed, tokens and cost so far,
+    and under it the rate limits in force and where they come from."""
 
     def __init__(self, console=None):
         self.console = console
@@ -417,19 +440,28 @@ class LiveProgress:
         self._task = None
         self._failed = 0
 
-    def start(self, round_index: int, *, total: int, done: int, cached: int, stats: Callable[[], Stats], price) -> None:
+    def start(self, round_index: int, *, total: int, done: int, cached: int, stats: Callable[[], Stats], price,
+              limits: Callable[[], str] | None = None) -> None:
         def text() -> str:
             current = stats()
             cost = "" if price is None else f" · ${price.cost(current.prompt_tokens, current.completion_tokens):,.2f}"
             return (f"cached {cached:,} · retried {current.retried:,} · failed {self._failed:,} · "
                     f"tokens {_compact(current.prompt_tokens)} in / {_compact(current.completion_tokens)} out{cost}")
 
-        self._progress = Progress(
+        self._progress = _ProgressWithFooter(
             TextColumn(f"round {round_index}"), BarColumn(), MofNCompleteColumn(), _StatsColumn(text),
-            TimeElapsedColumn(), console=self.console,
+            TimeElapsedColumn(), console=self.console, footer=limits or (lambda: ""),
         )
         self._task = self._progress.add_task("teach", total=total, completed=done)
         self._progress.start()
+
+    def warn(self, message: str) -> None:
+        """A line above the live display (it stays in the terminal's scrollback)."""
+        from rich.markup import escape
+
+        console = self._progress.console if self._progress is not None else self.console
+        if console is not None:
+            console.print(f"[yellow]Warning:[/] {escape(message)}")
 
     def advance(self, count: int = 1, *, failed: int = 0) -> None:
         self._failed += failed
