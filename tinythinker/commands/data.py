@@ -199,7 +199,7 @@ def push(folder, repo, private, dry_run):
               help="Folder to write: raw/ (original release format), teacher.jsonl, world.json.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the world (names, facts, questions, teacher).")
 @click.option("--questions", type=click.IntRange(min=1), default=None,
-              help="Questions in all files together (8 per entity, one per relation) [default: 1280].")
+              help="(entity, relation) pairs, 8 per entity [default: 2400]; training pairs are asked in 3 variants.")
 @click.option("--defects", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of defective teacher samples, so cards show rejections [default: 0.03].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
