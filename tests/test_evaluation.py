@@ -296,3 +296,33 @@ def test_resolve_tasks_indexes_only_the_included_folders(tmp_path):
                      "tinythinker_obqa_stages", "tinythinker_obqa_summarize_oracle", str(own)]
     with pytest.raises(TinyThinkerError, match="no such file"):
         ev.resolve_tasks([str(tmp_path / "missing.yaml")], [str(ev.tasks_folder())])
+
+
+def test_environment_report_is_computed_once_per_environment(tmp_path, monkeypatch):
+    """lm-eval records torch's environment report (`pip list` & co.) in every results file; it is
+    kept per environment, so an evaluation does not pay a dozen subprocesses each time."""
+    monkeypatch.setenv("TINYTHINKER_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return f"report {len(calls)}"
+
+    assert ev.environment_report(compute) == ev.environment_report(compute) == "report 1" and len(calls) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # another environment: a report of its own
+    assert ev.environment_report(compute) == "report 2" and len(calls) == 2
+
+
+def test_environment_report_ahead_hands_lm_eval_the_report(tmp_path, monkeypatch):
+    from lm_eval.loggers.utils import add_env_info
+    from torch.utils import collect_env
+
+    monkeypatch.setenv("TINYTHINKER_CACHE", str(tmp_path))
+    computed = []
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: computed.append(1) or "the report")
+    stored = {}
+    with ev._environment_report_ahead():
+        add_env_info(stored)  # what simple_evaluate calls after the evaluation
+    with ev._environment_report_ahead():
+        add_env_info(stored)
+    assert stored["pretty_env_info"] == "the report" and computed == [1]  # the second time from the cache

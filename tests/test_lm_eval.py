@@ -249,7 +249,7 @@ def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(t
                            config="csqa-full", output_path=str(out), limit=2, batch_size=5, device="cpu")
     got = ev.run_lm_eval(argv)
     assert managers == [False] and batches == [5, 5]  # the full task and the analyze oracle ran the engine
-    assert got["config"]["tinythinker_gen_batch_size"] == 5
+    assert got["config"]["tinythinker_gen_batch_size"] == 5 and "PyTorch version" in got["pretty_env_info"]
     [path] = list(out.rglob("results_*.json"))  # OUT/<model name>/results_<date>.json, as lm_eval writes it
     assert path.parent.parent == out and path.parent.name == json.loads(path.read_text())["model_name_sanitized"]
     folder, stamp = path.parent, path.stem.removeprefix("results_")

@@ -16,6 +16,7 @@ teacher's analyses too -> ``analyze``; wrong even then -> ``summarize``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -280,8 +281,7 @@ def demo_folder(dataset: str) -> Path:
     for path in sorted([*raw.rglob("*"), responses] if raw.is_dir() else [raw, responses]):
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
-    cache = Path(os.environ.get("TINYTHINKER_CACHE") or Path.home() / ".cache" / "tinythinker")
-    out = cache / "demo" / f"{dataset}-{digest.hexdigest()[:12]}"
+    out = _user_cache() / "demo" / f"{dataset}-{digest.hexdigest()[:12]}"
     if not (out / "README.md").exists():
         try:
             demo.build_demo(dataset, out)
@@ -645,67 +645,158 @@ def resolve_tasks(tasks: Sequence[str], include_path: Sequence[str] = (), metada
 
 
 def run_lm_eval(argv: Sequence[str]) -> dict | None:
-    """Evaluate with lm-eval's public API: our :func:`resolve_tasks` + ``lm_eval.simple_evaluate``,
-    results and per-question samples written by lm-eval's ``EvaluationTracker`` in the layout the
-    ``lm_eval`` command writes (``OUT/<model>/results_<date>.json``, ``samples_<task>_<date>.jsonl``).
-    Returns lm-eval's results (None on the other processes of a multi-process run)."""
-    import os
-
-    from lm_eval import simple_evaluate
-    from lm_eval.loggers import EvaluationTracker
+    """`tinythinker eval`: lm-eval ``run`` arguments (:func:`lm_eval_argv`) -> :func:`evaluate_tasks`,
+    then lm-eval's results table on stdout. Returns lm-eval's results (None on the other processes
+    of a data-parallel run)."""
     from lm_eval.utils import handle_non_serializable, make_table, setup_logging
-
-    from .lm_eval_model import register
 
     args = parse_lm_eval_args(argv)
     setup_logging(args.verbosity or "INFO")
-    register()
     model_args = dict(args.model_args)
     if args.trust_remote_code:
         import datasets
 
         datasets.config.HF_DATASETS_TRUST_REMOTE_CODE = True
         model_args["trust_remote_code"] = True
-    metadata = {**model_args, **args.metadata}  # as lm_eval's CLI: the tasks see the model arguments too
-    ours = str(tasks_folder())  # first: a folder given after it can override our tasks
-    include = [ours, *[p for p in args.include_path if str(Path(p).absolute()) != str(Path(ours).absolute())]]
-    manager, tasks = resolve_tasks(args.tasks, include, metadata)
-    hub_args = dict(args.hf_hub_log_args)
-    if args.output_path:
-        hub_args["output_path"] = args.output_path
-    if os.environ.get("HF_TOKEN"):
-        hub_args["token"] = os.environ["HF_TOKEN"]
-    tracker = EvaluationTracker(**hub_args)
     cache = {"true": (True, False, False), "refresh": (True, True, False), "delete": (False, False, True)}.get(args.cache_requests, (False, False, False))
-    results = simple_evaluate(
-        model=args.model, model_args=model_args, tasks=tasks, task_manager=manager, metadata=metadata,
+    results = evaluate_tasks(
+        args.model, model_args=model_args, tasks=args.tasks, include_path=args.include_path, metadata=args.metadata,
+        output_path=args.output_path, log_samples=args.log_samples, hf_hub_log_args=args.hf_hub_log_args,
         num_fewshot=args.num_fewshot, batch_size=args.batch_size if args.batch_size is not None else 1,
         max_batch_size=args.max_batch_size, device=args.device, use_cache=args.use_cache,
         cache_requests=cache[0], rewrite_requests_cache=cache[1], delete_requests_cache=cache[2],
         limit=args.limit, samples=args.samples, check_integrity=args.check_integrity, write_out=args.write_out,
-        log_samples=args.log_samples, evaluation_tracker=tracker, system_instruction=args.system_instruction,
-        apply_chat_template=args.apply_chat_template, fewshot_as_multiturn=bool(args.fewshot_as_multiturn),
-        gen_kwargs=args.gen_kwargs, predict_only=args.predict_only,
+        system_instruction=args.system_instruction, apply_chat_template=args.apply_chat_template,
+        fewshot_as_multiturn=bool(args.fewshot_as_multiturn), gen_kwargs=args.gen_kwargs, predict_only=args.predict_only,
         random_seed=args.seed[0], numpy_random_seed=args.seed[1], torch_random_seed=args.seed[2], fewshot_random_seed=args.seed[3],
         confirm_run_unsafe_code=args.confirm_run_unsafe_code,
     )
-    if results is None:  # another process of a data-parallel run: rank 0 writes the results
+    if results is None:  # another process of a data-parallel run: rank 0 wrote the results
         return None
-    samples = results.pop("samples") if args.log_samples else None
     if args.show_config:
-        print(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    tracker.save_results_aggregated(results=results, samples=samples)
-    if samples is not None:
-        for task_name in results["configs"]:
-            tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-    if tracker.push_results_to_hub or tracker.push_samples_to_hub:
-        tracker.recreate_metadata_card()
+        shown = {k: v for k, v in results.items() if k != "samples"}
+        print(json.dumps(shown, indent=2, default=handle_non_serializable, ensure_ascii=False))
     shown_args = {k: v for k, v in model_args.items() if k != "trust_remote_code"}
     print(f"{args.model} ({shown_args}), gen_kwargs: ({args.gen_kwargs}), limit: {args.limit}, num_fewshot: {args.num_fewshot}, "
           f"batch_size: {args.batch_size or 1}")
     print(make_table(results))
     if "groups" in results:
         print(make_table(results, "groups"))
-    if samples is not None:
-        results["samples"] = samples
     return results
+
+
+def evaluate_tasks(model, *, tasks: Sequence[str], model_args: Mapping | None = None, include_path: Sequence[str] = (),
+                   metadata: Mapping | None = None, output_path: str | None = None, log_samples: bool = False,
+                   hf_hub_log_args: Mapping | None = None, **evaluate_args) -> dict | None:
+    """One lm-eval evaluation with lm-eval's public API, as the ``lm_eval`` command runs it but without
+    its index of every built-in task: :func:`resolve_tasks` (our tasks, then ``include_path``),
+    ``lm_eval.simple_evaluate(model, model_args, ..., **evaluate_args)``, and lm-eval's
+    ``EvaluationTracker`` writing the results and, with ``log_samples``, the per-question samples under
+    ``output_path`` in the ``lm_eval`` command's layout (``OUT/<model>/results_<date>.json``,
+    ``samples_<task>_<date>.jsonl``). ``model``: a name (``tinythinker``, ``hf``, ...) or a loaded lm-eval LM.
+    Returns the results, with ``samples`` when logged (None on the other processes of a data-parallel run)."""
+    import os
+
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+
+    from .lm_eval_model import register
+
+    register()
+    model_args = dict(model_args or {})
+    metadata = {**model_args, **(metadata or {})}  # as lm_eval's CLI: the tasks see the model arguments too
+    ours = str(tasks_folder())  # first: a folder given after it can override our tasks
+    include = [ours, *[str(p) for p in include_path if Path(p).absolute() != Path(ours).absolute()]]
+    manager, specs = resolve_tasks(tasks, include, metadata)
+    hub_args = dict(hf_hub_log_args or {})
+    if output_path:
+        hub_args["output_path"] = str(output_path)
+    if os.environ.get("HF_TOKEN"):
+        hub_args["token"] = os.environ["HF_TOKEN"]
+    tracker = EvaluationTracker(**hub_args)
+    with _environment_report_ahead():
+        results = simple_evaluate(model=model, model_args=model_args if isinstance(model, str) else None, tasks=specs,
+                                  task_manager=manager, metadata=metadata, log_samples=log_samples, evaluation_tracker=tracker,
+                                  **evaluate_args)
+    if results is None:
+        return None
+    samples = results.pop("samples", None) if log_samples or evaluate_args.get("predict_only") else None
+    tracker.save_results_aggregated(results=results, samples=samples)
+    if samples is not None:
+        for task_name in results["configs"]:
+            tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+        results["samples"] = samples
+    if tracker.push_results_to_hub or tracker.push_samples_to_hub:
+        tracker.recreate_metadata_card()
+    return results
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("TINYTHINKER_CACHE") or Path.home() / ".cache" / "tinythinker")
+
+
+def _environment_key() -> str:
+    """What torch's environment report depends on: this machine since its last boot (drivers, GPUs,
+    OS), this Python, what is installed in it (the mtimes of the folders packages install into change
+    when a package is installed or removed), the tools on PATH and the visible devices."""
+    import hashlib
+    import platform
+    import site
+    import sys
+
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    folders = sorted({*site.getsitepackages(), site.getusersitepackages(),
+                      *[p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages"))]})
+    parts = [platform.node(), boot.read_text().strip() if boot.exists() else "", sys.executable, sys.version,
+             os.environ.get("PATH", ""), os.environ.get("CUDA_VISIBLE_DEVICES", "-"), os.environ.get("CONDA_PREFIX", "")]
+    for folder in folders:
+        try:
+            parts.append(f"{folder}:{os.stat(folder).st_mtime_ns}")
+        except OSError:
+            parts.append(f"{folder}:-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def environment_report(compute) -> str:
+    """``compute()`` (torch's ``get_pretty_env_info``), kept in the user cache per environment
+    (:func:`_environment_key`): the same text, without a dozen subprocesses (``pip list`` is most of
+    it) on every evaluation."""
+    from .artifacts import atomic_write_text
+
+    path = _user_cache() / "env-report" / f"{_environment_key()}.txt"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    report = compute()
+    try:
+        atomic_write_text(path, report)
+    except OSError as error:  # a read-only home only loses the cache
+        log.debug("environment report not cached: %s", error)
+    return report
+
+
+@contextlib.contextmanager
+def _environment_report_ahead():
+    """lm-eval's results record torch's environment report (``torch.utils.collect_env``: ``pip list``,
+    compiler and driver versions, a dozen subprocesses: about a second of CPU, 2-17 s of wall time on
+    the busy 2-core machine, more than a tiny student's whole evaluation) and collect it after the
+    evaluation. Here it comes from :func:`environment_report` (cached per environment), fetched in a
+    thread from the start, while the model loads and generates; lm-eval receives it when it asks.
+    Only the process that writes the results (rank 0) fetches it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    from torch.utils import collect_env
+
+    original = collect_env.get_pretty_env_info
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-report")
+    report = pool.submit(environment_report, original)
+    collect_env.get_pretty_env_info = lambda: report.result()  # an error in the thread reaches lm-eval, which records it
+    try:
+        yield
+    finally:
+        collect_env.get_pretty_env_info = original
+        pool.shutdown(wait=False, cancel_futures=True)
