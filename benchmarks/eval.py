@@ -2,7 +2,7 @@
 same questions. Prints one JSON object.
 
     python benchmarks/eval.py [--dataset csqa] [--questions 100] [--student DIR] [--batch-size 64]
-                              [--device cpu] [--repeat 2] [--cli]
+                              [--device cpu] [--repeat 2] [--cli] [--processes 2]
 
 The questions are the data set's real test questions (``../shared/data/raw``, when present beside the
 repo) or else the questions of its generated world (``tinythinker world``, seed 42), written as a stage
@@ -15,17 +15,31 @@ Measured (seconds, the minimum over ``--repeat`` alternating runs, model already
 wall time and as this process's CPU time (``*_cpu_s``: robust when other jobs share the machine):
 
 * ``engine_s``: :func:`tinythinker.pipeline.run_pipeline` on the questions;
-* ``lm_eval_s``: lm-eval's ``TaskManager`` (task index) + ``simple_evaluate`` of ``tinythinker_<dataset>``
-  with the ``tinythinker`` model (requests, the engine, process_results, aggregation, sample logging);
-* ``overhead_pct`` = (lm_eval_s - engine_s) / engine_s (and ``overhead_cpu_pct``); target <= 10%;
-* ``overhead_without_task_index_pct``: the same without lm-eval's task index (built once per run, a
-  constant few seconds whatever is evaluated);
+* ``lm_eval_s``: what `tinythinker eval` does around the loaded model
+  (:func:`tinythinker.evaluation.evaluate_tasks`): its task index (``TaskManager(include_defaults=False)``
+  over our tasks; ``lm_eval_task_index_s``) + ``simple_evaluate`` of ``tinythinker_<dataset>`` with the
+  ``tinythinker`` model (requests, the engine, process_results, aggregation, the environment report
+  lm-eval records) + lm-eval's ``EvaluationTracker`` writing the results and the per-question samples;
+* ``overhead_pct`` = (lm_eval_s - engine_s) / engine_s (and ``overhead_cpu_pct``); target <= 20%,
+  task loading included;
 * ``overhead_in_run_pct``: lm-eval's share measured inside one run (its wall time minus the time spent in
   the model's ``generate_until``, over the latter). On a shared machine this is the trustworthy figure:
-  two separate runs of identical work can differ by 2x when other jobs take the cores.
+  two separate runs of identical work can differ by 2x when other jobs take the cores;
+* ``full_task_index_s``: for comparison, lm-eval's index of all its built-in tasks (what ``lm_eval``
+  and, before, `tinythinker eval` build on every run).
 
-``--cli`` also times the two commands end to end (startup included): ``tinythinker eval`` and
-``tinythinker infer`` on the same questions.
+``--cli`` also times the commands end to end (startup included; ``--repeat`` rounds, alternating; wall
+and CPU time of the command with its subprocesses), as a user runs them:
+`tinythinker infer`, `tinythinker eval`, and the README's plain ``lm_eval --tasks
+eval_tasks/tinythinker_<dataset>.yaml --model tinythinker --model_args pretrained=...`` (no
+``--batch_size``: lm-eval's default of 1); target for the latter: <= 1.3 x infer + 15 s.
+The environment report lm-eval records (``pip list`` and a dozen other subprocesses) is cached per
+environment after the first evaluation (:func:`tinythinker.evaluation.environment_report`);
+``--cold-env-report`` deletes that cache before every lm-eval run, to measure first runs. ``--threads 1``
+on a busy machine: torch's threads spin-wait when other jobs hold the cores.
+``--processes N`` (with ``--cli``) also runs that plain call data parallel, ``accelerate launch
+--multi_gpu --num_processes N`` (on CPUs: gloo), and compares every question's verdict with the
+one-process run.
 """
 
 from __future__ import annotations
@@ -103,7 +117,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cli", action="store_true", help="also time `tinythinker eval` and `tinythinker infer` end to end")
+    parser.add_argument("--cli", action="store_true", help="also time `tinythinker infer`, `tinythinker eval` and plain `lm_eval` end to end")
+    parser.add_argument("--processes", type=int, default=0, help="with --cli: also the plain lm_eval call under accelerate launch, N processes")
+    parser.add_argument("--cold-env-report", action="store_true", help="delete the cached environment report before every lm-eval run")
     args = parser.parse_args()
 
     import torch
@@ -111,10 +127,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from tinythinker.evaluation import tasks_folder
+    from tinythinker.evaluation import evaluate_tasks, resolve_tasks, tasks_folder
     from tinythinker.lm_eval_model import TinyThinkerLM
     from tinythinker.pipeline import items_from_dataset, run_pipeline
 
@@ -132,26 +147,31 @@ def main() -> None:
         traces = run_pipeline(student, items, batch_size=args.batch_size, seed=42, progress=False)
         return time.perf_counter() - began, time.process_time() - cpu, traces
 
-    def through_lm_eval():
+    def through_lm_eval():  # what `tinythinker eval` does around the loaded model
+        cold_env_report(args)
         lm.engine_seconds = 0.0
         began, cpu = time.perf_counter(), time.process_time()
-        manager = TaskManager(include_path=str(tasks_folder()), metadata={"data": str(data)})
-        indexed = time.perf_counter() - began
-        out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=True, verbosity="ERROR")
-        return time.perf_counter() - began, time.process_time() - cpu, indexed, lm.engine_seconds, out
+        out = evaluate_tasks(lm, tasks=[task], metadata={"data": str(data)}, output_path=str(work / "lm_eval"), log_samples=True)
+        return time.perf_counter() - began, time.process_time() - cpu, lm.engine_seconds, out
 
     engine_runs, lm_eval_runs = [], []
     for _ in range(args.repeat):  # alternate, so drifting machine load hits both sides alike
         engine_runs.append(direct())
         lm_eval_runs.append(through_lm_eval())
+    began = time.perf_counter()
+    resolve_tasks([task], [str(tasks_folder())])  # the task index `tinythinker eval` builds (inside lm_eval_s too)
+    index_s = time.perf_counter() - began
+    began = time.perf_counter()
+    TaskManager(include_path=str(tasks_folder()))  # lm-eval's index of all its built-in tasks, for comparison
+    full_index_s = time.perf_counter() - began
     engine_s, engine_cpu_s, traces = min(engine_runs, key=lambda r: r[0])
-    lm_eval_s, lm_eval_cpu_s, index_s, inside_s, out = min(lm_eval_runs, key=lambda r: r[0])
+    lm_eval_s, lm_eval_cpu_s, inside_s, out = min(lm_eval_runs, key=lambda r: r[0])
     engine_cpu_s, lm_eval_cpu_s = min(r[1] for r in engine_runs), min(r[1] for r in lm_eval_runs)
     by_id = {s["doc"]["id"]: s for s in out["samples"][task]}
     same = all(json.loads(by_id[t.id]["filtered_resps"][0])["summary"] == t.summary for t in traces)
     result = {
         "dataset": args.dataset, "questions": len(items), "questions_from": origin, "device": str(student.device),
-        "threads": args.threads, "batch_size": args.batch_size, "student": f"{args.shape} seq2seq, {args.steps} steps on world data" if not args.student else student_path,
+        "threads": args.threads, "batch_size": args.batch_size, "cold_env_report": args.cold_env_report, "student": f"{args.shape} seq2seq, {args.steps} steps on world data" if not args.student else student_path,
         "repeat": args.repeat,
         "engine_s": round(engine_s, 3),
         "lm_eval_s": round(lm_eval_s, 3),
@@ -159,15 +179,12 @@ def main() -> None:
         "lm_eval_inside_model_s": round(inside_s, 3),
         "overhead_s": round(lm_eval_s - engine_s, 3),
         "overhead_pct": round(100 * (lm_eval_s - engine_s) / engine_s, 2),
-        # lm-eval's own start-up (indexing its ~14,000 built-in task files) is a constant; the rest grows with questions
-        "overhead_without_task_index_s": round(lm_eval_s - index_s - engine_s, 3),
-        "overhead_without_task_index_pct": round(100 * (lm_eval_s - index_s - engine_s) / engine_s, 2),
+        "full_task_index_s": round(full_index_s, 3),
         "engine_cpu_s": round(engine_cpu_s, 3),
         "lm_eval_cpu_s": round(lm_eval_cpu_s, 3),
         "overhead_cpu_pct": round(100 * (lm_eval_cpu_s - engine_cpu_s) / engine_cpu_s, 2),
         "overhead_in_run_s": round(lm_eval_s - inside_s, 3),
         "overhead_in_run_pct": round(100 * (lm_eval_s - inside_s) / inside_s, 2),
-        "overhead_in_run_without_task_index_pct": round(100 * (lm_eval_s - index_s - inside_s) / inside_s, 2),
         "engine_runs_s": [round(r[0], 3) for r in engine_runs],
         "lm_eval_runs_s": [round(r[0], 3) for r in lm_eval_runs],
         "words_per_question": round(sum(len((t.recall or "").split()) + sum(len(a.split()) for a in t.analyses.values())
@@ -181,26 +198,75 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def cold_env_report(args) -> None:
+    if args.cold_env_report:
+        import shutil
+
+        from tinythinker.evaluation import _user_cache
+
+        shutil.rmtree(_user_cache() / "env-report", ignore_errors=True)
+
+
 def cli_times(args, data: Path, student: str, work: Path) -> dict:
-    """`tinythinker eval` and `tinythinker infer` end to end, as a user runs them (startup included)."""
+    """`tinythinker infer`, `tinythinker eval` and the README's plain `lm_eval` call end to end, as a
+    user runs them (startup included); with ``--processes`` the plain call data parallel too."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}
     common = ["--student", student, "--data", str(data), "--config", f"{args.dataset}-full", "--device", args.device,
               "--batch-size", str(args.batch_size)]
+    task_file = REPO / "eval_tasks" / f"tinythinker_{args.dataset}.yaml"
+    plain = ["--tasks", str(task_file), "--model", "tinythinker", "--model_args", f"pretrained={student}",
+             "--metadata", f"data={data}", "--device", args.device, "--log_samples"]
     commands = {
-        "tinythinker_eval_s": ["eval", *common, "--tasks", f"tinythinker_{args.dataset}", "--output-path", str(work / "eval")],
-        "tinythinker_infer_s": ["infer", *common, "--out", str(work / "infer.jsonl"), "--overwrite"],
+        "tinythinker_infer_s": ["tinythinker", "infer", *common, "--out", str(work / "infer.jsonl"), "--overwrite"],
+        "tinythinker_eval_s": ["tinythinker", "eval", *common, "--tasks", f"tinythinker_{args.dataset}", "--output-path", str(work / "eval")],
+        "plain_lm_eval_s": ["lm_eval", *plain, "--output_path", str(work / "plain")],
     }
-    times = {}
-    for name, argv in commands.items():
-        began = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "tinythinker", *argv], env=env, capture_output=True, text=True)
-        times[name] = round(time.perf_counter() - began, 3)
-        if run.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{run.stderr[-2000:]}")
+    if args.processes > 1:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.processes), "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m"]
+        commands[f"plain_lm_eval_{args.processes}_processes_s"] = [*launch, "lm_eval", *plain, "--output_path", str(work / "parallel")]
+    import resource
+
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.repeat):  # alternate, so drifting machine load hits every command alike
+        for name, argv in commands.items():
+            run_env = {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""} if name.endswith("processes_s") else env
+            cold_env_report(args)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            began = time.perf_counter()
+            run = subprocess.run([sys.executable, "-m", *argv], env=run_env, capture_output=True, text=True)
+            walls[name].append(time.perf_counter() - began)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            if run.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{run.stderr[-2000:]}")
+    times: dict = {}
+    for name in commands:  # the minimum over the repeats; CPU time of the command and its subprocesses
+        times[name] = round(min(walls[name]), 3)
+        times[name.removesuffix("_s") + "_cpu_s"] = round(min(cpus[name]), 3)
+        times[name.removesuffix("_s") + "_runs_s"] = [round(w, 3) for w in walls[name]]
+    times["plain_lm_eval_over_infer"] = round(times["plain_lm_eval_s"] / times["tinythinker_infer_s"], 2)
+    times["plain_lm_eval_over_infer_cpu"] = round(times["plain_lm_eval_cpu_s"] / times["tinythinker_infer_cpu_s"], 2)
+    times["plain_lm_eval_target_s"] = round(1.3 * times["tinythinker_infer_s"] + 15, 3)
     summary = json.loads((work / "infer.summary.json").read_text())
-    [results] = list((work / "eval").rglob("results_*.json"))
     times["accuracy_infer"] = summary["accuracy"]
-    times["accuracy_eval"] = json.loads(results.read_text())["results"][f"tinythinker_{args.dataset}"]["acc,none"]
+    task = f"tinythinker_{args.dataset}"
+    verdicts = {}
+    for name in ("eval", "plain", "parallel"):
+        if (work / name).exists():
+            [results] = list((work / name).rglob("results_*.json"))
+            times[f"accuracy_{name}"] = json.loads(results.read_text())["results"][task]["acc,none"]
+            [samples] = list((work / name).rglob(f"samples_{task}_*.jsonl"))
+            verdicts[name] = {row["doc"]["id"]: row["acc"] for row in map(json.loads, samples.read_text().splitlines())}
+    if "parallel" in verdicts:
+        times["questions_parallel"] = len(verdicts["parallel"])
+        times["verdicts_parallel_equal_one_process"] = verdicts["parallel"] == verdicts["plain"]
     return times
 
 

@@ -292,3 +292,69 @@ def test_lm_eval_argv_translates_and_passes_through(tmp_path):
         ev.lm_eval_argv(["--model", "hf"], student="s", config="csqa-full")
     with pytest.raises(TinyThinkerError, match="unknown data set"):
         ev.task_names("mmlu-full")
+
+
+def test_lm_eval_argv_batch_size_is_the_engines_and_validated():
+    argv = ev.lm_eval_argv([], student="s", config="csqa-full", batch_size=8)
+    assert "gen_batch_size=8" in argv and argv[argv.index("--batch_size") + 1] == "8"
+    # another model: only lm-eval's --batch_size; --model tinythinker given the lm_eval way: its gen_batch_size too
+    assert "gen_batch_size=8" not in ev.lm_eval_argv(["--model", "hf"], config="csqa-full", batch_size=8)
+    assert "gen_batch_size=8" in ev.lm_eval_argv(["--model", "tinythinker", "--model_args", "pretrained=s"], config="csqa-full", batch_size=8)
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(TinyThinkerError, match="at least 1"):
+            ev.lm_eval_argv([], student="s", config="csqa-full", batch_size=bad)
+
+
+def test_parse_lm_eval_args_as_lm_eval_run_does():
+    args = ev.parse_lm_eval_args(["--tasks", "a,b", "c", "--model", "tinythinker", "--model_args", "pretrained=x,seed=7",
+                                  "--model_args", "variant=no_recall", "--metadata", '{"data": "d"}', "--seed", "3",
+                                  "--log_samples", "--output_path", "out", "-L", "2"])
+    assert args.tasks == ["a", "b", "c"] and args.model == "tinythinker" and args.limit == 2.0
+    assert args.model_args == {"pretrained": "x", "seed": 7, "variant": "no_recall"} and args.metadata == {"data": "d"}
+    assert args.seed == [3, 3, 3, 3] and args.log_samples and args.batch_size is None
+    with pytest.raises(TinyThinkerError, match="does not take --wandb_args"):
+        ev.parse_lm_eval_args(["--tasks", "a", "--wandb_args", "project=x"])
+    with pytest.raises(TinyThinkerError, match="output folder"):
+        ev.parse_lm_eval_args(["--tasks", "a", "--log_samples"])
+
+
+def test_resolve_tasks_indexes_only_the_included_folders(tmp_path):
+    """`tinythinker eval` builds a task index of our 16 YAMLs, not of lm-eval's ~14,000."""
+    own = tmp_path / "mine.yaml"
+    own.write_text(f"include: {ev.tasks_folder() / 'tinythinker_csqa.yaml'}\ntask: mine\n")
+    manager, tasks = ev.resolve_tasks(["tinythinker_csqa", "tinythinker_obqa_*", str(own)], [str(ev.tasks_folder())])
+    assert len(manager.all_tasks) < 50
+    assert tasks == ["tinythinker_csqa", "tinythinker_obqa_analyze_oracle", "tinythinker_obqa_sc",
+                     "tinythinker_obqa_stages", "tinythinker_obqa_summarize_oracle", str(own)]
+    with pytest.raises(TinyThinkerError, match="no such file"):
+        ev.resolve_tasks([str(tmp_path / "missing.yaml")], [str(ev.tasks_folder())])
+
+
+def test_environment_report_is_computed_once_per_environment(tmp_path, monkeypatch):
+    """lm-eval records torch's environment report (`pip list` & co.) in every results file; it is
+    kept per environment, so an evaluation does not pay a dozen subprocesses each time."""
+    monkeypatch.setenv("TINYTHINKER_CACHE", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return f"report {len(calls)}"
+
+    assert ev.environment_report(compute) == ev.environment_report(compute) == "report 1" and len(calls) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")  # another environment: a report of its own
+    assert ev.environment_report(compute) == "report 2" and len(calls) == 2
+
+
+def test_environment_report_ahead_hands_lm_eval_the_report(tmp_path, monkeypatch):
+    from lm_eval.loggers.utils import add_env_info
+    from torch.utils import collect_env
+
+    monkeypatch.setenv("TINYTHINKER_CACHE", str(tmp_path))
+    computed = []
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: computed.append(1) or "the report")
+    stored = {}
+    with ev._environment_report_ahead():
+        add_env_info(stored)  # what simple_evaluate calls after the evaluation
+    with ev._environment_report_ahead():
+        add_env_info(stored)
+    assert stored["pretty_env_info"] == "the report" and computed == [1]  # the second time from the cache

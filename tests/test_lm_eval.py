@@ -1,9 +1,10 @@
 """The TinyThinker tasks through the real lm-eval CLI (subprocesses), against the engine called directly.
 
 One tiny seq2seq student, trained for a few dozen steps on the toy stage data (so it answers some
-questions right and some wrong), is evaluated by ``python -m lm_eval`` with ``--model tinythinker``,
-by lm-eval's stock ``--model hf`` on the summarize-oracle task, and by ``tinythinker eval``; every
-per-question trace must equal what :func:`tinythinker.pipeline.run_pipeline` makes on the same questions.
+questions right and some wrong), is evaluated by ``python -m lm_eval`` with ``--model tinythinker``
+(in one process, and data parallel in two under ``accelerate launch``), by lm-eval's stock
+``--model hf`` on the summarize-oracle task, and by ``tinythinker eval``; every per-question trace
+must equal what :func:`tinythinker.pipeline.run_pipeline` makes on the same questions.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def samples(out: Path, task: str) -> dict[str, dict]:
     """The --log_samples records of one task, by question id."""
     [path] = [p for p in out.rglob(f"samples_{task}_*.jsonl") if p.name[len(f"samples_{task}_"):][:1].isdigit()]
     return {row["doc"]["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
+def untimed(response: str):
+    """A response without the trace's timings (the text the student wrote, and its verdict)."""
+    try:
+        trace = json.loads(response)
+    except json.JSONDecodeError:
+        return response
+    return {k: v for k, v in trace.items() if k not in ("seconds", "stage_seconds")} if isinstance(trace, dict) else trace
 
 
 def results(out: Path) -> dict:
@@ -88,18 +98,22 @@ def direct(toy):
     }
 
 
-@pytest.fixture(scope="session")
-def cli_run(toy) -> Path:
-    """Plain `lm_eval` with the task YAML paths (loading them registers --model tinythinker): the
-    full task, both oracles and self-consistency; returns the --output_path folder."""
-    root, data, student = toy
-    out = root / "cli"
-    # self-consistency with 3 samples: a task of one's own that includes ours (as docs/evaluation.md shows)
+def task_paths(root: Path) -> str:
+    """The full task, both oracles and self-consistency with 3 samples (a task of one's own that
+    includes ours, as docs/evaluation.md shows), as YAML paths for plain `lm_eval --tasks`."""
     (root / "sc3.yaml").write_text(f"include: {TASKS / 'tinythinker_csqa_sc.yaml'}\ntask: toy_csqa_sc3\nrepeats: 3\n")
     names = ["tinythinker_csqa", "tinythinker_csqa_analyze_oracle", "tinythinker_csqa_summarize_oracle"]
+    return ",".join([*(str(TASKS / f"{name}.yaml") for name in names), str(root / "sc3.yaml")])
+
+
+@pytest.fixture(scope="session")
+def cli_run(toy) -> Path:
+    """Plain `lm_eval` with the task YAML paths (loading them registers --model tinythinker), without
+    --batch_size (the README's call: lm-eval's batch_size is 1); returns the --output_path folder."""
+    root, data, student = toy
+    out = root / "cli"
     run = cli("lm_eval", "run", "--model", "tinythinker", "--model_args", f"pretrained={student}", "max_new_tokens=24",
-              "--tasks", ",".join([*(str(TASKS / f"{name}.yaml") for name in names), str(root / "sc3.yaml")]), "--metadata", f"data={data}",
-              "--device", "cpu", "--batch_size", "64", "--output_path", out, "--log_samples", cwd=root)
+              "--tasks", task_paths(root), "--metadata", f"data={data}", "--device", "cpu", "--output_path", out, "--log_samples", cwd=root)
     assert run.returncode == 0, run.stderr[-3000:]
     return out
 
@@ -110,6 +124,9 @@ def test_lm_eval_cli_runs_the_engine(cli_run, direct):
 
     out = cli_run
     metrics = results(out)
+    # lm-eval's default batch_size of 1 does not reach the engine: it generates 64 sequences per batch
+    [config] = [json.loads(p.read_text())["config"] for p in out.rglob("results_*.json")]
+    assert config["batch_size"] == 1 and config["tinythinker_gen_batch_size"] == 64 and config["tinythinker_processes"] == 1
 
     # the full pipeline: the same trace per question as the engine, so the same accuracy
     full = samples(out, "tinythinker_csqa")
@@ -149,6 +166,106 @@ def test_lm_eval_cli_runs_the_engine(cli_run, direct):
     assert from_samples == from_engine
 
 
+def test_two_processes_answer_their_share_with_one_process_verdicts(toy, cli_run):
+    """`accelerate launch --multi_gpu --num_processes 2 -m lm_eval ...` on CPUs (gloo): each process
+    answers only every second question (its request cache holds only its share), rank 0 gathers and
+    writes the results, and every greedy verdict and trace is the one-process run's. Three questions:
+    lm-eval pads the process with fewer by repeating its last request."""
+    import socket
+
+    from sqlitedict import SqliteDict
+
+    from tinythinker import evaluation as ev
+
+    root, data, student = toy
+    out = root / "two"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+               "-m", "lm_eval", "run", "--model", "tinythinker", "--model_args", f"pretrained={student}", "max_new_tokens=24",
+               "--tasks", task_paths(root), "--metadata", f"data={data}", "--limit", "3",
+               "--output_path", str(out), "--log_samples", "--use_cache", str(out / "cache" / "requests")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    env.pop("TINYTHINKER_DATA", None)
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(out.rglob("results_*.json"))) == 1  # rank 0 writes
+    [config] = [json.loads(p.read_text())["config"] for p in out.rglob("results_*.json")]
+    assert config["tinythinker_processes"] == 2
+
+    # each process answered its share: q1, q3 on rank 0 and q2 on rank 1, 4 tasks each
+    shares = [set(SqliteDict(str(out / "cache" / f"requests_rank{rank}.db")).keys()) for rank in (0, 1)]
+    assert [len(share) for share in shares] == [8, 4] and not shares[0] & shares[1]
+
+    questions = [q.id for q in TOY_QUESTIONS[:3]]
+    for task in ("tinythinker_csqa", "tinythinker_csqa_analyze_oracle", "tinythinker_csqa_summarize_oracle"):
+        one, two = samples(cli_run, task), samples(out, task)
+        assert sorted(two) == sorted(questions)
+        for qid in questions:
+            assert two[qid]["acc"] == one[qid]["acc"], (task, qid)
+            assert [untimed(r) for r in two[qid]["filtered_resps"]] == [untimed(r) for r in one[qid]["filtered_resps"]], (task, qid)
+        assert results(out)[task]["acc,none"] == pytest.approx(sum(one[q]["acc"] for q in questions) / 3)
+    # the same attribution; sampled tasks are seeded per engine call, so their samples depend on which
+    # questions share a process: each question's 3 samples (the padded request: repeated in order) vote
+    attributed = [ev.attribution(*({q: bool(rows[q]["acc"]) for q in questions}
+                                   for rows in (samples(run, f"tinythinker_csqa{suffix}") for suffix in ("", "_analyze_oracle", "_summarize_oracle"))))
+                  for run in (cli_run, out)]
+    assert attributed[0] == attributed[1]
+    for qid, row in samples(out, "toy_csqa_sc3").items():
+        responses = row["filtered_resps"][0]
+        assert len(responses) % 3 == 0 and responses == responses[:3] * (len(responses) // 3)
+        assert row["acc"] == ev.vote_metrics([json.loads(r) for r in responses[:3]], row["doc"])["acc"]
+
+
+def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(toy, tmp_path, monkeypatch):
+    """In one process: `tinythinker eval` builds a task index of our tasks only (lm-eval's public
+    TaskManager(include_defaults=False) + simple_evaluate), hands --batch-size to the engine as its
+    generation batch, and writes lm-eval's own files (results JSON, per-task samples JSONL)."""
+    import lm_eval.tasks
+
+    from tinythinker import evaluation as ev
+    from tinythinker import pipeline
+    from tinythinker.errors import TinyThinkerError
+    from tinythinker.lm_eval_model import TinyThinkerLM
+
+    root, data, student = toy
+    managers, batches = [], []
+    real_manager, real_pipeline = lm_eval.tasks.TaskManager, pipeline.run_pipeline
+
+    def manager(*args, **kwargs):
+        managers.append(kwargs.get("include_defaults", True))
+        return real_manager(*args, **kwargs)
+
+    def engine(*args, **kwargs):
+        batches.append(kwargs["batch_size"])
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", manager)
+    monkeypatch.setattr(pipeline, "run_pipeline", engine)
+    out = tmp_path / "eval"
+    argv = ev.lm_eval_argv(["--model_args", "max_new_tokens=24", "progress=false"], student=str(student), data=str(data),
+                           config="csqa-full", output_path=str(out), limit=2, batch_size=5, device="cpu")
+    got = ev.run_lm_eval(argv)
+    assert managers == [False] and batches == [5, 5]  # the full task and the analyze oracle ran the engine
+    assert got["config"]["tinythinker_gen_batch_size"] == 5 and "PyTorch version" in got["pretty_env_info"]
+    [path] = list(out.rglob("results_*.json"))  # OUT/<model name>/results_<date>.json, as lm_eval writes it
+    assert path.parent.parent == out and path.parent.name == json.loads(path.read_text())["model_name_sanitized"]
+    folder, stamp = path.parent, path.stem.removeprefix("results_")
+    for task in ev.task_names("csqa-full"):
+        assert (folder / f"samples_{task}_{stamp}.jsonl").is_file()
+        assert got["results"][task]["sample_len"] == 2
+
+    # lm-eval's batch_size (the CLI's default 1) never shrinks the engine's batch
+    lm = TinyThinkerLM(pretrained=str(student), batch_size=1, device="cpu", progress=False)
+    assert lm.gen_batch_size == 64 and (lm.rank, lm.world_size) == (0, 1)
+    assert TinyThinkerLM(pretrained=str(student), gen_batch_size="16", device="cpu").gen_batch_size == 16
+    for bad in (0, "0", "auto", "-1"):
+        with pytest.raises(TinyThinkerError, match="gen_batch_size"):
+            TinyThinkerLM(pretrained=str(student), gen_batch_size=bad, device="cpu")
+
+
 def test_stock_hf_model_runs_the_summarize_oracle(toy, direct):
     """The summarize-oracle task is an ordinary generate_until task: lm-eval's own hf model runs it
     (found by name through --include_path) and agrees with the engine."""
@@ -186,5 +303,7 @@ def test_tinythinker_eval_resumes_from_its_request_cache(toy, direct):
 def test_tinythinker_eval_user_errors(tmp_path):
     run = cli("tinythinker", "eval", "--student", "x", cwd=tmp_path)
     assert run.returncode == 2 and run.stderr.startswith("Error: say what to evaluate")
+    run = cli("tinythinker", "eval", "--student", "x", "--config", "csqa-full", "--batch-size", "0", cwd=tmp_path)
+    assert run.returncode == 2 and "--batch-size" in run.stderr and "x>=1" in run.stderr
     run = cli("tinythinker", "eval", "--config", "csqa-bogus", "--student", "x", cwd=tmp_path)
     assert run.returncode == 2 and "variant one of" in run.stderr and "Traceback" not in run.stderr

@@ -9,10 +9,17 @@ then ``Analyze: For option A,``) it runs the engine with the teacher's recall gi
 
 All requests of a run arrive in one ``generate_until`` call; they are grouped by what they need
 (pipeline variant, oracle, sampling, samples per question) and every group goes through the engine
-in one batched call. Questions come from the request's doc (our tasks' columns ``id``, ``question``,
-``choices``, ``GT``, ``teacher_recall``), never from re-parsing the prompt.
+in one batched call, in generation batches of ``gen_batch_size`` sequences (default 64). lm-eval's
+own ``batch_size`` (1 unless given) does not reach the engine: lm-eval already hands over every
+request at once, and a batch of 1 would make the engine an order of magnitude slower. Questions
+come from the request's doc (our tasks' columns ``id``, ``question``, ``choices``, ``GT``,
+``teacher_recall``), never from re-parsing the prompt.
 
-    lm_eval --model tinythinker --model_args pretrained=runs/csqa-sft/best[,variant=full,seed=42,dtype=bfloat16] ...
+Data parallel: under ``accelerate launch`` (several processes) the model reports lm-eval's ``rank``
+and ``world_size`` from accelerate, so lm-eval gives each process every ``world_size``-th doc of each
+task, and gathers the per-question results on rank 0, which writes the results.
+
+    lm_eval --model tinythinker --model_args pretrained=runs/csqa-sft/best[,gen_batch_size=64,variant=full,seed=42,dtype=bfloat16] ...
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from .protocol import VARIANTS, analyze_prompt, first_prompts, letters_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 64
+# Sequences per generation batch (the engine's batch; model_args gen_batch_size=N). Not lm-eval's
+# batch_size: lm-eval defaults that to 1, which would starve the engine.
+DEFAULT_GEN_BATCH_SIZE = 64
 # Questions per engine call. After each call its responses go to lm-eval's request cache (when the
 # run has --use_cache), so an interrupted run loses at most one call's work when rerun.
 CHUNK_QUESTIONS = 512
@@ -55,21 +64,36 @@ class _Job:
     do_sample: bool
     temperature: float
     top_k: int
-    samples: int  # repeats of this request in the run (lm-eval's `repeats`)
+    samples: int  # sampled: lm-eval's `repeats` of the request (samples per question); greedy: 1
     max_new_tokens: int
     until: tuple[str, ...]
 
 
-def _parse_batch_size(value) -> int:
-    if value is None or str(value).startswith("auto"):
-        return DEFAULT_BATCH_SIZE
+def _parse_gen_batch_size(value) -> int:
+    if value is None or value == "":
+        return DEFAULT_GEN_BATCH_SIZE
     try:
         size = int(value)
-    except ValueError:
-        raise TinyThinkerError(f"batch_size {value!r}: give a positive number (or auto)") from None
-    if size < 1:
-        raise TinyThinkerError(f"batch_size {value!r}: give a positive number (or auto)")
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1 or str(size) != str(value).strip():
+        raise TinyThinkerError(f"gen_batch_size {value!r}: give a whole number of sequences, at least 1 (default {DEFAULT_GEN_BATCH_SIZE})")
     return size
+
+
+def _accelerator():
+    """accelerate's state when this process is one of several launched ones (``accelerate launch``,
+    torchrun), else None. On a machine without accelerators the processes run on the CPUs (gloo)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    from .sft import distributed_on_cpus
+
+    accelerator = Accelerator(cpu=distributed_on_cpus())
+    return accelerator if accelerator.num_processes > 1 else None
 
 
 def _pick_device(device):
@@ -87,8 +111,8 @@ def _pick_device(device):
 class TinyThinkerLM(LM):
     """A TinyThinker student behind lm-eval's LM interface (generate_until only)."""
 
-    def __init__(self, pretrained: str, variant: str = "full", batch_size=None, max_batch_size=None, device=None,
-                 dtype=None, bf16: bool = False, seed: int = 42, progress: bool = True, max_new_tokens=None,
+    def __init__(self, pretrained: str, variant: str = "full", gen_batch_size=None, batch_size=None, max_batch_size=None,
+                 device=None, dtype=None, bf16: bool = False, seed: int = 42, progress: bool = True, max_new_tokens=None,
                  revision=None, **task_args):
         super().__init__()
         from .students import Student
@@ -96,19 +120,51 @@ class TinyThinkerLM(LM):
         unknown = sorted(k for k in task_args if k not in TASK_ARGS and not k.startswith("data_"))
         if unknown:
             raise TinyThinkerError(f"unknown --model_args for tinythinker: {', '.join(unknown)} (known: pretrained, variant, "
-                                   "batch_size, device, dtype, bf16, seed, progress, max_new_tokens, revision; data/split go to the tasks)")
+                                   "gen_batch_size, device, dtype, bf16, seed, progress, max_new_tokens, revision; data/split go to the tasks)")
         if variant not in VARIANTS:
             raise TinyThinkerError(f"variant {variant!r}: choose one of {', '.join(VARIANTS)}")
         self.pretrained = str(pretrained)
         self.variant = variant
-        self.batch_size = _parse_batch_size(batch_size)
+        # the engine's batch; lm-eval's batch_size / max_batch_size (the CLI passes 1 by default) are
+        # accepted and left out: lm-eval hands every request over at once, the engine batches them
+        self.gen_batch_size = _parse_gen_batch_size(gen_batch_size)
+        if batch_size not in (None, "") and str(batch_size) != str(self.gen_batch_size):
+            log.info("lm-eval's batch_size %s is not the engine's batch: %d sequences per generation batch "
+                     "(--model_args gen_batch_size=N)", batch_size, self.gen_batch_size)
         self.seed = int(seed)
-        self.progress = _as_bool(progress)
         # a cap on recall and analysis length (the engine's defaults otherwise): bounds runaway text
         self.stage_tokens = None if max_new_tokens in (None, "") else {"recall": int(max_new_tokens), "analyze": int(max_new_tokens)}
+        self.accelerator = _accelerator()
+        if self.accelerator is not None:
+            # data parallel (lm-eval's LM API): this process answers every world_size-th doc. The global
+            # process index, not the per-machine one, so that processes on several machines share the docs.
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            if device not in (None, "", "auto") and str(device) != str(self.accelerator.device):
+                log.info("rank %d: device %s given, using accelerate's %s", self._rank, device, self.accelerator.device)
+            device = str(self.accelerator.device)
+        self.progress = _as_bool(progress) and self._rank == 0
         self.student = Student.load(self.pretrained, device=_pick_device(device), dtype=dtype, bf16=_as_bool(bf16),
                                     revision=None if revision in (None, "") else str(revision))
+        self._device = self.student.device
         self.engine_seconds = 0.0  # time spent inside the engine (benchmarks/eval.py)
+
+    # --- lm-eval's distributed primitives (evaluate() splits docs by rank and gathers results) -------
+
+    def all_gather(self, tensor):
+        return tensor if self.accelerator is None else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.accelerator is None:
+            return [obj]
+        import torch.distributed
+
+        result = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
+        return result
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
 
     # --- lm-eval interface ----------------------------------------------------------------------
 
@@ -122,14 +178,17 @@ class TinyThinkerLM(LM):
         return {"tinythinker_student": self.pretrained, "tinythinker_student_revision": self.student.revision,
                 "tinythinker_variant": self.variant,
                 "tinythinker_seq2seq": self.student.is_seq2seq, "tinythinker_seed": self.seed,
-                "tinythinker_max_new_tokens": self.stage_tokens,
+                "tinythinker_max_new_tokens": self.stage_tokens, "tinythinker_gen_batch_size": self.gen_batch_size,
+                "tinythinker_processes": self.world_size,
                 "model_num_parameters": sum(p.numel() for p in self.student.model.parameters())}
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         import time
 
         started = time.perf_counter()
-        # lm-eval repeats a request `repeats` times in a row (the same Instance): count them once
+        # lm-eval repeats a request `repeats` times in a row (the same Instance): run it once, with
+        # that many samples. Under several processes lm-eval also pads the shorter ranks with extra
+        # copies of their last request; those copies get the same samples again, in the same order.
         counts: dict[int, int] = {}
         order: list = []
         for request in requests:
@@ -139,20 +198,22 @@ class TinyThinkerLM(LM):
             counts[id(request)] += 1
         groups: dict[_Job, list] = {}
         for request in order:
-            groups.setdefault(self._job(request, counts[id(request)]), []).append(request)
+            repeats = getattr(request, "repeats", None) or counts[id(request)]
+            groups.setdefault(self._job(request, repeats), []).append(request)
         answers: dict[int, list[str]] = {}
         for job, members in groups.items():
             if job.mode == "generate":
                 answers.update(self._generate(job, members))
             else:
                 answers.update(self._run_engine(job, members))
-        # the k-th copy of a repeated request gets the k-th sample
+        # the k-th copy of a repeated request gets the k-th sample (a greedy request has one answer)
         taken: dict[int, int] = {}
         out = []
         for request in requests:
             k = taken.get(id(request), 0)
             taken[id(request)] = k + 1
-            out.append(answers[id(request)][k])
+            texts = answers[id(request)]
+            out.append(texts[k % len(texts)])
         self.engine_seconds += time.perf_counter() - started
         return out
 
@@ -162,7 +223,8 @@ class TinyThinkerLM(LM):
         context, gen_kwargs = request.args[0], dict(request.args[1] or {})
         do_sample = _as_bool(gen_kwargs.get("do_sample", False))
         until = gen_kwargs.get("until") or []
-        job = dict(variant=self.variant, do_sample=do_sample, samples=repeats,
+        # greedy repeats are all the same answer: one sample, and one group whatever the repeats
+        job = dict(variant=self.variant, do_sample=do_sample, samples=repeats if do_sample else 1,
                    temperature=float(gen_kwargs.get("temperature", 0.7 if do_sample else 1.0)),
                    top_k=int(gen_kwargs.get("top_k", 0) or 0), max_new_tokens=int(gen_kwargs.get("max_gen_toks", 128)),
                    until=tuple([until] if isinstance(until, str) else until))
@@ -191,7 +253,7 @@ class TinyThinkerLM(LM):
         from .evaluation import encode_trace
         from .pipeline import Item, run_pipeline
 
-        samples = job.samples if job.do_sample else 1  # greedy repeats would all be the same trace
+        samples = job.samples  # 1 when greedy: repeats would all be the same trace
         out: dict[int, list[str]] = {}
         for batch in _unique_id_batches(members):
             for start in range(0, len(batch), CHUNK_QUESTIONS):
@@ -202,12 +264,12 @@ class TinyThinkerLM(LM):
                                                        letters=letters_for(len(r.doc["choices"])), gold=r.doc.get("GT")))
                 given = {r.doc["id"]: r.doc["teacher_recall"] for r in chunk} if job.mode == "analyze_oracle" else None
                 traces = run_pipeline(self.student, list(items.values()), variant=job.variant, samples=samples,
-                                      sampling=self._sampling(job), batch_size=self.batch_size, seed=self.seed,
+                                      sampling=self._sampling(job), batch_size=self.gen_batch_size, seed=self.seed,
                                       progress=self.progress, given_recalls=given, max_new_tokens=self.stage_tokens)
                 by_key = {(t.id, t.sample): t for t in traces}
                 for request in chunk:
                     texts = [encode_trace(by_key[(request.doc["id"], s)]) for s in range(samples)]
-                    out[id(request)] = texts if job.do_sample else texts * job.samples
+                    out[id(request)] = texts
                     self._cache(request, texts, job)
         return out
 
@@ -219,13 +281,12 @@ class TinyThinkerLM(LM):
 
     def _generate(self, job: _Job, members: list) -> dict[int, list[str]]:
         prompts = [r.args[0] for r in members]
-        n = job.samples if job.do_sample else 1
-        sampling = dict(do_sample=True, temperature=job.temperature, top_k=job.top_k, num_return_sequences=n) if job.do_sample else {}
-        texts = self.student.generate(prompts, max_new_tokens=job.max_new_tokens, seed=self.seed, batch_size=self.batch_size, **sampling)
+        sampling = dict(do_sample=True, temperature=job.temperature, top_k=job.top_k, num_return_sequences=job.samples) if job.do_sample else {}
+        texts = self.student.generate(prompts, max_new_tokens=job.max_new_tokens, seed=self.seed, batch_size=self.gen_batch_size, **sampling)
         out = {}
         for request, continuations in zip(members, texts):
             cut = [_cut_at(text, job.until) for text in continuations]
-            out[id(request)] = cut if job.do_sample else cut * job.samples
+            out[id(request)] = cut
             self._cache(request, cut, job)
         return out
 

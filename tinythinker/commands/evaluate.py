@@ -20,19 +20,21 @@ import click
 @click.option("--split", help="Split to evaluate (default test).")
 @click.option("--output-path", type=click.Path(file_okay=False), help="Results folder (per-question samples logged; a rerun resumes).")
 @click.option("--limit", type=float, help="Only the first N questions per task (a fraction below 1: that share).")
-@click.option("--batch-size", type=int, help="Sequences per generation batch (default 64).")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Sequences per generation batch (default 64): the tinythinker model's gen_batch_size; lm-eval's --batch_size for other models.")
 @click.option("--device", help="cuda, cuda:0, cpu ... (default: cuda when available).")
 @click.option("--self-consistency", is_flag=True, help="Also run the self-consistency task (5 sampled traces, majority vote).")
 @click.pass_context
 def eval_command(ctx, student, student_revision, data, revision, config, split, output_path, limit, batch_size, device,
                  self_consistency):
-    """Evaluate with lm-eval: `tinythinker eval LM_EVAL_ARGS...` is `lm_eval LM_EVAL_ARGS...` that also
-    knows --model tinythinker and the TinyThinker tasks (eval_tasks/)."""
+    """Evaluate with lm-eval: `tinythinker eval LM_EVAL_ARGS...` is `lm_eval run LM_EVAL_ARGS...` that also
+    knows --model tinythinker and the TinyThinker tasks (eval_tasks/), without indexing lm-eval's
+    ~14,000 built-in task files (only when a task is none of the included ones). Same output files."""
     from ..errors import TinyThinkerError
     from ..evaluation import lm_eval_argv, run_lm_eval
     from ..hub import pin
 
-    if revision is not None and (not data or data == "demo"):
+    if revision is not None and (not data or data in ("demo", "world")):
         raise TinyThinkerError("--revision pins the Hub data set given with --data; pass --data ORG/NAME too")
     if student_revision is not None and not student:
         raise TinyThinkerError("--student-revision pins the Hub student given with --student; pass --student ORG/NAME too")
@@ -40,11 +42,11 @@ def eval_command(ctx, student, student_revision, data, revision, config, split, 
                    batch_size=batch_size, device=device, self_consistency=self_consistency)
     lm_eval_argv(ctx.args, **options)  # the options' own mistakes first, before any Hub call
     # the commits read, resolved once here so that every task reads the same one and the results name it
-    data_commit = pin(data, revision) if data and data != "demo" else None
+    data_commit = pin(data, revision) if data and data not in ("demo", "world") else None
     student_commit = pin(student, student_revision, repo_type="model") if student else None
     argv = lm_eval_argv(ctx.args, **options, data_revision=data_commit, student_revision=student_commit)
-    run_lm_eval(argv)
-    if output_path is not None:
+    results = run_lm_eval(argv)
+    if output_path is not None and results is not None:  # None: another process of a multi-process run
         click.echo(f"results in {output_path}; tables and plots: tinythinker report {output_path} --plots {Path(output_path) / 'plots'}", err=True)
 
 
