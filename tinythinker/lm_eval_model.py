@@ -86,13 +86,20 @@ def _accelerator():
     torchrun), else None. On a machine without accelerators the processes run on the CPUs (gloo)."""
     import os
 
+    from datetime import timedelta
+
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     from .sft import distributed_on_cpus
 
-    accelerator = Accelerator(cpu=distributed_on_cpus())
+    # a process that finished its share waits for the others in lm-eval's barrier and gathers, for as
+    # long as their generation takes: no collective timeout (NCCL's default 10 minutes would abort it;
+    # lm-eval's own hf model does the same)
+    wait = InitProcessGroupKwargs(timeout=timedelta(weeks=52))
+    accelerator = Accelerator(cpu=distributed_on_cpus(), kwargs_handlers=[wait])
     return accelerator if accelerator.num_processes > 1 else None
 
 
