@@ -42,9 +42,10 @@ from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
-STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3, "mixed": 4}
-REFERENCE_MAX_LENGTH = 200  # the reference's max length: inputs over it are counted and reported
+STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3}
 MIXED = "mixed"  # the pseudo-stage of a mixed schedule: every batch draws from all stages' records
+POOL_KEYS = {**STAGE_KEYS, MIXED: 4}  # what keys each shuffling generator: a stage, or the mixed pool
+REFERENCE_MAX_LENGTH = 200  # the reference's max length: inputs over it are counted and reported
 SCHEDULES = ("blocks", "mixed")
 
 
@@ -87,9 +88,9 @@ class StageSchedule:
 
     def __init__(self, sizes: Mapping[str, int], *, n_options: int, interval: int, batch_size: int, epochs: int, seed: int,
                  mixed: bool = False):
-        unknown = [stage for stage in sizes if stage not in STAGE_KEYS or stage == MIXED]
+        unknown = [stage for stage in sizes if stage not in STAGE_KEYS]
         if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}: stages are {', '.join(s for s in STAGE_KEYS if s != MIXED)}")
+            raise ValueError(f"unknown stage(s) {unknown}: stages are {', '.join(STAGE_KEYS)}")
         for name, value in (("interval", interval), ("batch_size", batch_size), ("epochs", epochs), ("n_options", n_options)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -129,7 +130,7 @@ class StageSchedule:
     def order(self, stage: str, epoch: int) -> np.ndarray:
         """This epoch's shuffled row order of one stage, or of the mixed pool (its own generator: seed,
         epoch, stage). Mixed rows index the stages' records concatenated in pipeline order (:meth:`locate`)."""
-        rng = np.random.default_rng([self.seed, epoch, STAGE_KEYS[stage]])
+        rng = np.random.default_rng([self.seed, epoch, POOL_KEYS[stage]])
         return rng.permutation(self.pools[stage])
 
     def locate(self, rows: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:

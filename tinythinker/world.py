@@ -146,7 +146,6 @@ class World:
         entities = questions // len(RELATIONS)
         self.entities = _invented_names(rng, entities, 2, taken)
         self.kind_of = {entity: self.kinds[i % KINDS] for i, entity in enumerate(self.entities)}  # balanced kinds
-        self._rng = rng
 
     def value(self, entity: str, relation: str) -> str:
         return self.properties[self.kind_of[entity]][relation]
