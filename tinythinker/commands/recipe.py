@@ -53,7 +53,9 @@ def _show_summary(summary: dict, console) -> None:
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("tinythinker-quickstart"), show_default=True,
               help="Run folder for every artifact; rerunning continues a stopped run.")
 @click.option("--dataset", type=click.Choice(["csqa", "obqa", "strategyqa"]), default="csqa", show_default=True, help="Which data set's generated world.")
-def quickstart(run_dir: Path, dataset: str):
+@click.option("--seed", type=int, default=42, show_default=True,
+              help="Seed of the world and of every step (the world is what `tinythinker world DATASET --seed N` writes).")
+def quickstart(run_dir: Path, dataset: str, seed: int):
     """A generated learnable world -> build -> tiny student SFT -> 1 DPO iteration -> lm-eval -> report (no network, no key)."""
     from rich.console import Console
 
@@ -61,6 +63,7 @@ def quickstart(run_dir: Path, dataset: str):
 
     recipe = builtin_recipe("quickstart")
     recipe["dataset"] = dataset
+    recipe["seed"] = seed
     recipe["name"] = f"quickstart-{dataset}"
     console = Console(stderr=True)
     summary = execute(plan(recipe, run_dir), console=console)
