@@ -17,6 +17,7 @@ from tinythinker.dpo import (
     reference_logprobs,
 )
 from tinythinker.students import IGNORE_INDEX, Student, make_tiny_student
+from tinythinker.train_loop import read_last
 
 TEXTS = [
     "What do people use to cut paper?\n(A) scissors (B) spoon (C) cup\nRecall: Scissors have blades that cut paper.",
@@ -218,7 +219,7 @@ def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind,
     trained = [r for r in result.records if r["kind"] == "train"]
     assert [r["stage"] for r in trained] == ["recall", "analyze"] * 4
     assert trained[-1]["reward_margin"] > trained[0]["reward_margin"]
-    assert (tmp_path / "run" / "last" / "state.json").exists()
+    assert read_last(tmp_path / "run" / "last")["step"] == result.total_steps
     best = Student.load(result.best, device="cpu")
     assert model_fingerprint(best) != model_fingerprint(reference)
     # a finished run called again returns its result without training

@@ -22,6 +22,7 @@ import torch
 from tinythinker import protocol
 from tinythinker.artifacts import configs_yaml, write_card, write_split
 from tinythinker.protocol import VARIANT_STAGES, VARIANTS
+from tinythinker.train_loop import read_last
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,7 +187,7 @@ def test_a_tiny_student_learns_to_answer_its_training_questions(zoo, trained):
     body = (out / "best" / "README.md").read_text()
     assert "| learning rate | 0.001 |" in body and "recall 2 · analyze 6 · summarize 2 batches per cycle" in body
     assert body.count(" (kept) |") == 1 and "| 30 | 30 | 150 |" in body
-    state = json.loads((out / "last" / "state.json").read_text())
+    state = read_last(out / "last")
     assert state["step"] == 150 and state["metrics_bytes"] == (out / "metrics.jsonl").stat().st_size
 
 
@@ -304,10 +305,8 @@ def _logged_step(out: Path) -> int:
 
 
 def _checkpoint_step(out: Path) -> int:
-    try:
-        return json.loads((out / "last" / "state.json").read_text())["step"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
+    state = read_last(out / "last")  # last/ is renamed into place whole
+    return state["step"] if state else 0
 
 
 def test_interrupted_runs_resume_to_the_same_result(zoo, tmp_path):
@@ -344,4 +343,4 @@ def test_interrupted_runs_resume_to_the_same_result(zoo, tmp_path):
     for folder in ("best", "last/model"):
         a, b = weights(tmp_path / "whole" / folder), weights(out / folder)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
-    assert json.loads((out / "last" / "state.json").read_text())["curve"] == whole.curve
+    assert read_last(out / "last")["curve"] == whole.curve

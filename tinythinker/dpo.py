@@ -19,21 +19,19 @@ forward pass scores both. Reference log-probabilities come from :func:`reference
 computes them once and caches them on disk under a key made of the model's and the data's
 fingerprints: a rerun (a resumed iteration) reads them back instead of recomputing.
 
-:class:`DPORun` is the training loop of one self-reflection iteration: recall-pair and
-analyze-pair blocks alternate on the SFT trainer's schedule (:func:`dpo_schedule`), validation of
-the whole pipeline after every cycle keeps the best checkpoint, and ``last/`` resumes exactly.
+:class:`DPORun` trains one self-reflection iteration on the one training loop
+(:mod:`tinythinker.train_loop`): recall-pair and analyze-pair blocks alternate on the SFT trainer's
+schedule (:func:`dpo_schedule`), validation of the whole pipeline after every cycle keeps the best
+checkpoint, and ``last/`` resumes exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -41,13 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .artifacts import atomic_write_text, staged_folder
-from .errors import TinyThinkerError
-from .sft import BEST, LAST, StageSchedule, StopRequest, make_accelerator
-from .students import IGNORE_INDEX, Student
+from .settings import REFERENCE_MAX_LENGTH, DPOSettings
+from .sft import StageSchedule
+from .students import Student
+from .train_loop import METRICS_FILE, TrainLoop, chunks, read_rows
 
 
-def encode_pairs(student: Student, pairs: Sequence[Mapping[str, str]], max_length: int = 200) -> dict[str, torch.Tensor]:
+def encode_pairs(student: Student, pairs: Sequence[Mapping[str, str]], max_length: int = REFERENCE_MAX_LENGTH) -> dict[str, torch.Tensor]:
     """One batch of 2N sequences: N (prompt, chosen) rows, then N (prompt, rejected) rows."""
     prompts = [p["prompt"] for p in pairs]
     targets = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
@@ -63,8 +61,7 @@ def pair_logprobs(student: Student, batch: Mapping[str, torch.Tensor], model=Non
 def chosen_token_count(student: Student, batch: Mapping[str, torch.Tensor]) -> int:
     """Number of scored chosen tokens in an :func:`encode_pairs` batch (the NLL term's denominator):
     the label tokens :meth:`Student.target_logprobs` sums over (causal: after the shift)."""
-    labels = batch["labels"] if student.is_seq2seq else batch["labels"][:, 1:]
-    return int((labels[: labels.shape[0] // 2] != IGNORE_INDEX).sum())
+    return student.label_tokens(batch["labels"][: batch["labels"].shape[0] // 2])
 
 
 def dpo_loss(
@@ -110,22 +107,6 @@ def dpo_loss(
     return loss, metrics
 
 
-def batch_loss(
-    student: Student,
-    pairs: Sequence[Mapping[str, str]],
-    ref_logps: torch.Tensor,
-    *,
-    beta: float,
-    nll_weight: float,
-    max_length: int = 200,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch of pairs; ``ref_logps`` is [N, 2] (chosen, rejected) for these pairs."""
-    batch = encode_pairs(student, pairs, max_length)
-    chosen, rejected = pair_logprobs(student, batch)
-    return dpo_loss(chosen, rejected, ref_logps[:, 0], ref_logps[:, 1], beta=beta, nll_weight=nll_weight,
-                    chosen_tokens=chosen_token_count(student, batch))
-
-
 # --- reference log-probabilities, cached on disk -------------------------------------------------
 
 def model_fingerprint(student: Student) -> str:
@@ -162,7 +143,7 @@ def reference_logprobs(
     *,
     cache_dir: str | Path,
     batch_size: int = 64,
-    max_length: int = 200,
+    max_length: int = REFERENCE_MAX_LENGTH,
     model_fp: str | None = None,
     progress=None,
     description: str = "reference log-probs",
@@ -202,24 +183,6 @@ def reference_logprobs(
 
 # --- the DPO training loop -----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DPOSettings:
-    """How one self-reflection iteration trains (defaults: REFERENCE 9; the warm-up, optimizer and
-    clipping are the Hugging Face Trainer defaults the reference ran with)."""
-
-    beta: float = 0.5
-    nll_weight: float = 0.5
-    lr: float = 5e-6
-    batch_size: int = 32
-    cycles: int = 10  # validation points per iteration (the reference ran 10 cycles and kept the best)
-    max_length: int = 200
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    bf16: bool = False
-
-
 def dpo_schedule(sizes: Mapping[str, int], *, batch_size: int, cycles: int, seed: int) -> StageSchedule:
     """Recall-pair and analyze-pair blocks alternating as in SFT (:class:`sft.StageSchedule`).
 
@@ -236,220 +199,68 @@ def dpo_schedule(sizes: Mapping[str, int], *, batch_size: int, cycles: int, seed
     return StageSchedule(sizes, n_options=ratio, interval=batches[0], batch_size=batch_size, epochs=cycles, seed=seed)
 
 
-@dataclass
-class DPOResult:
-    best: Path
-    steps: int
-    total_steps: int
-    best_accuracy: float | None
-    best_step: int | None
-    curve: list[dict] = field(default_factory=list)  # one point per validation
-    records: list[dict] = field(default_factory=list)  # every train/eval log record, in order
-    resumed_at: int | None = None
-
-
-class DPORun:
+class DPORun(TrainLoop):
     """DPO of one student on preference pairs, from ``start`` (also the frozen reference, whose
     log-probabilities ``ref_logps[stage]`` [N, 2] are precomputed), in the folder ``out``:
 
     * ``out/best``: the checkpoint with the best validation accuracy of the whole pipeline (greedy,
       on ``items``), checked after every cycle; with no ``items``, the final model;
-    * ``out/last``: weights, optimizer, scheduler and log after the last finished cycle (or where
-      Ctrl-C stopped it); a rerun with the same arguments continues from it and ends exactly as an
-      uninterrupted run.
+    * ``out/last``: the resume point after the last finished cycle (or where Ctrl-C stopped it); a
+      rerun with the same arguments continues from it and ends exactly as an uninterrupted run;
+    * ``out/metrics.jsonl``: its train and eval rows (``result().records``).
 
-    Runs on ``accelerate`` like the SFT trainer: ``batch_size`` is the batch of one optimizer step
-    over all processes, each process trains on its share (optionally in micro-batches), and both
-    loss terms are normalised by the whole batch's totals. Dropout is off (as TRL's DPO trainer
-    does by default), so training draws no random numbers beyond the seeded schedule."""
+    ``batch_size`` is the batch of one optimizer step over all processes, and both loss terms are
+    normalised by the whole batch's totals. Dropout is off (as TRL's DPO trainer does by default), so
+    training draws no random numbers beyond the seeded schedule. ``write_card(folder, run)`` writes
+    the card of a kept checkpoint; ``on_checkpoint(records)`` runs after every save of ``out/last``."""
+
+    dropout = False
+    figure_names = ("pairs", "dpo_loss", "nll", "tokens", "margin", "right")
 
     def __init__(self, start, pairs: Mapping[str, Sequence[Mapping[str, str]]], ref_logps: Mapping[str, torch.Tensor],
-                 settings: DPOSettings, out, *, items: Sequence = (), accelerator=None, micro_batch_size: int | None = None,
-                 eval_batch_size: int = 64, log_every: int = 10, label: str = "DPO", progress: bool = True, console=None,
-                 write_card: Callable[[Path, "DPORun"], None] | None = None,
-                 on_checkpoint: Callable[[list[dict]], None] | None = None):
-        self.start, self.settings, self.out = str(start), settings, Path(out)
+                 settings: DPOSettings, out, *, label: str = "DPO", write_card: Callable[[Path, "DPORun"], None] | None = None,
+                 on_checkpoint: Callable[[list[dict]], None] | None = None, **loop):
+        super().__init__(out, settings, start=start, **loop)
+        self.label, self.card_writer, self.on_checkpoint = label, write_card, on_checkpoint
         self.pairs = {stage: list(rows) for stage, rows in pairs.items() if rows}
         self.ref_logps = dict(ref_logps)
-        self.items = list(items)
-        self.accelerator = accelerator or make_accelerator(settings.bf16)
-        self.is_main = self.accelerator.is_main_process
-        self.micro_batch_size, self.eval_batch_size, self.log_every = micro_batch_size, eval_batch_size, log_every
-        self.label, self.progress_enabled, self.console = label, progress, console
-        self.write_card, self.on_checkpoint = write_card, on_checkpoint
         for stage, rows in self.pairs.items():
             if tuple(self.ref_logps[stage].shape) != (len(rows), 2):
                 raise ValueError(f"{stage}: {len(rows)} pairs but reference log-probs of shape {tuple(self.ref_logps[stage].shape)}")
         self.schedule = dpo_schedule({s: len(r) for s, r in self.pairs.items()}, batch_size=settings.batch_size,
                                      cycles=settings.cycles, seed=settings.seed)
-        state_file = self.out / LAST / "state.json"
-        self.resume = json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else None
+        self.resume_from_last()
 
-    def setup(self) -> None:
-        from transformers import get_cosine_schedule_with_warmup
+    def batches(self, step, share: np.ndarray, size: int) -> list:
+        rows, ref = self.pairs[step.stage], self.ref_logps[step.stage]
+        return [(ref[torch.as_tensor(chunk, dtype=torch.long)], encode_pairs(self.student, [rows[j] for j in chunk], self.settings.max_length))
+                for chunk in chunks(share, size)]
 
-        s, acc = self.settings, self.accelerator
-        source = self.out / LAST / "model" if self.resume else self.start
-        self.student = Student.load(source, device=acc.device, bf16=s.bf16)
-        self.student.model.eval()  # dropout off
-        optimizer = torch.optim.AdamW(self.student.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        warmup = math.ceil(s.warmup_ratio * self.schedule.total_steps)
-        self.scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.schedule.total_steps)
-        self.model, self.optimizer = acc.prepare(self.student.model, optimizer)
-        self.step, self.curve, self.best, self.records = 0, [], None, []
-        self._reset_window()
-        if self.resume:
-            saved = torch.load(self.out / LAST / "trainer.pt", map_location="cpu", weights_only=False)
-            if saved["processes"] != acc.num_processes:
-                raise TinyThinkerError(f"{self.out} was trained with {saved['processes']} process(es); resume it with as many "
-                                       f"(now {acc.num_processes})")
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            self.window = saved["window"]  # the main process's unlogged steps (logs are reduced over processes)
-            self.step, self.curve, self.best, self.records = (self.resume["step"], self.resume["curve"], self.resume["best"],
-                                                              self.resume["records"])
+    def counts(self, batch) -> tuple[int, int]:
+        ref, encoded = batch
+        return chosen_token_count(self.student, encoded), len(ref)
 
-    def _reset_window(self) -> None:
-        self.window = {"pairs": 0, "loss": 0.0, "dpo_loss": 0.0, "nll": 0.0, "tokens": 0, "margin": 0.0, "right": 0.0, "steps": 0}
+    def loss(self, batch, totals: tuple[int, int]):
+        (ref, encoded), s = batch, self.settings
+        chosen, rejected = pair_logprobs(self.student, encoded, model=self.model)
+        loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=s.beta, nll_weight=s.nll_weight,
+                                 chosen_tokens=totals[0], pairs=totals[1])
+        n = len(ref)
+        return loss, {"pairs": n, "dpo_loss": metrics["dpo_loss"] * n, "nll": float(-chosen.detach().sum()),
+                      "tokens": chosen_token_count(self.student, encoded), "margin": metrics["reward_margin"] * n,
+                      "right": metrics["reward_accuracy"] * n}
 
-    # .. one optimizer step ..
+    def figures(self, sums: dict[str, float], seconds: float) -> dict:
+        pairs = max(sums["pairs"], 1)
+        row = {"dpo_loss": sums["dpo_loss"] / pairs, "nll": sums["nll"] / max(sums["tokens"], 1),
+               "reward_margin": sums["margin"] / pairs, "reward_accuracy": sums["right"] / pairs, "pairs": int(sums["pairs"]),
+               "pairs_per_second": sums["pairs"] / seconds if seconds > 0 else None}
+        return {"loss": row["dpo_loss"] + self.settings.nll_weight * row["nll"], **row}
 
-    def _train_step(self, step) -> None:
-        acc, world, s = self.accelerator, self.accelerator.num_processes, self.settings
-        rows = self.pairs[step.stage]
-        share = np.array_split(step.rows, world)[acc.process_index]
-        weight = 1
-        if len(share) == 0:  # fewer pairs than processes: one pair with no weight (DDP needs every process)
-            share, weight = step.rows[:1], 0
-        size = self.micro_batch_size or len(share)
-        chunks = [share[i : i + size] for i in range(0, len(share), size)]
-        batches = [encode_pairs(self.student, [rows[j] for j in chunk], s.max_length) for chunk in chunks]
-        tokens = [weight * chosen_token_count(self.student, b) for b in batches]
-        totals = torch.tensor([sum(tokens), weight * len(share)], device=acc.device)
-        if world > 1:
-            totals = acc.reduce(totals, reduction="sum")
-        total_tokens, total_pairs = (int(v) for v in totals.tolist())
-        for i, (chunk, batch) in enumerate(zip(chunks, batches)):
-            sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(self.model)
-            with sync:
-                chosen, rejected = pair_logprobs(self.student, batch, model=self.model)
-                ref = self.ref_logps[step.stage][torch.as_tensor(chunk, dtype=torch.long)]
-                loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=s.beta, nll_weight=s.nll_weight,
-                                         chosen_tokens=total_tokens, pairs=total_pairs)
-                # DDP averages gradients over processes: scale so their mean is the whole batch's gradient
-                acc.backward(loss * (weight * world))
-            n = weight * len(chunk)
-            self.window["pairs"] += n
-            self.window["dpo_loss"] += metrics["dpo_loss"] * n
-            self.window["nll"] += weight * float(-chosen.detach().sum())
-            self.window["tokens"] += tokens[i]
-            self.window["margin"] += metrics["reward_margin"] * n
-            self.window["right"] += metrics["reward_accuracy"] * n
-        if s.max_grad_norm:
-            acc.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.window["steps"] += 1
+    def write_card(self, folder: Path) -> None:
+        if self.card_writer is not None:
+            self.card_writer(folder, self)
 
-    def _log_train(self, step, seconds: float) -> dict:
-        acc, w, s = self.accelerator, self.window, self.settings
-        keys = ("pairs", "dpo_loss", "nll", "tokens", "margin", "right")
-        summed = acc.reduce(torch.tensor([float(w[k]) for k in keys], device=acc.device, dtype=torch.float64), reduction="sum")
-        pairs, dpo, nll, tokens, margin, right = summed.tolist()
-        record = {"kind": "train", "step": step.index + 1, "cycle": step.cycle + 1, "stage": step.stage,
-                  "dpo_loss": dpo / max(pairs, 1), "nll": nll / max(tokens, 1), "reward_margin": margin / max(pairs, 1),
-                  "reward_accuracy": right / max(pairs, 1), "lr": self.scheduler.get_last_lr()[0], "steps": w["steps"],
-                  "pairs": int(pairs), "seconds": seconds, "pairs_per_second": pairs / seconds if seconds > 0 else None}
-        record["loss"] = record["dpo_loss"] + s.nll_weight * record["nll"]
-        self.records.append(record)
-        self._reset_window()
-        return record
-
-    # .. validation and checkpoints ..
-
-    def _validate(self, step) -> dict:
-        from .pipeline import run_pipeline
-
-        acc, began = self.accelerator, time.perf_counter()
-        with acc.split_between_processes(self.items) as shard:
-            traces = run_pipeline(self.student, list(shard), variant="full", batch_size=self.eval_batch_size,
-                                  seed=self.settings.seed, progress=False) if shard else []
-        counts = torch.tensor([sum(t.correct for t in traces), len(shard)], device=acc.device)
-        correct, total = acc.reduce(counts, reduction="sum").tolist()
-        self.student.model.eval()
-        point = {"cycle": step.cycle + 1, "step": step.index + 1, "accuracy": correct / total if total else 0.0,
-                 "correct": int(correct), "questions": int(total)}
-        improved = self.best is None or point["accuracy"] > self.best["accuracy"]
-        self.curve.append(point)
-        if improved:
-            self.best = point
-            self._save_best()
-        self.records.append({"kind": "eval", **point, "best": improved, "seconds": time.perf_counter() - began})
-        return point
-
-    def _save_best(self) -> None:
-        if self.is_main:
-            with staged_folder(self.out / BEST, overwrite=True) as tmp:
-                self.student.save(tmp)
-                if self.write_card is not None:
-                    self.write_card(tmp, self)
-        self.accelerator.wait_for_everyone()
-
-    def _save_last(self) -> None:
-        if self.is_main:
-            with staged_folder(self.out / LAST, overwrite=True) as tmp:
-                self.student.save(tmp / "model")
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                            "processes": self.accelerator.num_processes, "window": self.window}, tmp / "trainer.pt")
-                state = {"step": self.step, "total_steps": self.schedule.total_steps, "curve": self.curve, "best": self.best,
-                         "records": self.records}
-                atomic_write_text(tmp / "state.json", json.dumps(state, indent=1) + "\n")
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(self.records)
-        self.accelerator.wait_for_everyone()
-
-    def result(self) -> DPOResult:
-        return DPOResult(best=self.out / BEST, steps=self.step, total_steps=self.schedule.total_steps,
-                         best_accuracy=None if self.best is None else self.best["accuracy"],
-                         best_step=None if self.best is None else self.best["step"], curve=list(self.curve),
-                         records=list(self.records), resumed_at=self.resume["step"] if self.resume else None)
-
-    # .. the loop ..
-
-    def train(self) -> DPOResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        schedule = self.schedule
-        if self.step >= schedule.total_steps and (self.out / BEST).exists():
-            return self.result()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        bar = Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
-        info: dict[str, float | None] = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
-        began = time.perf_counter()
-        with bar, StopRequest() as stop:
-            task = bar.add_task(self.label, total=schedule.total_steps, completed=self.step, info="")
-            for step in schedule.steps(self.step):
-                bar.update(task, description=f"{self.label} cycle {step.cycle + 1}/{self.settings.cycles} {step.stage}")
-                self._train_step(step)
-                self.step = step.index + 1
-                if self.step % self.log_every == 0 or step.block_end:
-                    info["loss"] = self._log_train(step, time.perf_counter() - began)["loss"]
-                    began = time.perf_counter()
-                if step.cycle_end:
-                    if self.items:
-                        bar.update(task, description=f"{self.label} validating ({len(self.items)} questions)")
-                        self._validate(step)
-                        info["accuracy"] = self.best["accuracy"]
-                    self._save_last()
-                    began = time.perf_counter()
-                bar.update(task, completed=self.step, info=" ".join(f"{k} {v:.4f}" for k, v in info.items() if v is not None))
-                stop.end_if_agreed(self.accelerator, step=self.step, total_steps=schedule.total_steps, saved=step.cycle_end,
-                                   save_last=self._save_last)
-        if not self.items:  # no validation: the final model is the one kept
-            self._save_best()
-        elif self.is_main and self.write_card is not None:  # the kept model's card gets the whole curve
-            self.write_card(self.out / BEST, self)
-        self.accelerator.wait_for_everyone()
-        return self.result()
+    def after_checkpoint(self) -> None:
+        if self.is_main and self.on_checkpoint is not None:
+            self.on_checkpoint(read_rows(self.out / METRICS_FILE))

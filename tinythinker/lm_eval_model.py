@@ -93,7 +93,7 @@ def _accelerator():
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    from .sft import distributed_on_cpus
+    from .train_loop import distributed_on_cpus
 
     # a process that finished its share waits for the others in lm-eval's barrier and gathers, for as
     # long as their generation takes: no collective timeout (NCCL's default 10 minutes would abort it;

@@ -26,9 +26,10 @@ import yaml
 from .artifacts import atomic_write_text
 from .errors import TinyThinkerError
 from .protocol import VARIANTS
+from .settings import ReflectSettings, SFTSettings, defaults
 from .sources import get_spec
 
-# Recipe keys and their defaults (REFERENCE sections 3, 7 and 9 for the hyperparameters).
+# Recipe keys and their defaults (REFERENCE section 3; the SFT and reflection hyperparameters are those of tinythinker.settings).
 DEFAULTS: dict = {
     "name": None,
     "dataset": None,
@@ -49,10 +50,10 @@ DEFAULTS: dict = {
     },
     "student": "google-t5/t5-small",  # Hub id, local path, or "tiny-seq2seq" / "tiny-causal"
     "processes": 1,  # > 1: SFT and reflection run under `accelerate launch --num_processes N`
-    "sft": {"variants": ["full"], "epochs": 10, "lr": 5e-4, "batch_size": 64, "interval": 100, "schedule": "blocks", "bf16": False,
-            "eval_limit": None},
-    "reflect": {"iterations": 5, "samples": 10, "beta": 0.5, "nll_weight": 0.5, "lr": 5e-6, "batch_size": 32, "bf16": False, "eval_limit": None,
-                "cycles": None, "train_limit": None},
+    "sft": {"variants": ["full"], **defaults(SFTSettings, "epochs", "lr", "batch_size", "interval", "schedule", "bf16", "eval_limit")},
+    # cycles None: not passed, so the command's default (ReflectSettings.cycles) applies
+    "reflect": {**defaults(ReflectSettings, "iterations", "samples", "beta", "nll_weight", "lr", "batch_size", "bf16", "eval_limit"),
+                "cycles": None, "train_limit": ReflectSettings.train_limit},
     "eval": {"split": "test", "limit": None, "batch_size": 64},
 }
 

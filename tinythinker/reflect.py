@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from .artifacts import atomic_write_text, staged_folder
-from .dpo import BEST, DPORun, DPOSettings, model_fingerprint, reference_logprobs
+from .dpo import DPORun, model_fingerprint, reference_logprobs
 from .errors import TinyThinkerError
 from .preferences import (
     PAIR_STAGES,
@@ -49,71 +49,19 @@ from .preferences import (
     teacher_recalls,
     write_preference_config,
 )
-from .protocol import ANALYZE, RECALL
-from .sft import make_accelerator
+from .protocol import ANALYZE, RECALL, VARIANTS
+from .settings import DPOSettings, ReflectSettings
+from .train_loop import BEST, make_accelerator, validate
 
 SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
 STEPS = ("sample", "pairs", "reference", "dpo", "next")
 
 
-@dataclass(frozen=True)
-class ReflectSettings:
-    """What a self-reflection run is (defaults: REFERENCE 9). Rerunning with the same settings and
-    output folder resumes it; only ``iterations`` may change (to extend a finished run)."""
-
-    student: str
-    data: str
-    config: str
-    iterations: int = 5
-    stages: tuple[str, ...] = (RECALL, ANALYZE)
-    samples: int = 10
-    temperature: float = 0.7
-    top_k: int = 0
-    beta: float = 0.5
-    nll_weight: float = 0.5
-    lr: float = 5e-6
-    batch_size: int = 32
-    cycles: int = 10
-    max_length: int = 200
-    seed: int = 42
-    bf16: bool = False
-    eval_limit: int | None = None  # validation questions per evaluation (None: all; 0: no validation)
-    train_limit: int | None = None  # training questions sampled (None: all)
-    eval_batch_size: int = 64  # sequences per generation batch (sampled texts depend on it, so it is fixed per run)
-    revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
-
-    def resolved(self) -> "ReflectSettings":
-        """Local paths made absolute (a rerun from elsewhere matches); stages in pipeline order."""
-        local = lambda p: str(Path(p).resolve()) if Path(p).exists() else str(p)  # noqa: E731
-        stages = tuple(stage for stage in PAIR_STAGES if stage in self.stages)
-        return ReflectSettings(**{**asdict(self), "student": local(self.student), "data": local(self.data), "stages": stages})
-
-    def check(self) -> None:
-        unknown = [s for s in self.stages if s not in PAIR_STAGES]
-        if unknown or not self.stages:
-            raise TinyThinkerError(f"--stages {','.join(self.stages) or '(none)'}: choose from {', '.join(PAIR_STAGES)} (comma-separated)")
-        for name in ("iterations", "samples", "batch_size", "cycles", "max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise TinyThinkerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("beta", "lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise TinyThinkerError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.nll_weight < 0 or self.top_k < 0:
-            raise TinyThinkerError(f"--nll-weight and --top-k must be 0 or more (got {self.nll_weight}, {self.top_k})")
-        for name in ("eval_limit", "train_limit"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "eval_limit" else 1):
-                raise TinyThinkerError(f"--{name.replace('_', '-')} must be {'0' if name == 'eval_limit' else '1'} or more, got {value}")
-
-    def dpo(self, iteration: int) -> DPOSettings:
-        return DPOSettings(beta=self.beta, nll_weight=self.nll_weight, lr=self.lr, batch_size=self.batch_size,
-                           cycles=self.cycles, max_length=self.max_length, seed=derived_seed(self.seed, iteration, "dpo"),
-                           bf16=self.bf16)
-
-    def sampling(self):
-        from .pipeline import Sampling
-
-        return Sampling(do_sample=True, temperature=self.temperature, top_k=self.top_k)
+def dpo_settings(settings: ReflectSettings, iteration: int, variant: str) -> DPOSettings:
+    """How iteration ``iteration`` trains: the run's DPO settings, with a seed of its own."""
+    return DPOSettings(beta=settings.beta, nll_weight=settings.nll_weight, lr=settings.lr, batch_size=settings.batch_size,
+                       cycles=settings.cycles, max_length=settings.max_length, seed=derived_seed(settings.seed, iteration, "dpo"),
+                       bf16=settings.bf16, variant=variant)
 
 
 def derived_seed(seed: int, iteration: int, step: str, *more: int) -> int:
@@ -151,6 +99,8 @@ class ReflectData:
                                    f"(it has {', '.join(configs[settings.config])}); self-reflection needs a -full config")
         splits = {split: load_stage_split(settings.data, settings.config, split, revision) for split in dict.fromkeys(need)}
         self.dataset = settings.config.rsplit("-", 1)[0] if "-" in settings.config else settings.config
+        # the pipeline the student was trained for and is validated with: the config's variant (full when unnamed)
+        self.variant = next((v for v in VARIANTS if settings.config.endswith("-" + v)), "full")
         self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single", revision)[: settings.train_limit]
         self.questions = {item.id: item for item in self.items}
         if not self.items:
@@ -337,22 +287,15 @@ class Reflection:
         return Student.load(path, device=self.accelerator.device, bf16=self.settings.bf16)
 
     def _validate(self, student, items) -> dict:
-        import torch
-
-        from .pipeline import run_pipeline
-
-        acc = self.accelerator
-        with acc.split_between_processes(list(items)) as shard:
-            traces = run_pipeline(student, list(shard), batch_size=self.eval_batch_size, seed=self.settings.seed,
-                                  progress=False) if shard else []
-        correct, total = acc.reduce(torch.tensor([sum(t.correct for t in traces), len(shard)], device=acc.device),
-                                    reduction="sum").tolist()
-        return {"accuracy": correct / total if total else 0.0, "correct": int(correct), "questions": int(total)}
+        return validate(self.accelerator, student, items, variant=self.data.variant, batch_size=self.eval_batch_size,
+                        seed=self.settings.seed)
 
     # .. one iteration ..
 
     def _pairs(self, k: int, student_path: str, timings: dict) -> dict[str, PairSet]:
         """Steps 1-2: sampled traces (resumed chunk by chunk) -> pair sets of the trained stages."""
+        from .pipeline import Sampling
+
         s, data = self.settings, self.data
         folder = self.out / f"iter{k}" / "samples"
         if self.is_main:
@@ -366,7 +309,7 @@ class Reflection:
             return student
 
         began = time.perf_counter()
-        sampling = s.sampling()
+        sampling = Sampling(do_sample=True, temperature=s.temperature, top_k=s.top_k)
         with self._progress() as bar:
             recall_traces = sample_in_chunks(
                 "recall", data.items, folder,
@@ -415,6 +358,7 @@ class Reflection:
         s = self.settings
 
         def write(folder: Path, run: DPORun) -> None:
+            c = run.counters
             hyperparameters = {
                 "beta": s.beta, "NLL weight (on chosen)": s.nll_weight, "learning rate": s.lr,
                 "batch size (all processes)": s.batch_size, "cycles": s.cycles, "max length": s.max_length,
@@ -423,19 +367,18 @@ class Reflection:
                 "samples per question / recall": s.samples, "sampling": f"temperature {s.temperature}, top-k {s.top_k or 'off'}",
                 "processes": self.accelerator.num_processes, "seed": s.seed,
             }
-            front = {"library_name": "transformers",
-                     "pipeline_tag": "text2text-generation" if run.student.is_seq2seq else "text-generation",
+            front = {"library_name": "transformers", "pipeline_tag": run.student.pipeline_tag,
                      "tags": ["tinythinker", "reasoning-distillation", "dpo", "self-reflection"],
                      "tinythinker": {"method": "dpo", "iteration": k, "start": start, "data": s.data, "config": s.config,
-                                     "seed": s.seed, "steps": run.step, "validation_accuracy": run.best and run.best["accuracy"],
-                                     "best_step": run.best and run.best["step"], "version": __version__}}
+                                     "seed": s.seed, "steps": c.step, "validation_accuracy": c.best and c.best["accuracy"],
+                                     "best_step": c.best and c.best["step"], "version": __version__}}
             if self.data_commit:  # a Hub data set: the commit read
                 front["tinythinker"]["data_revision"] = self.data_commit
             body = render_card("reflection_model.md.j2", iteration=k, start=start, settings=asdict(s), data_commit=self.data_commit,
                                pairs={stage: len(p.rows) for stage, p in sets.items()},
-                               preference_config=config_name(self.data.dataset, k), steps_done=run.step,
+                               preference_config=config_name(self.data.dataset, k), steps_done=c.step,
                                total_steps=run.schedule.total_steps, cycle=" · ".join(f"{stage} {n:,}" for stage, n in run.schedule.batches.items()) + " pair batches per cycle",
-                               best=run.best, curve=run.curve, eval_questions=len(run.items), hyperparameters=hyperparameters,
+                               best=c.best, curve=c.curve, eval_questions=len(run.items), hyperparameters=hyperparameters,
                                version=__version__)
             write_card(folder, front, body)
 
@@ -483,8 +426,8 @@ class Reflection:
 
         if "dpo" not in steps:
             began = time.perf_counter()
-            run = DPORun(start, {stage: p.rows for stage, p in sets.items()}, ref, s.dpo(k), self.out / f"iter{k}",
-                         items=self.data.validation, accelerator=acc, micro_batch_size=self.micro_batch_size,
+            run = DPORun(start, {stage: p.rows for stage, p in sets.items()}, ref, dpo_settings(s, k, self.data.variant),
+                         self.out / f"iter{k}", items=self.data.validation, micro_batch_size=self.micro_batch_size,
                          eval_batch_size=self.eval_batch_size, label=f"iteration {k} DPO", progress=self.progress_enabled,
                          console=self.console, write_card=self._card(k, start, sets),
                          on_checkpoint=lambda records: self._save_state(records, k))

@@ -10,9 +10,9 @@ Two parts, each readable on its own:
   may be smaller), and the epoch ends when the last stage runs out. The next epoch starts a fresh
   cycle with the first stage (as the reference's trainer did). Stage sizes differ, so a small stage
   simply stops appearing in the last cycles of an epoch.
-* :func:`train_sft` -- a compact loop on ``accelerate`` (devices, DDP, bf16 autocast): AdamW,
-  cosine schedule with warm-up, one optimizer step per scheduled batch, validation accuracy of the
-  whole pipeline (:mod:`tinythinker.pipeline`) at the end of every cycle, the best checkpoint in
+* :func:`train_sft` -- :class:`SFTTrainer` on the one training loop (:mod:`tinythinker.train_loop`):
+  batches of stage records, the mean token NLL of each batch; validation accuracy of the whole
+  pipeline (:mod:`tinythinker.pipeline`) at the end of every cycle, the best checkpoint in
   ``RUN/best`` with a model card, and ``RUN/last`` to resume an interrupted run exactly.
 
 ``--batch-size`` is the batch of one optimizer step over all processes together: each process
@@ -28,9 +28,7 @@ import contextlib
 import json
 import math
 import shutil
-import signal
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -39,13 +37,14 @@ import numpy as np
 from .errors import TinyThinkerError
 from .hub import pin
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
+from .settings import REFERENCE_MAX_LENGTH, SFTSettings, absolute
+from .train_loop import TrainLoop, TrainResult, chunks
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
 STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3}
 MIXED = "mixed"  # the pseudo-stage of a mixed schedule: every batch draws from all stages' records
 POOL_KEYS = {**STAGE_KEYS, MIXED: 4}  # what keys each shuffling generator: a stage, or the mixed pool
-REFERENCE_MAX_LENGTH = 200  # the reference's max length: inputs over it are counted and reported
 SCHEDULES = ("blocks", "mixed")
 
 
@@ -168,42 +167,18 @@ class StageSchedule:
             return f"mixed batches of {' · '.join(self.stages)}; {self.pool_lengths[MIXED]} batches per cycle"
         return " · ".join(f"{stage} {self.lengths[stage]}" for stage in self.stages) + " batches per cycle"
 
+    def state_dict(self) -> dict:
+        """What the schedule is: a resumed run must walk the same one (registered for checkpointing)."""
+        return {"sizes": self.sizes, "n_options": self.n_options, "interval": self.interval, "batch_size": self.batch_size,
+                "epochs": self.epochs, "seed": self.seed, "mixed": self.mixed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state != self.state_dict():
+            raise TinyThinkerError(f"the data set changed since this run started (records {state['sizes']}, now {self.sizes})"
+                                   if state["sizes"] != self.sizes else f"the schedule changed since this run started ({state})")
+
 
 # --- settings and data ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SFTSettings:
-    """What a run is. Rerunning with the same settings and ``out`` resumes it; other settings are refused.
-
-    Defaults are the reference's (REFERENCE 7). ``eval_limit``: validation questions per evaluation
-    (None: all of them; 0: no validation, the final model becomes ``best``)."""
-
-    data: str
-    config: str
-    student: str
-    variant: str | None = None  # None: read from the config name, "{dataset}-{variant}"
-    interval: int = 100
-    schedule: str = "blocks"  # "blocks": REFERENCE 7; "mixed": every batch draws from all stages (a deviation, see docs/training.md)
-    epochs: int = 10
-    lr: float = 5e-4
-    batch_size: int = 64
-    max_length: int = 200  # target tokens
-    max_input_length: int | None = None  # None: inputs are not cut (as the reference)
-    seed: int = 42
-    bf16: bool = False
-    eval_limit: int | None = None
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
-    student_revision: str | None = None  # of a Hub base model, likewise
-
-    def resolved(self) -> "SFTSettings":
-        """Variant filled in and checked, local paths made absolute (so a rerun from elsewhere matches)."""
-        local = lambda p: str(Path(p).resolve()) if Path(p).exists() else str(p)  # noqa: E731
-        return SFTSettings(**{**asdict(self), "data": local(self.data), "student": local(self.student),
-                              "variant": variant_of(self.config, self.variant)})
-
 
 def variant_of(config: str, variant: str | None = None) -> str:
     """The variant of a ``{dataset}-{variant}`` config; an explicit ``variant`` must agree with it."""
@@ -218,6 +193,24 @@ def variant_of(config: str, variant: str | None = None) -> str:
         raise TinyThinkerError(f"config {config!r} holds the {named} variant's records, not {variant}'s; "
                                f"pass --config with the -{variant} suffix or leave --variant out")
     return variant
+
+
+def checked(settings: SFTSettings) -> SFTSettings:
+    """``settings`` checked, with the variant filled in and local paths made absolute (so a rerun from elsewhere matches)."""
+    settings = replace(settings, data=absolute(settings.data), student=absolute(settings.student),
+                       variant=variant_of(settings.config, settings.variant))
+    if settings.schedule not in SCHEDULES:
+        raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if settings.max_input_length is not None and settings.max_input_length < 1:
+        raise TinyThinkerError(f"max_input_length must be at least 1, got {settings.max_input_length}")
+    for name in ("interval", "epochs", "batch_size", "max_length"):
+        if getattr(settings, name) < 1:
+            raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if settings.lr <= 0 or not 0 <= settings.warmup_ratio <= 1:
+        raise TinyThinkerError(f"lr must be positive and warmup_ratio within 0..1 (got {settings.lr}, {settings.warmup_ratio})")
+    if settings.eval_limit is not None and settings.eval_limit < 0:
+        raise TinyThinkerError(f"eval_limit must be 0 or more, got {settings.eval_limit}")
+    return settings
 
 
 class StageData:
@@ -252,32 +245,20 @@ class StageData:
 
 # --- the run folder -------------------------------------------------------------------------------
 
-SETTINGS_FILE, METRICS_FILE, LAST, BEST = "run.json", "metrics.jsonl", "last", "best"
+SETTINGS_FILE = "run.json"
 
 
-@dataclass
-class SFTResult:
-    out: Path
-    best: Path
-    steps: int
-    total_steps: int
-    best_accuracy: float | None
-    best_step: int | None
-    curve: list[dict] = field(default_factory=list)  # one record per validation: cycle, epoch, step, accuracy
-    resumed_at: int | None = None  # the step a rerun continued from (None: started fresh)
+def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> bool:
+    """Whether ``out`` is this run, to continue (False: start fresh); refuses a folder that is not this run's.
 
-
-def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> dict | None:
-    """What to do with ``out``: None to start fresh, else the ``last`` checkpoint's state to resume.
-
-    Reads only (every process calls it); refuses a folder that is not this run's."""
+    Reads only (every process calls it)."""
     settings_file = out / SETTINGS_FILE
     if not out.exists() or not any(out.iterdir()):
-        return None
+        return False
     if not settings_file.exists():  # never delete (--overwrite) or write into a folder that holds something else
         raise TinyThinkerError(f"{out}: folder exists and is not a training run (no {SETTINGS_FILE}); choose another --out")
     if overwrite:
-        return None
+        return False
     saved = json.loads(settings_file.read_text(encoding="utf-8"))
     wanted = asdict(settings)
     changed = [k for k in wanted if saved.get(k, getattr(SFTSettings, k, None)) != wanted[k]]  # keys added later: defaults
@@ -285,8 +266,7 @@ def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> dict | Non
         key = changed[0]
         raise TinyThinkerError(f"{out} was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
                                "rerun with the same settings to resume, or pass --overwrite or another --out")
-    state_file = out / LAST / "state.json"
-    return json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else None
+    return True
 
 
 def hub_id_or_none(name: str) -> str | None:
@@ -294,422 +274,141 @@ def hub_id_or_none(name: str) -> str | None:
     return None if Path(name).exists() or name.startswith((".", "/", "~")) else name
 
 
-def write_model_card(folder: Path, *, settings: SFTSettings, schedule: StageSchedule, is_seq2seq: bool, processes: int,
-                     curve: Sequence[dict], best: dict | None, steps_done: int, eval_questions: int,
-                     data_commit: str | None = None, student_commit: str | None = None) -> None:
-    """README.md of a checkpoint: how it was made (cards/model.md.j2), naming the Hub commits it was
-    made from (``data_commit``, ``student_commit``) when its data set or base model came from the Hub."""
-    from . import __version__
-    from .artifacts import write_card
-    from .cards import render_card
-
-    base_model, dataset = hub_id_or_none(settings.student), hub_id_or_none(settings.data)
-    hyperparameters = {
-        "learning rate": settings.lr, "batch size (all processes)": settings.batch_size, "epochs": settings.epochs,
-        "interval": settings.interval, "max length": settings.max_length, "warm-up ratio": settings.warmup_ratio,
-        "lr schedule": "cosine", "optimizer": "AdamW", "weight decay": settings.weight_decay,
-        "max grad norm": settings.max_grad_norm, "precision": "bf16 autocast" if settings.bf16 else "fp32",
-        "processes": processes, "seed": settings.seed,
-    }
-    front = {"library_name": "transformers", "pipeline_tag": "text2text-generation" if is_seq2seq else "text-generation",
-             "tags": ["tinythinker", "reasoning-distillation", "multiple-choice", f"variant-{settings.variant}"]}
-    if base_model:
-        front["base_model"] = base_model
-    if dataset:
-        front["datasets"] = [dataset]
-    front["tinythinker"] = {
-        "method": "sft", "data": settings.data, "config": settings.config, "variant": settings.variant,
-        "student": settings.student, "seed": settings.seed, "steps": steps_done, "total_steps": schedule.total_steps,
-        "validation_accuracy": None if best is None else best["accuracy"], "best_step": None if best is None else best["step"],
-        "version": __version__,
-    }
-    # the Hub commits read (local folders have none): a published result names the exact data
-    front["tinythinker"].update({key: commit for key, commit in (("data_revision", data_commit), ("student_revision", student_commit))
-                                 if commit})
-    body = render_card(
-        "model.md.j2", name=folder.parent.name, settings=asdict(settings), stages=list(schedule.stages),
-        sizes=schedule.sizes, n_options=schedule.n_options, cycle=schedule.describe(), steps_per_epoch=schedule.steps_per_epoch,
-        total_steps=schedule.total_steps, steps_done=steps_done, hyperparameters=hyperparameters, curve=list(curve),
-        best=best, eval_questions=eval_questions, base_model=base_model, dataset=dataset, version=__version__,
-        is_seq2seq=is_seq2seq, data_commit=data_commit, student_commit=student_commit,
-    )
-    write_card(folder, front, body)
-
-
 # --- the trainer ----------------------------------------------------------------------------------
 
-class StopRequest:
-    """SIGINT/SIGTERM ask the loop to stop after the current step (and save); a second signal acts at once."""
+class SFTTrainer(TrainLoop):
+    """One run of :func:`train_sft` on the training loop: batches of stage records, the token-mean NLL."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
+    label = "SFT"
+    log_epochs = True
+    figure_names = ("loss", "labels", "tokens")
 
-    def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def agreed(self, accelerator) -> bool:
-        """Every process stops at the same step when any of them was asked to."""
-        import torch
-
-        if accelerator.num_processes == 1:
-            return self.requested
-        flag = torch.tensor(int(self.requested), device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item())
-
-    def end_if_agreed(self, accelerator, *, step: int, total_steps: int, saved: bool, save_last) -> None:
-        """After a training step: when stopping was agreed and steps remain, save the run (unless the
-        step just did) and end the loop with KeyboardInterrupt (the command turns it into a resume hint)."""
-        if step < total_steps and self.agreed(accelerator):
-            if not saved:
-                save_last()
-            raise KeyboardInterrupt(f"stopped at step {step:,} of {total_steps:,}")
-
-
-def make_accelerator(bf16: bool):
-    """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
-    without accelerators train on the CPUs. Shared by the SFT and DPO trainers."""
-    from accelerate import Accelerator
-
-    try:
-        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=distributed_on_cpus())
-    except ValueError as error:  # e.g. bf16 on a GPU without it
-        raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
-
-
-def distributed_on_cpus() -> bool:
-    """Several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without accelerators:
-    tell accelerate to use the CPUs (gloo); it would otherwise fall back to one process each."""
-    import os
-
-    import torch
-    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
-
-
-def _label_tokens(labels, is_seq2seq: bool) -> int:
-    """Label tokens the model's loss averages over (causal: after the one-token shift)."""
-    return int((labels if is_seq2seq else labels[:, 1:]).ne(-100).sum())
-
-
-class SFTTrainer:
-    """One run of :func:`train_sft`; see the module docstring."""
-
-    def __init__(self, settings: SFTSettings, out: Path, *, micro_batch_size: int | None, eval_batch_size: int,
-                 log_every: int, overwrite: bool, progress: bool, console):
-        self.settings, self.out = settings, out
-        self.micro_batch_size, self.eval_batch_size, self.log_every = micro_batch_size, eval_batch_size, log_every
-        self.accelerator = make_accelerator(settings.bf16)
-        self.is_main = self.accelerator.is_main_process
-        self.progress_enabled, self.console = progress, console
-        self.resume = read_run(out, settings, overwrite=overwrite)
+    def __init__(self, settings: SFTSettings, out: Path, *, overwrite: bool, **loop):
+        resuming = read_run(out, settings, overwrite=overwrite)
         # the commits a Hub data set and base model are read at: pinned when the run starts, kept when it resumes
-        saved = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8")) if self.resume is not None else {}
+        saved = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8")) if resuming else {}
         self.data_commit = saved.get("data_commit") or pin(settings.data, settings.revision)
         self.student_commit = saved.get("student_commit") or pin(settings.student, settings.student_revision, repo_type="model")
+        super().__init__(out, settings, start=settings.student, revision=self.student_commit, **loop)
+        if resuming:
+            self.resume_from_last()
         self.accelerator.wait_for_everyone()
-        if self.is_main and self.resume is None:  # a fresh start: empty folder, settings, empty log
+        if self.is_main and not resuming:  # a fresh start: an empty folder with the settings
+            from .artifacts import atomic_write_text
+
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True)
-            from .artifacts import atomic_write_text
-
             record = {**asdict(settings), "data_commit": self.data_commit, "student_commit": self.student_commit}
             atomic_write_text(out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
-            (out / METRICS_FILE).write_text("", encoding="utf-8")
         self.accelerator.wait_for_everyone()
 
-    # .. setup ..
-
     def setup(self) -> None:
-        import torch
-        from accelerate.utils import set_seed
-        from transformers import get_cosine_schedule_with_warmup
-
         from .pipeline import items_from_dataset
-        from .students import Student
 
-        s, acc = self.settings, self.accelerator
-        with acc.main_process_first():
+        s = self.settings
+        with self.accelerator.main_process_first():
             self.data = StageData(s.data, s.config, s.variant, revision=self.data_commit)
             items = items_from_dataset(s.data, s.config, "validation", self.data_commit) if s.eval_limit != 0 else []
         self.items = items if s.eval_limit is None else items[: s.eval_limit]
         self.schedule = StageSchedule(self.data.sizes(), n_options=self.data.n_options, interval=s.interval,
                                       batch_size=s.batch_size, epochs=s.epochs, seed=s.seed, mixed=s.schedule == MIXED)
-        set_seed(s.seed, device_specific=True)
-        with acc.main_process_first():
-            if self.resume:
-                self.student = Student.load(self.out / LAST / "model", device=acc.device, bf16=s.bf16)
-            else:
-                self.student = Student.load(s.student, device=acc.device, bf16=s.bf16, revision=self.student_commit)
-        self.student.model.train()
-        optimizer = torch.optim.AdamW(self.student.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        warmup = math.ceil(s.warmup_ratio * self.schedule.total_steps)
-        # the scheduler is stepped once per optimizer step by this loop (not prepared: accelerate would
-        # step it once per process)
-        self.scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.schedule.total_steps)
-        self.model, self.optimizer = acc.prepare(self.student.model, optimizer)
+        super().setup()
 
-        self.step, self.curve, self.best = 0, [], None
-        self.window = {"loss": torch.zeros((), device=acc.device), "labels": 0, "tokens": 0, "steps": 0}
-        if self.resume:
-            self._restore()
-
-    def _restore(self) -> None:
-        import torch
-
-        saved = torch.load(self.out / LAST / "trainer.pt", map_location="cpu", weights_only=False)
-        if len(saved["ranks"]) != self.accelerator.num_processes:
-            raise TinyThinkerError(f"{self.out} was trained with {len(saved['ranks'])} process(es); resume it with as many "
-                                   f"(now {self.accelerator.num_processes}), or pass --overwrite")
-        if self.resume["sizes"] != self.schedule.sizes:
-            raise TinyThinkerError(f"{self.out}: the data set changed since this run started (records {self.resume['sizes']}, "
-                                   f"now {self.schedule.sizes}); pass --overwrite to start over or another --out")
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        mine = saved["ranks"][self.accelerator.process_index]
-        torch.set_rng_state(mine["rng"])
-        if torch.cuda.is_available() and mine["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(mine["cuda_rng"], self.accelerator.device)
-        self.window = {**mine["window"], "loss": mine["window"]["loss"].to(self.accelerator.device)}
-        self.step, self.curve, self.best = self.resume["step"], self.resume["curve"], self.resume["best"]
-        if self.is_main:  # drop log lines written after the checkpoint: the rerun writes them again
-            with open(self.out / METRICS_FILE, "r+b") as handle:
-                handle.truncate(self.resume["metrics_bytes"])
-
-    # .. one optimizer step ..
-
-    def _train_step(self, step: Step) -> None:
-        import torch
-
-        acc, student, world = self.accelerator, self.student, self.accelerator.num_processes
-        share = np.array_split(step.rows, world)[acc.process_index]
-        weight = 1
-        if len(share) == 0:  # fewer rows than processes: run one row with no weight (DDP needs every process)
-            share, weight = step.rows[:1], 0
-        size = self.micro_batch_size or len(share)
+    def batches(self, step: Step, share: np.ndarray, size: int) -> list[dict]:
+        s = self.settings
         # a mixed batch is run one stage at a time (same loss and gradient: every part is weighted by
-        # its label tokens below), so short recall inputs are not padded to the length of summarize inputs
-        parts = [(stage, indices) for stage, _, indices in self.schedule.locate(share)] \
-            if step.stage == MIXED else [(step.stage, share)]
-        batches = []
-        for stage, rows in parts:
-            for start in range(0, len(rows), size):
-                inputs, targets = self.data.records(stage, rows[start : start + size])
-                batches.append(student.encode(inputs, targets, max_length=self.settings.max_length,
-                                              max_input_length=self.settings.max_input_length))
-        counts = [weight * _label_tokens(b["labels"], student.is_seq2seq) for b in batches]
-        total = sum(counts)
-        if world > 1:
-            total = int(acc.reduce(torch.tensor(total, device=acc.device), reduction="sum"))
-        for i, (batch, count) in enumerate(zip(batches, counts)):
-            sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(self.model)
-            with sync:
-                loss = self.model(**{k: v.to(acc.device) for k, v in batch.items()}).loss
-                # mean token NLL of the whole batch; DDP averages gradients over processes, hence x world
-                acc.backward(loss * (count * world / total))
-            self.window["loss"] += loss.detach().float() * count
-            self.window["labels"] += count
-            self.window["tokens"] += weight * int(batch["attention_mask"].sum()) + (count if student.is_seq2seq else 0)
-        if self.settings.max_grad_norm:
-            acc.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.window["steps"] += 1
+        # its label tokens), so short recall inputs are not padded to the length of summarize inputs
+        parts = [(stage, rows) for stage, _, rows in self.schedule.locate(share)] if step.stage == MIXED else [(step.stage, share)]
+        return [self.student.encode(*self.data.records(stage, rows), max_length=s.max_length, max_input_length=s.max_input_length)
+                for stage, part in parts for rows in chunks(part, size)]
 
-    # .. logs, validation, checkpoints ..
+    def counts(self, batch: dict) -> tuple[int]:
+        return (self.student.label_tokens(batch["labels"]),)
 
-    def _log(self, record: dict) -> None:
-        if self.is_main:
-            with open(self.out / METRICS_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+    def loss(self, batch: dict, totals: tuple[int]):
+        labels = self.student.label_tokens(batch["labels"])
+        loss = self.model(**{k: v.to(self.accelerator.device) for k, v in batch.items()}).loss
+        # the mean token NLL of the whole batch: this micro-batch's mean, weighted by its share of the label tokens
+        return loss * (labels / totals[0]), {"loss": loss.detach().float() * labels, "labels": labels,
+                                             "tokens": self.student.batch_tokens(batch)}
 
-    def _log_train(self, step: Step, seconds: float) -> float:
-        import torch
+    def figures(self, sums: dict[str, float], seconds: float) -> dict:
+        return {"loss": sums["loss"] / max(sums["labels"], 1), "tokens": int(sums["tokens"]),
+                "tokens_per_second": sums["tokens"] / seconds if seconds > 0 else None}
 
-        acc, w = self.accelerator, self.window
-        totals = torch.stack([w["loss"], torch.tensor(float(w["labels"]), device=acc.device),
-                              torch.tensor(float(w["tokens"]), device=acc.device)])
-        loss_sum, labels, tokens = acc.reduce(totals, reduction="sum").tolist()
-        loss = loss_sum / max(labels, 1)
-        self._log({"kind": "train", "step": step.index + 1, "epoch": step.epoch + 1, "cycle": step.cycle + 1,
-                   "stage": step.stage, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "steps": w["steps"],
-                   "tokens": int(tokens), "seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 else None})
-        self.window = {"loss": torch.zeros((), device=acc.device), "labels": 0, "tokens": 0, "steps": 0}
-        return loss
-
-    def _validate(self, step: Step) -> dict:
-        import torch
-
-        from .pipeline import run_pipeline
-
-        acc, began = self.accelerator, time.perf_counter()
-        with acc.split_between_processes(self.items) as shard:
-            traces = run_pipeline(self.student, list(shard), variant=self.settings.variant, batch_size=self.eval_batch_size,
-                                  seed=self.settings.seed, progress=False) if shard else []
-        correct, total = acc.reduce(torch.tensor([sum(t.correct for t in traces), len(shard)], device=acc.device),
-                                    reduction="sum").tolist()
-        self.student.model.train()
-        point = {"cycle": step.cycle + 1, "epoch": step.epoch + 1, "step": step.index + 1,
-                 "accuracy": correct / total if total else 0.0, "correct": int(correct), "questions": int(total)}
-        improved = self.best is None or point["accuracy"] > self.best["accuracy"]
-        self.curve.append(point)
-        if improved:
-            self.best = point
-            self._save_best()
-        self._log({"kind": "eval", **point, "best": improved, "seconds": time.perf_counter() - began})
-        return point
-
-    def _card(self, folder: Path) -> None:
-        write_model_card(folder, settings=self.settings, schedule=self.schedule, is_seq2seq=self.student.is_seq2seq,
-                         processes=self.accelerator.num_processes, curve=self.curve, best=self.best,
-                         steps_done=self.step, eval_questions=len(self.items), data_commit=self.data_commit,
-                         student_commit=self.student_commit)
-
-    def _save_best(self) -> None:
-        from .artifacts import staged_folder
-
-        if self.is_main:
-            with staged_folder(self.out / BEST, overwrite=True) as tmp:
-                self.student.save(tmp)
-                self._card(tmp)
-        self.accelerator.wait_for_everyone()
-
-    def _save_last(self) -> None:
-        """Everything a rerun needs to continue exactly: weights, optimizer, scheduler, every process's
-        RNG and unlogged window, the schedule position, the curve and the log length."""
-        import torch
-        from accelerate.utils import gather_object
-
-        from .artifacts import atomic_write_text, staged_folder
-
-        mine = {"rng": torch.get_rng_state(), "window": {**self.window, "loss": self.window["loss"].cpu()},
-                "cuda_rng": torch.cuda.get_rng_state(self.accelerator.device) if self.accelerator.device.type == "cuda" else None}
-        ranks = gather_object([mine])
-        if self.is_main:
-            with staged_folder(self.out / LAST, overwrite=True) as tmp:
-                self.student.save(tmp / "model")
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "ranks": ranks},
-                           tmp / "trainer.pt")
-                state = {"step": self.step, "total_steps": self.schedule.total_steps, "sizes": self.schedule.sizes,
-                         "curve": self.curve, "best": self.best,
-                         "metrics_bytes": (self.out / METRICS_FILE).stat().st_size}
-                atomic_write_text(tmp / "state.json", json.dumps(state, indent=1) + "\n")
-        self.accelerator.wait_for_everyone()
-
-    # .. the loop ..
-
-    def result(self) -> SFTResult:
-        return SFTResult(out=self.out, best=self.out / BEST, steps=self.step, total_steps=self.schedule.total_steps,
-                         best_accuracy=None if self.best is None else self.best["accuracy"],
-                         best_step=None if self.best is None else self.best["step"], curve=list(self.curve),
-                         resumed_at=self.resume["step"] if self.resume else None)
-
-    def train(self) -> SFTResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    def announce(self) -> None:
         s, schedule = self.settings, self.schedule
-        if self.step >= schedule.total_steps:
-            return self.result()
-        if self.is_main and self.console is not None:
-            limit = s.max_input_length or REFERENCE_MAX_LENGTH
-            long = {stage: self.student.count_long_inputs(split["input"], limit) for stage, split in self.data.splits.items()}
-            if any(long.values()):
-                what = "cut to their last" if s.max_input_length else "not cut (--max-input-length caps them); over"
-                self.console.print(f"inputs longer than {limit} tokens, {what} {limit}: "
-                                   + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in long.items()))
-            where = f"resuming at step {self.step:,}" if self.resume else "starting"
-            pinned = f" of {s.data} at commit {self.data_commit}" if self.data_commit else ""
-            self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
-                               f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
-                               f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        bar = Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
-        info = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
-        began = time.perf_counter()
-        with bar, StopRequest() as stop:
-            task = bar.add_task("SFT", total=schedule.total_steps, completed=self.step, info="")
-            for step in schedule.steps(self.step):
-                bar.update(task, description=f"epoch {step.epoch + 1}/{s.epochs} cycle {step.cycle + 1} {step.stage}")
-                self._train_step(step)
-                self.step = step.index + 1
-                if (step.index + 1) % self.log_every == 0 or step.block_end:
-                    info["loss"] = self._log_train(step, time.perf_counter() - began)
-                    began = time.perf_counter()
-                if step.cycle_end:
-                    if self.items:
-                        bar.update(task, description=f"validating ({len(self.items)} questions)")
-                        point = self._validate(step)
-                        info["accuracy"] = self.best["accuracy"]
-                        if self.is_main:
-                            bar.console.print(f"step {point['step']:,} (epoch {point['epoch']}, cycle {point['cycle']}): "
-                                              f"validation accuracy {point['accuracy']:.4f}{' (best so far)' if point is self.best else ''}")
-                    self._save_last()
-                    began = time.perf_counter()
-                bar.update(task, completed=self.step, info=" ".join(
-                    f"{k} {v:.4f}" for k, v in info.items() if v is not None))
-                stop.end_if_agreed(self.accelerator, step=self.step, total_steps=schedule.total_steps, saved=step.cycle_end,
-                                   save_last=self._save_last)
-        if not self.items:  # no validation: the final model is the one kept
-            self._save_best()
-        elif self.is_main and self.best is not None:  # the kept model's card gets the whole validation curve
-            self._card(self.out / BEST)
-        self.accelerator.wait_for_everyone()
-        return self.result()
+        if not self.is_main or self.console is None:
+            return
+        limit = s.max_input_length or REFERENCE_MAX_LENGTH
+        long = {stage: self.student.count_long_inputs(split["input"], limit) for stage, split in self.data.splits.items()}
+        if any(long.values()):
+            what = "cut to their last" if s.max_input_length else "not cut (--max-input-length caps them); over"
+            self.console.print(f"inputs longer than {limit} tokens, {what} {limit}: "
+                               + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in long.items()))
+        where = f"resuming at step {self.counters.step:,}" if self.resume else "starting"
+        pinned = f" of {s.data} at commit {self.data_commit}" if self.data_commit else ""
+        self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
+                           f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
+                           f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
+
+    def write_card(self, folder: Path) -> None:
+        """README.md of a checkpoint: how it was made (cards/model.md.j2), naming the Hub commits it was
+        made from when its data set or base model came from the Hub."""
+        from . import __version__
+        from .artifacts import write_card
+        from .cards import render_card
+
+        s, schedule, c = self.settings, self.schedule, self.counters
+        base_model, dataset = hub_id_or_none(s.student), hub_id_or_none(s.data)
+        hyperparameters = {
+            "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": s.epochs, "interval": s.interval,
+            "max length": s.max_length, "warm-up ratio": s.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",
+            "weight decay": s.weight_decay, "max grad norm": s.max_grad_norm, "precision": "bf16 autocast" if s.bf16 else "fp32",
+            "processes": self.accelerator.num_processes, "seed": s.seed,
+        }
+        front = {"library_name": "transformers", "pipeline_tag": self.student.pipeline_tag,
+                 "tags": ["tinythinker", "reasoning-distillation", "multiple-choice", f"variant-{s.variant}"]}
+        if base_model:
+            front["base_model"] = base_model
+        if dataset:
+            front["datasets"] = [dataset]
+        front["tinythinker"] = {
+            "method": "sft", "data": s.data, "config": s.config, "variant": s.variant, "student": s.student, "seed": s.seed,
+            "steps": c.step, "total_steps": schedule.total_steps, "validation_accuracy": None if c.best is None else c.best["accuracy"],
+            "best_step": None if c.best is None else c.best["step"], "version": __version__,
+        }
+        # the Hub commits read (local folders have none): a published result names the exact data
+        front["tinythinker"].update({key: commit for key, commit in (("data_revision", self.data_commit),
+                                                                     ("student_revision", self.student_commit)) if commit})
+        body = render_card(
+            "model.md.j2", name=folder.parent.name, settings=asdict(s), stages=list(schedule.stages), sizes=schedule.sizes,
+            n_options=schedule.n_options, cycle=schedule.describe(), steps_per_epoch=schedule.steps_per_epoch,
+            total_steps=schedule.total_steps, steps_done=c.step, hyperparameters=hyperparameters, curve=list(c.curve),
+            best=c.best, eval_questions=len(self.items), base_model=base_model, dataset=dataset, version=__version__,
+            is_seq2seq=self.student.is_seq2seq, data_commit=self.data_commit, student_commit=self.student_commit,
+        )
+        write_card(folder, front, body)
 
 
-def train_sft(settings: SFTSettings, out, *, micro_batch_size: int | None = None, eval_batch_size: int = 64,
-              log_every: int = 10, overwrite: bool = False, progress: bool = True, console=None) -> SFTResult:
+def train_sft(settings: SFTSettings, out, *, overwrite: bool = False, progress: bool = True, console=None, **options) -> TrainResult:
     """Train (or resume, or return the finished result of) the SFT run in ``out``; see the module docstring.
 
-    ``micro_batch_size`` cuts each process's share of a batch for memory (gradient accumulation);
-    ``eval_batch_size`` is the validation pipeline's batch; ``log_every`` the steps per metrics line.
-    Ctrl-C (or SIGTERM) stops after the current step, saves ``out/last`` and raises KeyboardInterrupt;
-    the same call continues from there."""
-    settings = settings.resolved()
-    if settings.schedule not in SCHEDULES:
-        raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if settings.max_input_length is not None and settings.max_input_length < 1:
-        raise TinyThinkerError(f"max_input_length must be at least 1, got {settings.max_input_length}")
-    for name in ("interval", "epochs", "batch_size", "max_length"):
-        if getattr(settings, name) < 1:
-            raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")
-    if settings.lr <= 0 or not 0 <= settings.warmup_ratio <= 1:
-        raise TinyThinkerError(f"lr must be positive and warmup_ratio within 0..1 (got {settings.lr}, {settings.warmup_ratio})")
-    if settings.eval_limit is not None and settings.eval_limit < 0:
-        raise TinyThinkerError(f"eval_limit must be 0 or more, got {settings.eval_limit}")
-    if micro_batch_size is not None and micro_batch_size < 1:
-        raise TinyThinkerError(f"micro_batch_size must be at least 1, got {micro_batch_size}")
+    ``options`` are :class:`~tinythinker.settings.LoopOptions` fields: ``micro_batch_size`` cuts each
+    process's share of a batch for memory (gradient accumulation), ``eval_batch_size`` is the validation
+    pipeline's batch, ``log_every`` the steps per metrics row. Ctrl-C (or SIGTERM) stops after the
+    current step, saves ``out/last`` and raises KeyboardInterrupt; the same call continues from there."""
+    settings = checked(settings)
+    if options.get("micro_batch_size") is not None and options["micro_batch_size"] < 1:
+        raise TinyThinkerError(f"micro_batch_size must be at least 1, got {options['micro_batch_size']}")
     if console is None:
         from rich.console import Console
 
         console = Console(stderr=True, soft_wrap=True)
-    trainer = SFTTrainer(settings, Path(out), micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
-                         log_every=log_every, overwrite=overwrite, progress=progress, console=console)
-    state = trainer.resume
-    if state is not None and state["step"] >= state["total_steps"]:  # finished before: nothing to do
-        best = state["best"] or {}
-        return SFTResult(out=trainer.out, best=trainer.out / BEST, steps=state["step"], total_steps=state["total_steps"],
-                         best_accuracy=best.get("accuracy"), best_step=best.get("step"), curve=state["curve"],
-                         resumed_at=state["step"])
+    trainer = SFTTrainer(settings, Path(out), overwrite=overwrite, progress=progress, console=console, **options)
+    if trainer.finished:  # finished before: nothing to do, nothing loaded
+        return trainer.result()
     with _library_bars_off():
         trainer.setup()
         return trainer.train()

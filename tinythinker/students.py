@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .errors import TinyThinkerError
+from .settings import REFERENCE_MAX_LENGTH
 
 IGNORE_INDEX = -100  # label value that transformers' losses skip
 
@@ -134,7 +135,7 @@ class Student:
             rows = self.tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]
         return [row if row and row[-1] == eos else row + [eos] for row in rows]
 
-    def encode(self, prompts: list[str], targets: list[str], max_length: int = 200,
+    def encode(self, prompts: list[str], targets: list[str], max_length: int = REFERENCE_MAX_LENGTH,
                max_input_length: int | None = None) -> dict[str, torch.Tensor]:
         """Model inputs with ``labels`` (right-padded): only target tokens count, -100 elsewhere.
 
@@ -156,6 +157,19 @@ class Student:
         input_ids, attention_mask = _pad(sequences, pad)
         labels, _ = _pad(label_rows, IGNORE_INDEX)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def label_tokens(self, labels: torch.Tensor) -> int:
+        """How many label tokens a loss over ``labels`` scores (causal: after the one-token shift)."""
+        return int((labels if self.is_seq2seq else labels[:, 1:]).ne(IGNORE_INDEX).sum())
+
+    def batch_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens a training batch runs through the model: the inputs, plus the decoder's labels (seq2seq)."""
+        return int(batch["attention_mask"].sum()) + (self.label_tokens(batch["labels"]) if self.is_seq2seq else 0)
+
+    @property
+    def pipeline_tag(self) -> str:
+        """The Hub's task of this kind of model (for model cards)."""
+        return "text2text-generation" if self.is_seq2seq else "text-generation"
 
     def count_long_inputs(self, prompts: Sequence[str], limit: int) -> int:
         """How many of ``prompts`` are longer than ``limit`` tokens (what a cap at ``limit`` would cut)."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from ..settings import LoopOptions, ReflectSettings
+
 
 def _stages(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -22,30 +24,30 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--config", required=True, help="Its -full config, e.g. csqa-full (training questions, teacher records, validation).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Run folder: best/, preferences/, iter<k>/, state.json, metrics.jsonl.")
-@click.option("--iterations", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=1), default=ReflectSettings.iterations, show_default=True,
               help="DPO iterations (a finished run continues with a larger number).")
-@click.option("--stages", default="recall,analyze", show_default=True, help="Pair stages to train on (comma-separated).")
-@click.option("--samples", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--stages", default=",".join(ReflectSettings.stages), show_default=True, help="Pair stages to train on (comma-separated).")
+@click.option("--samples", type=click.IntRange(min=1), default=ReflectSettings.samples, show_default=True,
               help="Sampled recalls per question, and sampled analysis runs per chosen recall.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True, help="Sampling temperature.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Top-k cut when sampling (0: off).")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True, help="DPO beta.")
-@click.option("--nll-weight", type=click.FloatRange(min=0), default=0.5, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.temperature, show_default=True, help="Sampling temperature.")
+@click.option("--top-k", type=click.IntRange(min=0), default=ReflectSettings.top_k, show_default=True, help="Top-k cut when sampling (0: off).")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.beta, show_default=True, help="DPO beta.")
+@click.option("--nll-weight", type=click.FloatRange(min=0), default=ReflectSettings.nll_weight, show_default=True,
               help="Weight of the NLL term on the chosen response (TRL's rpo_alpha).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-6, show_default=True, help="Peak learning rate (AdamW, cosine).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per optimizer step, all processes together.")
-@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.lr, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=ReflectSettings.batch_size, show_default=True, help="Pairs per optimizer step, all processes together.")
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
               help="Pairs per forward pass on one process (gradient accumulation; saves memory, same result).")
-@click.option("--cycles", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--cycles", type=click.IntRange(min=1), default=ReflectSettings.cycles, show_default=True,
               help="Cycles per iteration (one pass over the recall pairs, then the analyze pairs); validation after each.")
-@click.option("--max-length", type=click.IntRange(min=1), default=200, show_default=True, help="Token cap of prompts and responses.")
-@click.option("--eval-limit", type=click.IntRange(min=0), default=None,
+@click.option("--max-length", type=click.IntRange(min=1), default=ReflectSettings.max_length, show_default=True, help="Token cap of prompts and responses.")
+@click.option("--eval-limit", type=click.IntRange(min=0), default=ReflectSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep each iteration's final model).")
-@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Sample only the first N training questions (a quick trial).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--train-limit", type=click.IntRange(min=1), default=ReflectSettings.train_limit, help="Sample only the first N training questions (a quick trial).")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=ReflectSettings.eval_batch_size, show_default=True,
               help="Sequences per generation batch (sampling, validation) and pairs per reference-scoring batch; "
                    "sampled texts depend on it, so a run keeps the value it started with.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=int, default=ReflectSettings.seed, show_default=True)
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it).")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of continuing it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
@@ -60,7 +62,7 @@ def reflect(student, data, revision, config, out, iterations, stages, samples, t
     from rich.console import Console
     from transformers.utils import logging as transformers_logging
 
-    from ..reflect import ReflectSettings, reflect as run_reflection
+    from ..reflect import reflect as run_reflection
 
     transformers_logging.disable_progress_bar()  # checkpoint load/save bars would break through the run's own
     console = Console(stderr=True)

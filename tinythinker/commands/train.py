@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..protocol import VARIANTS
+from ..settings import LoopOptions, SFTSettings
 
 
 @click.group()
@@ -25,27 +26,27 @@ def train():
 @click.option("--student-revision", default=None, help="Of a Hub --student: branch, tag or commit id (default main).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder: best/, last/, metrics.jsonl.")
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Stages to train; default: the config's suffix.")
-@click.option("--interval", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--interval", type=click.IntRange(min=1), default=SFTSettings.interval, show_default=True,
               help="Batches per recall/summarize block (analyze: interval x options).")
-@click.option("--schedule", type=click.Choice(["blocks", "mixed"]), default="blocks", show_default=True,
+@click.option("--schedule", type=click.Choice(["blocks", "mixed"]), default=SFTSettings.schedule, show_default=True,
               help="blocks: one stage per block (REFERENCE 7); mixed: every batch draws from all stages "
                    "(validation every cycle's worth of batches; what makes small students from scratch learn).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=SFTSettings.epochs, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=SFTSettings.batch_size, show_default=True,
               help="Records per optimizer step, all processes together.")
-@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
               help="Records per forward pass on one process (gradient accumulation; saves memory, same result).")
-@click.option("--max-length", type=click.IntRange(min=1), default=200, show_default=True, help="Token cap of targets.")
-@click.option("--max-input-length", type=click.IntRange(min=1), default=None,
+@click.option("--max-length", type=click.IntRange(min=1), default=SFTSettings.max_length, show_default=True, help="Token cap of targets.")
+@click.option("--max-input-length", type=click.IntRange(min=1), default=SFTSettings.max_input_length,
               help="Token cap of inputs, keeping their end (default: no cap, as the reference; longer inputs are counted and reported).")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Share of steps with linear warm-up.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True, help="Share of steps with linear warm-up.")
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
-@click.option("--eval-limit", type=click.IntRange(min=0), default=None,
+@click.option("--eval-limit", type=click.IntRange(min=0), default=SFTSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch of the validation pipeline.")
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, help="Steps per line of metrics.jsonl.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=LoopOptions.eval_batch_size, show_default=True, help="Batch of the validation pipeline.")
+@click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True, help="Steps per line of metrics.jsonl.")
+@click.option("--seed", type=int, default=SFTSettings.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size,
@@ -58,7 +59,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
     For several GPUs or processes: accelerate launch -m tinythinker train sft ..."""
     from rich.console import Console
 
-    from ..sft import SFTSettings, train_sft
+    from ..sft import train_sft
 
     console = Console(stderr=True, soft_wrap=True)
     settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,
