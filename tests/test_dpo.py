@@ -17,7 +17,7 @@ from tinythinker.dpo import (
     reference_logprobs,
 )
 from tinythinker.students import IGNORE_INDEX, Student, make_tiny_student
-from tinythinker.train_loop import read_last
+from tinythinker.train_loop import read_last, read_rows
 
 TEXTS = [
     "What do people use to cut paper?\n(A) scissors (B) spoon (C) cup\nRecall: Scissors have blades that cut paper.",
@@ -226,3 +226,81 @@ def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind,
     again = DPORun(reference_path, pairs, ref, settings, tmp_path / "run", progress=False)
     again.setup()
     assert again.train().resumed_at == result.total_steps
+
+
+# A DPO run under `accelerate launch` that gets Ctrl-C on the main process only, after step STOP_AT.
+STOPPING_RUN = """
+import os, signal, sys
+import torch
+from tinythinker.dpo import DPORun
+from tinythinker.settings import DPOSettings
+
+start, out, inputs, stop_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+torch.set_num_threads(1)
+given = torch.load(inputs, weights_only=False)
+
+
+class Stopping(DPORun):
+    def _train_step(self, step):
+        super()._train_step(step)
+        if step.index + 1 == stop_at and self.is_main:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+run = Stopping(start, given["pairs"], given["ref"], DPOSettings(**given["settings"]), out, progress=False)
+run.setup()
+try:
+    run.train()
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_a_mid_cycle_resume_under_two_processes_logs_what_an_uninterrupted_run_logs(checkpoints, tmp_path):
+    """Each process's unlogged figures survive the stop: the first row after the resume is the uninterrupted one."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tinythinker.dpo import DPORun, DPOSettings
+
+    reference_path, policy_path = checkpoints["seq2seq"]  # starting off the reference: rewards far from 0 (no ties) from step 1
+    reference = Student.load(reference_path, device="cpu")
+    # batches of 3 over 2 processes: process 0 trains 2 pairs of each, process 1 one, so figures carried
+    # over from the wrong process show; per cycle 2 recall steps, then 4 analyze steps
+    pairs = {stage: [{**PAIRS[i % 3], "chosen": f"{PAIRS[i % 3]['chosen']} {i}"} for i in range(n)]
+             for stage, n in (("recall", 6), ("analyze", 12))}
+    ref = {stage: reference_logprobs(reference, rows, cache_dir=tmp_path / "cache") for stage, rows in pairs.items()}
+    settings = dict(lr=5e-3, batch_size=3, cycles=2, nll_weight=0.1)
+    whole = DPORun(policy_path, pairs, ref, DPOSettings(**settings), tmp_path / "one", progress=False)
+    whole.setup()
+    whole.train()
+    torch.save({"pairs": pairs, "ref": ref, "settings": settings}, tmp_path / "inputs.pt")
+    (tmp_path / "run.py").write_text(STOPPING_RUN)
+
+    def launch(stop_at: int) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(tmp_path / "run.py"),
+                   str(policy_path), str(tmp_path / "two"), str(tmp_path / "inputs.pt"), str(stop_at)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    # step 4 is in the middle of the first analyze block (steps 3-6): steps 3 and 4 are not logged yet
+    assert launch(4).count("stopped") == 2  # both processes stop after the same step
+    assert read_last(tmp_path / "two" / "last")["step"] == 4
+    assert "stopped" not in launch(0)
+    one, two = ([{k: v for k, v in row.items() if k not in ("seconds", "pairs_per_second")} for row in rows]
+                for rows in (whole.result().records, read_rows(tmp_path / "two" / "metrics.jsonl")))
+    assert [(r["kind"], r["step"], r["pairs"], r["steps"]) for r in two] == [(r["kind"], r["step"], r["pairs"], r["steps"]) for r in one]
+    for a, b in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)  # float32 rounding differs between 1 and 2 processes
+    a, b = load_file(tmp_path / "one" / "best" / "model.safetensors"), load_file(tmp_path / "two" / "best" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -219,6 +219,25 @@ def test_rerunning_a_finished_run_changes_nothing(zoo, trained):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_resume_point_of_the_format_before_accelerate_is_one_clear_error(zoo, trained, tmp_path):
+    import shutil
+
+    from tinythinker.errors import TinyThinkerError
+
+    data, student = zoo
+    old = tmp_path / "old"
+    shutil.copytree(trained[0], old)
+    for path in (old / "last").iterdir():  # last/ as the hand-made trainer wrote it: model/, trainer.pt, state.json
+        if path.is_file():
+            path.unlink()
+    (old / "last" / "trainer.pt").write_bytes(b"")
+    (old / "last" / "state.json").write_text(json.dumps({"step": 100, "total_steps": 150}))
+    with pytest.raises(TinyThinkerError) as error:
+        train(data, student, old, log_every=1)
+    assert "older TinyThinker version" in str(error.value) and f"delete {old / 'last'}" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("variant", ["no_recall", "no_analyze", "summarize_only"])
 def test_ablation_variants_train_their_stages_and_validate_their_pipeline(zoo, tmp_path, variant):
     data, student = zoo

@@ -286,10 +286,6 @@ class Reflection:
 
         return Student.load(path, device=self.accelerator.device, bf16=self.settings.bf16)
 
-    def _validate(self, student, items) -> dict:
-        return validate(self.accelerator, student, items, variant=self.data.variant, batch_size=self.eval_batch_size,
-                        seed=self.settings.seed)
-
     # .. one iteration ..
 
     def _pairs(self, k: int, student_path: str, timings: dict) -> dict[str, PairSet]:
@@ -469,7 +465,9 @@ class Reflection:
                   f"{s.samples} samples, stages {', '.join(s.stages)}, {len(self.data.validation):,} validation questions; "
                   f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}")
         if self.data.validation and self.state["baseline"] is None:
-            self.state["baseline"] = {"student": s.student, **self._validate(self.start_student, self.data.validation)}
+            accuracy = validate(self.accelerator, self.start_student, self.data.validation, variant=self.data.variant,
+                                batch_size=self.eval_batch_size, seed=s.seed)
+            self.state["baseline"] = {"student": s.student, **accuracy}
             self.state["chosen"] = {"iteration": 0, "accuracy": self.state["baseline"]["accuracy"], "student": s.student}
             self._save_state()
             self._say(f"starting student: validation accuracy {self.state['baseline']['accuracy']:.4f}")

@@ -15,11 +15,9 @@ Two parts, each readable on its own:
   pipeline (:mod:`tinythinker.pipeline`) at the end of every cycle, the best checkpoint in
   ``RUN/best`` with a model card, and ``RUN/last`` to resume an interrupted run exactly.
 
-``--batch-size`` is the batch of one optimizer step over all processes together: each process
-trains on its share of the scheduled batch, optionally cut into micro-batches (gradient
-accumulation, ``micro_batch_size``), and the loss is the mean token NLL of the whole batch. So the
-number of processes and the micro-batch size change speed and memory, not the result (beyond
-floating-point rounding and dropout streams).
+``--batch-size`` is the batch of one optimizer step over all processes together, and the loss is the
+mean token NLL of the whole batch, so processes and micro-batches change speed and memory, not the
+result (beyond floating-point rounding and dropout streams).
 """
 
 from __future__ import annotations
