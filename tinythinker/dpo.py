@@ -233,8 +233,8 @@ class DPORun(TrainLoop):
 
     def batches(self, step, share: np.ndarray, size: int) -> list:
         rows, ref = self.pairs[step.stage], self.ref_logps[step.stage]
-        return [(ref[torch.as_tensor(chunk, dtype=torch.long)], encode_pairs(self.student, [rows[j] for j in chunk], self.settings.max_length))
-                for chunk in chunks(share, size)]
+        return [(ref[torch.as_tensor(chunk, dtype=torch.long)],
+                 encode_pairs(self.student, [rows[j] for j in chunk], self.settings.max_length)) for chunk in chunks(share, size)]
 
     def counts(self, batch) -> tuple[int, int]:
         ref, encoded = batch

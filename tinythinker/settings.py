@@ -14,6 +14,7 @@ from pathlib import Path
 from .protocol import ANALYZE, RECALL
 
 REFERENCE_MAX_LENGTH = 200  # the reference's token cap (SFT targets, DPO prompts and responses)
+SCHEDULES = ("blocks", "mixed")  # SFT's: one stage per block (REFERENCE 7), or every batch from all stages
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class ReflectSettings:
     bf16: bool = False
     eval_limit: int | None = None  # validation questions per evaluation (None: all; 0: no validation)
     train_limit: int | None = None  # training questions sampled (None: all)
-    eval_batch_size: int = LoopOptions.eval_batch_size  # sequences per generation batch (sampled texts depend on it, so it is fixed per run)
+    eval_batch_size: int = LoopOptions.eval_batch_size  # per generation batch (sampled texts depend on it: fixed per run)
     revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
 
     def resolved(self) -> "ReflectSettings":

@@ -35,7 +35,7 @@ import numpy as np
 from .errors import TinyThinkerError
 from .hub import pin
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
-from .settings import REFERENCE_MAX_LENGTH, SFTSettings, absolute
+from .settings import REFERENCE_MAX_LENGTH, SCHEDULES, SFTSettings, absolute
 from .train_loop import TrainLoop, TrainResult, chunks
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
@@ -43,7 +43,6 @@ from .train_loop import TrainLoop, TrainResult, chunks
 STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3}
 MIXED = "mixed"  # the pseudo-stage of a mixed schedule: every batch draws from all stages' records
 POOL_KEYS = {**STAGE_KEYS, MIXED: 4}  # what keys each shuffling generator: a stage, or the mixed pool
-SCHEDULES = ("blocks", "mixed")
 
 
 # --- the schedule (pure) --------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..protocol import VARIANTS
-from ..settings import LoopOptions, SFTSettings
+from ..settings import SCHEDULES, LoopOptions, SFTSettings
 
 
 @click.group()
@@ -28,11 +28,12 @@ def train():
 @click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Stages to train; default: the config's suffix.")
 @click.option("--interval", type=click.IntRange(min=1), default=SFTSettings.interval, show_default=True,
               help="Batches per recall/summarize block (analyze: interval x options).")
-@click.option("--schedule", type=click.Choice(["blocks", "mixed"]), default=SFTSettings.schedule, show_default=True,
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=SFTSettings.schedule, show_default=True,
               help="blocks: one stage per block (REFERENCE 7); mixed: every batch draws from all stages "
                    "(validation every cycle's worth of batches; what makes small students from scratch learn).")
 @click.option("--epochs", type=click.IntRange(min=1), default=SFTSettings.epochs, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True,
+              help="Peak learning rate (AdamW).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=SFTSettings.batch_size, show_default=True,
               help="Records per optimizer step, all processes together.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
@@ -40,12 +41,15 @@ def train():
 @click.option("--max-length", type=click.IntRange(min=1), default=SFTSettings.max_length, show_default=True, help="Token cap of targets.")
 @click.option("--max-input-length", type=click.IntRange(min=1), default=SFTSettings.max_input_length,
               help="Token cap of inputs, keeping their end (default: no cap, as the reference; longer inputs are counted and reported).")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True, help="Share of steps with linear warm-up.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True,
+              help="Share of steps with linear warm-up.")
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=SFTSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=LoopOptions.eval_batch_size, show_default=True, help="Batch of the validation pipeline.")
-@click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True, help="Steps per line of metrics.jsonl.")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=LoopOptions.eval_batch_size, show_default=True,
+              help="Batch of the validation pipeline.")
+@click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True,
+              help="Steps per line of metrics.jsonl.")
 @click.option("--seed", type=int, default=SFTSettings.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
