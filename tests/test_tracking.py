@@ -1,10 +1,12 @@
 """Training curves: `--report-to tensorboard` (real TensorBoard event files, read back with TensorBoard's
-own reader) through an interruption and its resume, and the one-line error when a tracker's package is
-missing."""
+own reader) through an interruption and its resume, the one-line error when a tracker's package is
+missing, and the curves `tinythinker report` draws from a run's metrics.jsonl."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 
 from test_sft import REPO, _checkpoint_step, _logged_step, _wait_for, make_student, read_metrics, write_stage_data
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -103,3 +106,46 @@ def test_a_missing_tracker_package_is_one_line_before_anything_runs(command, tmp
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "Error: --report-to trackio needs the trackio package: pip install trackio"
     assert not out.exists()
+
+
+# --- the curves in the report -----------------------------------------------------------------------
+
+def is_drawn_png(path: Path) -> bool:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    return path.read_bytes()[:8] == PNG_SIGNATURE and image.shape[1] > 600 and image.std() > 0.05
+
+
+def test_report_draws_the_training_curves_of_a_run_and_links_them(sft_run, tmp_path):
+    out = sft_run["out"]
+    report = tmp_path / "report"
+    done = cli("report", out, "--plots", report / "plots", "--markdown", report / "report.md", "--json", report / "report.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    png = report / "plots" / f"training_{out.name}.png"
+    assert f"plot:{png}" in "".join(done.stdout.split()) and is_drawn_png(png)  # (rich wraps long paths)
+    markdown = (report / "report.md").read_text()
+    assert "## Training curves" in markdown and f"### {out.name} (SFT)" in markdown
+    assert f"![{out.name} training curves](plots/{png.name})" in markdown  # relative to the markdown file
+    best = max((m for m in read_metrics(out) if m["kind"] == "eval"), key=lambda m: (m["accuracy"], -m["step"]))
+    assert f"at cycle {best['cycle']} (step {best['step']})" in markdown
+    assert json.loads((report / "report.json").read_text())["training"] == [{"run": out.name, "kind": "sft", "folder": str(out)}]
+
+
+def test_missing_empty_or_torn_metrics_give_no_curves_and_no_crash(sft_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(sft_run["out"] / "run.json", empty)
+    (empty / "metrics.jsonl").write_text("")
+    torn = shutil.copytree(sft_run["out"], tmp_path / "torn", ignore=shutil.ignore_patterns("tracking", "best", "last"))
+    lines = (torn / "metrics.jsonl").read_text().splitlines()
+    (torn / "metrics.jsonl").write_text("\n".join(lines[:12]) + "\n" + lines[12][:20])  # a run killed mid-write
+    report = tmp_path / "report"
+    done = cli("report", empty, torn, "--plots", report, "--markdown", report / "report.md")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in report.glob("*.png")) == ["training_torn.png"]  # the lines before the torn one
+    markdown = (report / "report.md").read_text()
+    assert "### torn (SFT)" in markdown and "### empty" not in markdown
+    alone = cli("report", empty, "--plots", tmp_path / "alone", "--markdown", tmp_path / "alone" / "report.md")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "Training curves" not in (tmp_path / "alone" / "report.md").read_text() and not list((tmp_path / "alone").glob("*.png"))
