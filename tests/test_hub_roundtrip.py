@@ -120,6 +120,23 @@ def test_push_put_binary_files_in_lfs(hub, local):
     assert {auth for _, _, auth in hub.storage_requests} == {None}
 
 
+def test_a_push_removes_the_files_the_new_version_no_longer_has(hub, local, tmp_path):
+    """The data set was pushed twice: 2 questions, then 4. Parquet names change with their content, so
+    the second push deletes the first one's files in the same commit (they stay in its history)."""
+    files = lambda folder: {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}  # noqa: E731
+    new, old = files(local["data"]), files(local["old"])
+    repo = hub.repo(DATA)
+    assert set(repo.files) == new and {p for p in old - new if p.endswith(".parquet")}
+    assert old <= set(repo.contents(hub.old_commit))
+    # what a user who globs the split's files reads: the new rows only
+    loaded = python(f"""
+        import json, datasets
+        test = datasets.load_dataset({DATA!r}, data_files={{"test": "data/csqa-full/test-*.parquet"}}, split="test")
+        print(json.dumps(test.to_list()))
+    """, endpoint=hub.endpoint, home=tmp_path / "hf")
+    assert loaded == parquet_rows(local["data"], "csqa-full")["test"]
+
+
 def test_load_dataset_and_preferences_from_the_hub(hub, local, tmp_path):
     loaded = python(f"""
         import json, datasets
