@@ -88,7 +88,7 @@ def test_tensorboard_gets_the_metrics_lines_and_a_resumed_run_logs_each_step_onc
     assert hyperparameters and "lr: 0.003" in hyperparameters[-1].read_text()
 
 
-@pytest.mark.parametrize("command", ["train", "reflect"])
+@pytest.mark.parametrize("command", ["train", "reflect", "run"])
 def test_a_missing_tracker_package_is_one_line_before_anything_runs(command, tmp_path):
     try:
         __import__("trackio")
@@ -99,9 +99,14 @@ def test_a_missing_tracker_package_is_one_line_before_anything_runs(command, tmp
     out = tmp_path / "out"
     if command == "train":
         args = sft_args(data, tmp_path / "student", out, "--report-to", "trackio")
-    else:
+    elif command == "reflect":
         args = ["reflect", "--student", tmp_path / "student", "--data", data, "--config", "zoo-full", "--out", out,
                 "--report-to", "trackio", "--no-progress"]
+    else:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(f"dataset: csqa\nraw: world\nteacher:\n  responses: world\nstudent: tiny-seq2seq\nreport_to: trackio\n"
+                          f"run_dir: {out}\n")
+        args = ["run", recipe]
     done = cli(*args)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "Error: --report-to trackio needs the trackio package: pip install trackio"
