@@ -689,11 +689,15 @@ def _plot_dpo(run: TrainingRun, path: Path, plt) -> Path:
     else:
         acc_ax.text(0.5, 0.5, "no validation", ha="center", va="center", transform=acc_ax.transAxes)
         acc_ax.set_axis_off()
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (axes[0][0], axes[0][1], axes[1][0], acc_ax):
+        ax.set_xlim(left=-0.5, right=max(offset, 1) + 0.5)  # one step axis for all four, from the starting student
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for k in iterations:  # where each iteration starts, and its number
             if k != iterations[0]:
                 ax.axvline(offsets[k] + 0.5, color="grey", linestyle="--", linewidth=0.8)
-            ax.text(offsets[k] + 1, 0.98, f"it. {k}", transform=ax.get_xaxis_transform(), fontsize=7, color="grey", va="top")
+            ax.text(offsets[k] + 0.7, 0.98, f"it. {k}", transform=ax.get_xaxis_transform(), fontsize=7, color="grey", va="top")
     fig.suptitle(f"Self-reflection (DPO): {run.run}, {len(iterations)} iteration(s)", fontsize=11)
     fig.tight_layout()
     return _save(fig, path, plt)
