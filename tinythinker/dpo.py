@@ -45,6 +45,7 @@ from .artifacts import atomic_write_text, staged_folder
 from .errors import TinyThinkerError
 from .sft import BEST, LAST, StageSchedule, StopRequest, make_accelerator
 from .students import IGNORE_INDEX, Student
+from .tracking import scalars
 
 
 def encode_pairs(student: Student, pairs: Sequence[Mapping[str, str]], max_length: int = 200) -> dict[str, torch.Tensor]:
@@ -267,7 +268,7 @@ class DPORun:
                  settings: DPOSettings, out, *, items: Sequence = (), accelerator=None, micro_batch_size: int | None = None,
                  eval_batch_size: int = 64, log_every: int = 10, label: str = "DPO", progress: bool = True, console=None,
                  write_card: Callable[[Path, "DPORun"], None] | None = None,
-                 on_checkpoint: Callable[[list[dict]], None] | None = None):
+                 on_checkpoint: Callable[[list[dict]], None] | None = None, tracker_offset: int = 0):
         self.start, self.settings, self.out = str(start), settings, Path(out)
         self.pairs = {stage: list(rows) for stage, rows in pairs.items() if rows}
         self.ref_logps = dict(ref_logps)
@@ -277,6 +278,9 @@ class DPORun:
         self.micro_batch_size, self.eval_batch_size, self.log_every = micro_batch_size, eval_batch_size, log_every
         self.label, self.progress_enabled, self.console = label, progress, console
         self.write_card, self.on_checkpoint = write_card, on_checkpoint
+        # the accelerator's tracker (--report-to) gets the log records at step tracker_offset + step:
+        # iterations one after another on one axis (W&B takes only increasing steps)
+        self.tracker_offset = tracker_offset
         for stage, rows in self.pairs.items():
             if tuple(self.ref_logps[stage].shape) != (len(rows), 2):
                 raise ValueError(f"{stage}: {len(rows)} pairs but reference log-probs of shape {tuple(self.ref_logps[stage].shape)}")
@@ -362,7 +366,7 @@ class DPORun:
                   "reward_accuracy": right / max(pairs, 1), "lr": self.scheduler.get_last_lr()[0], "steps": w["steps"],
                   "pairs": int(pairs), "seconds": seconds, "pairs_per_second": pairs / seconds if seconds > 0 else None}
         record["loss"] = record["dpo_loss"] + s.nll_weight * record["nll"]
-        self.records.append(record)
+        self._record(record)
         self._reset_window()
         return record
 
@@ -385,8 +389,12 @@ class DPORun:
         if improved:
             self.best = point
             self._save_best()
-        self.records.append({"kind": "eval", **point, "best": improved, "seconds": time.perf_counter() - began})
+        self._record({"kind": "eval", **point, "best": improved, "seconds": time.perf_counter() - began})
         return point
+
+    def _record(self, record: dict) -> None:
+        self.records.append(record)
+        self.accelerator.log(scalars(record), step=self.tracker_offset + record["step"])
 
     def _save_best(self) -> None:
         if self.is_main:

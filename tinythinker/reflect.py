@@ -51,6 +51,7 @@ from .preferences import (
 )
 from .protocol import ANALYZE, RECALL
 from .sft import make_accelerator
+from .tracking import scalars, tracking
 
 SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
 STEPS = ("sample", "pairs", "reference", "dpo", "next")
@@ -240,12 +241,12 @@ class Reflection:
     """One self-reflection run in ``out`` (see the module docstring)."""
 
     def __init__(self, settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
-                 micro_batch_size: int | None = None):
+                 micro_batch_size: int | None = None, report_to: str | None = None):
         settings.check()
         self.settings, self.out = settings.resolved(), Path(out)
         self.progress_enabled, self.console = progress, console
         self.eval_batch_size, self.micro_batch_size = self.settings.eval_batch_size, micro_batch_size
-        self.accelerator = make_accelerator(self.settings.bf16)
+        self.accelerator = make_accelerator(self.settings.bf16, report_to, self.out)
         self.is_main = self.accelerator.is_main_process
         # inputs first: a mistake in them must not leave a started run behind
         self.data_commit = self._data_commit(overwrite)
@@ -487,7 +488,7 @@ class Reflection:
                          items=self.data.validation, accelerator=acc, micro_batch_size=self.micro_batch_size,
                          eval_batch_size=self.eval_batch_size, label=f"iteration {k} DPO", progress=self.progress_enabled,
                          console=self.console, write_card=self._card(k, start, sets),
-                         on_checkpoint=lambda records: self._save_state(records, k))
+                         on_checkpoint=lambda records: self._save_state(records, k), tracker_offset=self._tracker_offset(k))
             run.setup()
             result = run.train()
             steps["dpo"] = {"steps": result.steps, "best_step": result.best_step, "best_accuracy": result.best_accuracy}
@@ -529,6 +530,7 @@ class Reflection:
             self.state["baseline"] = {"student": s.student, **self._validate(self.start_student, self.data.validation)}
             self.state["chosen"] = {"iteration": 0, "accuracy": self.state["baseline"]["accuracy"], "student": s.student}
             self._save_state()
+            self.accelerator.log(scalars({"kind": "eval", **self.state["baseline"]}), step=0)
             self._say(f"starting student: validation accuracy {self.state['baseline']['accuracy']:.4f}")
         self.start_student = None  # each step loads the checkpoint it needs
         start = s.student
@@ -553,6 +555,11 @@ class Reflection:
         self.accelerator.wait_for_everyone()
         return self.result()
 
+    def _tracker_offset(self, k: int) -> int:
+        """The tracker step before iteration k's first: the DPO steps of the iterations before it."""
+        return sum(entry["steps"]["dpo"]["steps"] for key, entry in self.state["iterations"].items()
+                   if int(key) < k and "dpo" in entry["steps"])
+
     def result(self) -> ReflectResult:
         done = [self.state["iterations"][k]["summary"] for k in sorted(self.state["iterations"], key=int)
                 if self.state["iterations"][k].get("summary")]
@@ -561,10 +568,14 @@ class Reflection:
 
 
 def reflect(settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
-            micro_batch_size: int | None = None) -> ReflectResult:
+            micro_batch_size: int | None = None, report_to: str | None = None) -> ReflectResult:
     """Run (or continue, or return the finished result of) the self-reflection run in ``out``.
 
-    ``micro_batch_size`` cuts each process's share of a DPO batch for memory (same result)."""
-    run = Reflection(settings, out, overwrite=overwrite, progress=progress, console=console, micro_batch_size=micro_batch_size)
-    return run.run()
+    ``micro_batch_size`` cuts each process's share of a DPO batch for memory (same result);
+    ``report_to`` a tracker that gets the metrics lines too (see :mod:`tinythinker.tracking`): the
+    DPO iterations one after another on one step axis, the starting student's accuracy at step 0."""
+    run = Reflection(settings, out, overwrite=overwrite, progress=progress, console=console, micro_batch_size=micro_batch_size,
+                     report_to=report_to)
+    with tracking(run.accelerator, run.out, {**asdict(run.settings), "micro_batch_size": micro_batch_size}):
+        return run.run()
 

@@ -39,6 +39,7 @@ import numpy as np
 from .errors import TinyThinkerError
 from .hub import pin
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
+from .tracking import TRACKING_DIR, check_report_to, scalars, tracking
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
@@ -379,13 +380,16 @@ class StopRequest:
             raise KeyboardInterrupt(f"stopped at step {step:,} of {total_steps:,}")
 
 
-def make_accelerator(bf16: bool):
+def make_accelerator(bf16: bool, report_to: str | None = None, out: Path | None = None):
     """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
-    without accelerators train on the CPUs. Shared by the SFT and DPO trainers."""
+    without accelerators train on the CPUs; ``report_to`` a tracker (:mod:`tinythinker.tracking`)
+    writing into the run folder ``out``. Shared by the SFT and DPO trainers."""
     from accelerate import Accelerator
 
+    log_with = check_report_to(report_to)  # before anything is written: a missing package is one line
     try:
-        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=distributed_on_cpus())
+        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=distributed_on_cpus(), log_with=log_with,
+                           project_dir=str(Path(out) / TRACKING_DIR) if log_with else None)
     except ValueError as error:  # e.g. bf16 on a GPU without it
         raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
 
@@ -412,10 +416,10 @@ class SFTTrainer:
     """One run of :func:`train_sft`; see the module docstring."""
 
     def __init__(self, settings: SFTSettings, out: Path, *, micro_batch_size: int | None, eval_batch_size: int,
-                 log_every: int, overwrite: bool, progress: bool, console):
+                 log_every: int, overwrite: bool, progress: bool, console, report_to: str | None = None):
         self.settings, self.out = settings, out
         self.micro_batch_size, self.eval_batch_size, self.log_every = micro_batch_size, eval_batch_size, log_every
-        self.accelerator = make_accelerator(settings.bf16)
+        self.accelerator = make_accelerator(settings.bf16, report_to, out)
         self.is_main = self.accelerator.is_main_process
         self.progress_enabled, self.console = progress, console
         self.resume = read_run(out, settings, overwrite=overwrite)
@@ -540,6 +544,7 @@ class SFTTrainer:
         if self.is_main:
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+        self.accelerator.log(scalars(record), step=record["step"])  # --report-to: the same figures (no tracker: nothing)
 
     def _log_train(self, step: Step, seconds: float) -> float:
         import torch
@@ -677,11 +682,14 @@ class SFTTrainer:
 
 
 def train_sft(settings: SFTSettings, out, *, micro_batch_size: int | None = None, eval_batch_size: int = 64,
-              log_every: int = 10, overwrite: bool = False, progress: bool = True, console=None) -> SFTResult:
+              log_every: int = 10, overwrite: bool = False, progress: bool = True, console=None,
+              report_to: str | None = None) -> SFTResult:
     """Train (or resume, or return the finished result of) the SFT run in ``out``; see the module docstring.
 
     ``micro_batch_size`` cuts each process's share of a batch for memory (gradient accumulation);
-    ``eval_batch_size`` is the validation pipeline's batch; ``log_every`` the steps per metrics line.
+    ``eval_batch_size`` is the validation pipeline's batch; ``log_every`` the steps per metrics line;
+    ``report_to`` a tracker that gets the metrics lines too (tensorboard, wandb, trackio; see
+    :mod:`tinythinker.tracking`).
     Ctrl-C (or SIGTERM) stops after the current step, saves ``out/last`` and raises KeyboardInterrupt;
     the same call continues from there."""
     settings = settings.resolved()
@@ -703,14 +711,14 @@ def train_sft(settings: SFTSettings, out, *, micro_batch_size: int | None = None
 
         console = Console(stderr=True, soft_wrap=True)
     trainer = SFTTrainer(settings, Path(out), micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
-                         log_every=log_every, overwrite=overwrite, progress=progress, console=console)
+                         log_every=log_every, overwrite=overwrite, progress=progress, console=console, report_to=report_to)
     state = trainer.resume
     if state is not None and state["step"] >= state["total_steps"]:  # finished before: nothing to do
         best = state["best"] or {}
         return SFTResult(out=trainer.out, best=trainer.out / BEST, steps=state["step"], total_steps=state["total_steps"],
                          best_accuracy=best.get("accuracy"), best_step=best.get("step"), curve=state["curve"],
                          resumed_at=state["step"])
-    with _library_bars_off():
+    with _library_bars_off(), tracking(trainer.accelerator, trainer.out, {**asdict(settings), "micro_batch_size": micro_batch_size}):
         trainer.setup()
         return trainer.train()
 

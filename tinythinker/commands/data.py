@@ -80,6 +80,7 @@ def _selection_table(selection: dict[str, dict]) -> Table:
 @click.command()
 @click.argument("dataset", type=click.Choice(sorted(DATASETS)))
 @click.option("--raw", help="Folder with the original release files, or a Hub id (default: the data set's Hub id).")
+@click.option("--revision", default=None, help="Of a Hub --raw: branch, tag or commit id (default main); the card names the commit read.")
 @click.option("--responses", "responses", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Teacher responses (JSONL, optionally .gz); repeat once per teacher round, in round order.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (laid out like a Hub dataset repo).")
@@ -89,13 +90,13 @@ def _selection_table(selection: dict[str, dict]) -> Table:
               help="List analyses in the teacher's order (as the reference did) instead of label order.")
 @click.option("--next-round", type=click.Path(path_type=Path),
               help="Write the Batch-API requests of the questions that need another teacher round here.")
-def build(dataset, raw, responses, out, seed, overwrite, reference_order, next_round):
+def build(dataset, raw, revision, responses, out, seed, overwrite, reference_order, next_round):
     """Turn teacher responses into the stage data set of DATASET (configs DATASET-full, -no_recall,
     -no_analyze, -summarize_only)."""
     from dataset_builders.build import build_dataset
 
     with _progress() as progress:
-        result = build_dataset(dataset, raw, responses, out, seed=seed, overwrite=overwrite,
+        result = build_dataset(dataset, raw, responses, out, seed=seed, revision=revision, overwrite=overwrite,
                                reference_order=reference_order, next_round=next_round, progress=progress)
     out_console.print(_counts_table(f"{out}: records per config and split", result.counts))
     out_console.print(_selection_table({s: c.to_dict() for s, c in result.selection.counts.items()}))
