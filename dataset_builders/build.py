@@ -207,6 +207,7 @@ def build_dataset(
     out: str | Path,
     *,
     seed: int = 42,
+    revision: str | None = None,
     overwrite: bool = False,
     reference_order: bool = False,
     next_round: str | Path | None = None,
@@ -214,6 +215,7 @@ def build_dataset(
 ) -> BuildResult:
     """Build the stage data set folder of ``dataset`` at ``out`` (see the module docstring).
 
+    ``revision``: of a Hub ``raw``, the branch, tag or commit id to read (default main).
     ``next_round``: where to write the Batch-API request lines of the questions that need another
     teacher round (written even when empty, so a round loop can tell it is done)."""
     get_spec(dataset)
@@ -221,7 +223,7 @@ def build_dataset(
     if out.exists() and not overwrite:  # fail before the slow part; staged_folder checks again
         raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
     progress = progress or _NoProgress()
-    questions = load_questions(dataset, raw, seed=seed)
+    questions = load_questions(dataset, raw, seed=seed, revision=revision)
     files = [Path(p) for p in responses]
     read_task = progress.add_task("reading responses", total=len(files))
     teacher = read_responses(files, questions, on_file=lambda _: progress.advance(read_task))

@@ -53,7 +53,9 @@ def test_push_dataset_folder(folder, tmp_path):
         calls = [(method, path) for method, path, _ in hub.state.requests if path != "/api/agent-harnesses"]
         route = lambda path: path.split("?")[0]  # noqa: E731
         assert list(dict.fromkeys((m, route(p)) for m, p in calls)) == [
-            ("POST", "/api/repos/create"), ("POST", "/api/validate-yaml"),
+            ("POST", "/api/repos/create"),
+            ("GET", "/api/datasets/someone/tt-strategyqa/tree/main"),  # the files a new version may leave behind
+            ("POST", "/api/validate-yaml"),
             ("POST", "/api/datasets/someone/tt-strategyqa/preupload/main"),
             ("POST", "/datasets/someone/tt-strategyqa.git/info/lfs/objects/batch"),
             ("POST", "/datasets/someone/tt-strategyqa.git/info/lfs/objects/verify"),
@@ -84,6 +86,21 @@ def test_push_checkpoint_folder_as_model_repo(tmp_path):
         assert sorted(repo.files) == ["config.json", "model.safetensors"] and repo.visibility == "public"
         assert repo.lfs_files() == {"model.safetensors"} and repo.files["model.safetensors"] == b"\x00" * 64
         assert ("POST", "/api/models/someone/tiny-student/commit/main") in [(m, p) for m, p, _ in hub.state.requests]
+
+        # the next version's weights come in shards: the old single file goes (it would load in their
+        # place); a file added on the Hub stays
+        from huggingface_hub import HfApi
+
+        HfApi(endpoint=hub.endpoint, token="hf_x").upload_file(path_or_fileobj=b"# notes", path_in_repo="notes.md",
+                                                              repo_id="someone/tiny-student")
+        (checkpoint / "model.safetensors").unlink()
+        for k in (1, 2):
+            (checkpoint / f"model-0000{k}-of-00002.safetensors").write_bytes(bytes([k]) * 32)
+        (checkpoint / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+        again = run_cli("push", str(checkpoint), "--repo", "someone/tiny-student", endpoint=hub.endpoint, home=tmp_path / "hf")
+        assert again.returncode == 0, again.stderr
+        assert sorted(repo.files) == ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                      "model.safetensors.index.json", "notes.md"]
 
 
 def test_dry_run_lists_files_and_sends_nothing(folder, tmp_path):

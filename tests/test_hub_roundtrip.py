@@ -120,6 +120,23 @@ def test_push_put_binary_files_in_lfs(hub, local):
     assert {auth for _, _, auth in hub.storage_requests} == {None}
 
 
+def test_a_push_removes_the_files_the_new_version_no_longer_has(hub, local, tmp_path):
+    """The data set was pushed twice: 2 questions, then 4. Parquet names change with their content, so
+    the second push deletes the first one's files in the same commit (they stay in its history)."""
+    files = lambda folder: {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}  # noqa: E731
+    new, old = files(local["data"]), files(local["old"])
+    repo = hub.repo(DATA)
+    assert set(repo.files) == new and {p for p in old - new if p.endswith(".parquet")}
+    assert old <= set(repo.contents(hub.old_commit))
+    # what a user who globs the split's files reads: the new rows only
+    loaded = python(f"""
+        import json, datasets
+        test = datasets.load_dataset({DATA!r}, data_files={{"test": "data/csqa-full/test-*.parquet"}}, split="test")
+        print(json.dumps(test.to_list()))
+    """, endpoint=hub.endpoint, home=tmp_path / "hf")
+    assert loaded == parquet_rows(local["data"], "csqa-full")["test"]
+
+
 def test_load_dataset_and_preferences_from_the_hub(hub, local, tmp_path):
     loaded = python(f"""
         import json, datasets
@@ -234,6 +251,14 @@ def _eval(tmp_path, data=DATA, *extra):
             "--limit", "1", *extra)
 
 
+def _reflect(tmp_path, data=DATA, *extra):
+    return ("reflect", "--student", STUDENT, "--data", data, "--config", "csqa-full", "--out", tmp_path / "run", *extra)
+
+
+def _build(tmp_path, raw=DATA, *extra):  # raw questions from the Hub (they would be in tau/commonsense_qa's layout)
+    return ("build", "csqa", "--raw", raw, "--responses", tmp_path / "teacher.jsonl", "--out", tmp_path / "run", *extra)
+
+
 MISSING = "{repo}: no such dataset repo on {endpoint}, or your token cannot read it; check the id (ORG/NAME) and the token's access, or pass a local folder"
 NO_REVISION = ("{repo}: the dataset repo has no revision 'nope' on {endpoint}; pass an existing branch, tag or commit id with "
                "--revision (or leave --revision out for main)")
@@ -252,12 +277,19 @@ MISSING_STUDENT = ("org/nobody: no such model repo on {endpoint}, or your token 
     (lambda t: _eval(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _infer(t, DATA, STUDENT, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
     (lambda t: _train(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
+    (lambda t: _reflect(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: _reflect(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
+    (lambda t: _eval(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
+    (lambda t: _build(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: _build(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
+    (lambda t: ("student", "init", "--tiny", "--data", "org/missing", "--out", t / "run"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _infer(t, PRIVATE), PRIVATE, None, None, PRIVATE_NO_TOKEN),
     (lambda t: _infer(t, DATA), DATA, "hf_not_a_token_of_this_hub", None, BAD_TOKEN),
     (lambda t: _infer(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
     (lambda t: _train(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
     (lambda t: _infer(t, DATA, "org/nobody"), "org/nobody", TOKEN, None, MISSING_STUDENT),
-], ids=["missing-infer", "missing-train", "missing-eval", "revision-infer", "revision-train", "private-no-token",
+], ids=["missing-infer", "missing-train", "missing-eval", "revision-infer", "revision-train", "missing-reflect",
+        "revision-reflect", "revision-eval", "missing-build", "revision-build", "missing-student-init", "private-no-token",
         "wrong-token", "unreachable-infer", "unreachable-train", "missing-student"])
 def test_hub_failures_are_one_line(hub, tmp_path, command, repo, token, endpoint, expected):
     endpoint = endpoint or hub.endpoint
@@ -300,3 +332,41 @@ def test_eval_pins_data_and_student_commits(tmp_path):
     model_args = argv[argv.index("--model_args") + 1 : argv.index("--metadata")]
     metadata_args = argv[argv.index("--metadata") + 1 : argv.index("--batch_size")]
     assert f"revision={'d' * 40}" in model_args and metadata_args == [f"data={DATA}", f"data_revision={'c' * 40}"]
+
+
+def test_build_reads_a_hub_source_at_a_pinned_revision(hub, world, tmp_path):
+    """The raw questions from the Hub (tau/commonsense_qa's layout) in two versions: `build --revision`
+    reads the first while main has the second, and the card names the commit read."""
+    import datasets
+
+    from tinythinker.artifacts import read_card_metadata
+
+    raw = world("csqa") / "raw"
+
+    def hub_rows(name: str) -> list[dict]:  # the release format as the Hub's csqa has it
+        rows = [json.loads(line) for line in (raw / name).read_text().splitlines() if line.strip()]
+        return [{"id": r["id"], "question": r["question"]["stem"], "question_concept": "", "answerKey": r["answerKey"],
+                 "choices": {"label": [c["label"] for c in r["question"]["choices"]],
+                             "text": [c["text"] for c in r["question"]["choices"]]}} for r in rows]
+
+    train, dev = hub_rows("train_rand_split.jsonl"), hub_rows("dev_rand_split.jsonl")
+    home = tmp_path / "hf"
+    for version, rows in (("v1", train), ("v2", train[: len(train) // 2])):
+        folder = tmp_path / version
+        for split, split_rows in (("train", rows), ("validation", dev)):
+            (folder / "data").mkdir(parents=True, exist_ok=True)
+            datasets.Dataset.from_list(split_rows).to_parquet(folder / "data" / f"{split}-{version}.parquet")
+        done = tinythinker("push", folder, "--repo", "org/csqa-raw", endpoint=hub.endpoint, home=home)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first = hub.repo("org/csqa-raw").commits[-2]
+    out = tmp_path / "built"
+    done = tinythinker("build", "csqa", "--raw", "org/csqa-raw", "--revision", first, "--responses", world("csqa") / "teacher.jsonl",
+                       "--out", out, endpoint=hub.endpoint, home=home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    provenance = read_card_metadata(out)["tinythinker"]
+    assert provenance["source_revision"].startswith(f"org/csqa-raw@{first} ")
+    assert provenance["raw_counts"] == {"train": len(train), "validation": len(dev)}  # v1's rows, not main's
+    refused = tinythinker("build", "csqa", "--raw", raw, "--revision", "v1", "--responses", world("csqa") / "teacher.jsonl",
+                          "--out", tmp_path / "local", endpoint=hub.endpoint, home=home)
+    assert one_error_line(refused) == (f"Error: --revision v1 names a Hub commit, but {raw} is a local folder; leave --revision "
+                                       "out or pass a Hub id (ORG/NAME) with --raw")

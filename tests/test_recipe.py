@@ -137,6 +137,10 @@ def test_run_survives_sigkill_and_skips_finished_steps(tmp_path, world):
         assert Path(step["output"]).exists(), step
     assert (run_dir / "dpo" / "best" / "config.json").exists()
     assert list((run_dir / "report").glob("*.png"))
+    # the report found each student's training run and embeds its curves
+    assert {"training_sft-full.png", "training_dpo.png"} <= {p.name for p in (run_dir / "report").glob("*.png")}
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "![sft-full training curves](training_sft-full.png)" in markdown and "![dpo training curves](training_dpo.png)" in markdown
     assert "sk-test-recipe" not in "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000)
 
     third = _cli("run", str(recipe_file), cwd=tmp_path, env=env)
@@ -150,3 +154,27 @@ def test_teacher_limits_default_to_the_servers_headers_and_recipes_can_set_them(
         assert "--rpm" not in teach.argv and "--tpm" not in teach.argv, path  # teach reads the server's x-ratelimit headers
     teach = plan(validate_recipe({"dataset": "csqa", "teacher": {"rpm": 500, "tpm": 30000}}), "/tmp/never-written").steps[0]
     assert teach.argv[teach.argv.index("--rpm") + 1] == "500" and teach.argv[teach.argv.index("--tpm") + 1] == "30000"
+
+
+def test_recipes_pass_trackers_and_hub_revisions_to_their_steps():
+    base = {"dataset": "csqa", "raw": "tau/commonsense_qa", "student": "google-t5/t5-small"}
+    quiet = {s.name: s for s in plan(validate_recipe(base), "/tmp/never-written").steps}
+    recipe = validate_recipe({**base, "report_to": "tensorboard", "raw_revision": "v1", "student_revision": "abc123"})
+    steps = {s.name: s for s in plan(recipe, "/tmp/never-written").steps}
+    for name in ("sft-full", "reflect"):
+        assert steps[name].command()[-2:] == ["--report-to", "tensorboard"]
+    assert all("--report-to" not in s.command() for n, s in steps.items() if n not in ("sft-full", "reflect"))
+    # a tracker changes how a step reports, not what it makes: turning it on reruns nothing
+    assert steps["reflect"].fingerprint() == quiet["reflect"].fingerprint()
+    for name in ("teach", "build"):
+        argv = steps[name].argv
+        assert argv[argv.index("--raw") + 1 : argv.index("--raw") + 4] == ["tau/commonsense_qa", "--revision", "v1"]
+    sft = steps["sft-full"].argv
+    assert sft[sft.index("--student") + 1 : sft.index("--student") + 4] == ["google-t5/t5-small", "--student-revision", "abc123"]
+    assert "--student-revision" not in steps["reflect"].argv  # reflection starts from the SFT checkpoint
+    with pytest.raises(TinyThinkerError, match="report_to 'mlflow' must be one of none, tensorboard, wandb, trackio"):
+        validate_recipe({**base, "report_to": "mlflow"})
+    with pytest.raises(TinyThinkerError, match="student_revision pins a Hub student, but student is tiny-seq2seq"):
+        validate_recipe({**base, "student": "tiny-seq2seq", "student_revision": "v1"})
+    with pytest.raises(TinyThinkerError, match="raw_revision pins a Hub data set, but raw is world"):
+        validate_recipe({**base, "raw": "world", "raw_revision": "v1"})

@@ -58,7 +58,7 @@ def toy(tmp_path_factory):
 def reflect_argv(toy, out) -> list[str]:
     return ["reflect", "--student", str(toy["student"]), "--data", str(toy["data"]), "--config", "toy-full", "--out", str(out),
             "--iterations", "2", "--samples", "3", "--temperature", "1.5", "--lr", "1e-4", "--batch-size", "4", "--cycles", "2",
-            "--eval-limit", "2", "--seed", "7", "--no-progress"]
+            "--eval-limit", "2", "--seed", "7", "--no-progress", "--report-to", "tensorboard"]
 
 
 def run_cli(args, **kwargs) -> subprocess.CompletedProcess:
@@ -76,6 +76,14 @@ def finished(toy):
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"two iterations end to end: {seconds:.1f} s")
     return out, result
+
+
+def tensorboard_figures(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """The run's TensorBoard scalars (test_tracking.py reads them), timings left out."""
+    from test_tracking import tensorboard_scalars
+
+    return {tag: points for tag, points in tensorboard_scalars(out / "tracking" / "tinythinker").items()
+            if tag != "train/pairs_per_second"}
 
 
 def without_times(value):
@@ -127,6 +135,17 @@ def test_two_iterations_end_to_end(finished, toy):
     assert all(m["questions"] == 2 for m in metrics if m["kind"] == "eval")
     assert any(m["kind"] == "train" and m["stage"] == "recall" for m in metrics)
 
+    # --report-to tensorboard: the same figures, the iterations one after another on one step axis
+    # (the starting student's accuracy at step 0)
+    offsets = {1: 0, 2: state["iterations"]["1"]["summary"]["steps"]}
+    train = [m for m in metrics if m["kind"] == "train"]
+    scalars = tensorboard_figures(out)
+    for tag, key in (("train/loss", "loss"), ("train/reward_margin", "reward_margin"), ("train/reward_accuracy", "reward_accuracy"),
+                     ("train/dpo_loss", "dpo_loss")):
+        assert scalars[tag] == [(offsets[m["iteration"]] + m["step"], pytest.approx(m[key], rel=1e-6, abs=1e-9)) for m in train]
+    assert scalars["validation/accuracy"] == [(offsets.get(m["iteration"], 0) + m.get("step", 0), m["accuracy"])
+                                              for m in metrics if m["kind"] == "eval"]
+
     # the best checkpoints load, carry a card, and OUT/best is the best of every iteration, the
     # starting student (iteration 0) included; a tie keeps the earlier one
     best = Student.load(out / "best", device="cpu")
@@ -177,6 +196,7 @@ def test_sigkill_in_the_middle_then_rerun_gives_the_same_result(finished, toy, t
     # the reference log-probs of iteration 1 were read back, not recomputed
     assert {p: p.stat().st_mtime_ns for p in cached} == cached
     assert outcome(out) == outcome(reference_out)
+    assert tensorboard_figures(out) == tensorboard_figures(reference_out)  # each step once, as in the run never killed
     assert not list(out.rglob(".*partial*"))
 
 

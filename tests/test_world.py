@@ -87,14 +87,35 @@ def test_every_file_loads_in_its_release_format(world, dataset):
 
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("questions", [SMALL, TAUGHT])
-def test_gold_positions_are_balanced_in_every_file(dataset, questions):
+def test_shuffled_letters_balance_gold_positions_in_every_file(dataset, questions):
     letters = letters_for(get_spec(dataset).n_options)
-    for path, rows in _raw_files(dataset, world_files(dataset, questions=questions, defects=0)).items():
+    for path, rows in _raw_files(dataset, world_files(dataset, questions=questions, defects=0, letters="shuffled")).items():
         unique = list(dict.fromkeys(rows))  # the release's exact duplicate counts once
         counts = Counter(answer for _, _, answer in unique)
         assert set(counts) <= set(letters), path
         spread = [counts[x] for x in letters]
         assert max(spread) - min(spread) <= 1, (path, spread)  # strategyqa: half "yes", half "no"
+
+
+@pytest.mark.parametrize("dataset", ("csqa", "obqa"))
+def test_fixed_letters_keep_each_value_under_one_letter(dataset):
+    world = World(42, TAUGHT)
+    n_options = get_spec(dataset).n_options
+    for split in world.questions(dataset).values():
+        for wq in split:
+            q = wq.question
+            assert [world.letter_index(wq.relation, v, n_options) for v in q.options] == list(range(n_options))
+            assert q.letters.index(q.answer) == world.letter_index(wq.relation, wq.value, n_options)
+    for relation, spec in RELATIONS.items():  # every letter holds as many values as any other, +-1
+        held = Counter(world.letter_index(relation, v, n_options) for v in spec.values)
+        assert max(held.values()) - min(held.values()) <= 1, relation
+
+
+def test_fixed_letters_keep_the_default_csqa_world_near_balanced():
+    """Gold letters follow the values (uniform over kinds), so no letter is a useful guess."""
+    for path, rows in _raw_files("csqa", world_files("csqa", defects=0)).items():
+        counts = Counter(answer for _, _, answer in rows)
+        assert max(counts.values()) <= 1.2 * len(rows) / 5, (path, counts)  # measured: dev 69 of 300, train 315 of 1,500
 
 
 @pytest.mark.parametrize("dataset", ("csqa", "obqa"))

@@ -144,11 +144,12 @@ def trace_metrics(trace: Mapping, doc: Mapping, kind: str = "full") -> dict[str,
 def vote_metrics(traces: Sequence[Mapping], doc: Mapping) -> dict[str, float]:
     """Self-consistency metrics of several sampled traces of one question.
 
-    ``acc``: the majority answer (first seen wins a tie; unanswered samples do not vote) is gold;
+    ``acc``: the majority answer is gold (first seen wins a tie; an unanswered sample votes for "no
+    answer", as the reference's ``Counter.most_common`` and :func:`tinythinker.pipeline.vote` count);
     ``sample_acc``: mean accuracy of the single samples; ``vote_share``: fraction of the samples
     that gave the majority answer."""
     answers = [t.get("answer") for t in traces]
-    voted = majority([a for a in answers if a is not None])
+    voted = majority(answers)
     metrics = {
         "acc": float(voted is not None and voted == doc["GT"]),
         "answer_found": float(voted is not None),

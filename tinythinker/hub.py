@@ -23,6 +23,11 @@ from .errors import TinyThinkerError
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _READ_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")  # "gpt2" is one too
+# Files of the repo's previous version that a push removes unless the folder has them again: a data
+# set's parquet files (named by their content, so a rebuild renames them) and a checkpoint's weights
+# (a stale model.safetensors would load in place of new shards). Other files (a picture added to the
+# card on the Hub) stay.
+STALE_PATTERNS = {"dataset": ["data/**"], "model": ["*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json"]}
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,8 @@ def push_folder(
     private: bool = False,
     commit_message: str | None = None,
 ) -> PushResult:
-    """Create the repo (if needed) and upload the folder in one commit; -> its URL and commit id."""
+    """Create the repo (if needed) and upload the folder in one commit that also deletes the files of
+    the previous version it no longer has (:data:`STALE_PATTERNS`); -> its URL and commit id."""
     import huggingface_hub
     from huggingface_hub import HfApi
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
@@ -271,6 +277,7 @@ def push_folder(
             folder_path=str(plan.folder),
             repo_type=plan.repo_type,
             commit_message=commit_message or f"Upload {plan.folder.name} with tinythinker",
+            delete_patterns=STALE_PATTERNS[plan.repo_type],
         )
     except Exception as error:  # noqa: BLE001 - HTTP/auth/network errors become one user-facing line
         if _xet_refused(api, repo_id, plan.repo_type):

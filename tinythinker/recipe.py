@@ -28,6 +28,7 @@ from .errors import TinyThinkerError
 from .protocol import VARIANTS
 from .settings import ReflectSettings, SFTSettings, defaults
 from .sources import get_spec
+from .tracking import REPORT_TO, check_report_to
 
 # Recipe keys and their defaults (REFERENCE section 3; the SFT and reflection hyperparameters are those of tinythinker.settings).
 DEFAULTS: dict = {
@@ -36,6 +37,7 @@ DEFAULTS: dict = {
     "run_dir": None,
     "seed": 42,
     "raw": None,  # local folder, Hub id, or "world" (a generated learnable world); default: the data set's Hub id
+    "raw_revision": None,  # of a Hub raw: branch, tag or commit id (None: main); the data set card names its commit
     "world": {"questions": None, "defects": None},  # with raw: world (defaults: tinythinker world's)
     "teacher": {
         "model": "gpt-4o-2024-05-13",
@@ -49,6 +51,8 @@ DEFAULTS: dict = {
         "responses": None,  # list of existing response files: skip teaching ("world": the world's teacher)
     },
     "student": "google-t5/t5-small",  # Hub id, local path, or "tiny-seq2seq" / "tiny-causal"
+    "student_revision": None,  # of a Hub student: branch, tag or commit id (None: main); SFT pins it to its commit
+    "report_to": "none",  # SFT and reflection also send their curves to tensorboard, wandb or trackio
     "processes": 1,  # > 1: SFT and reflection run under `accelerate launch --num_processes N`
     "sft": {"variants": ["full"], **defaults(SFTSettings, "epochs", "lr", "batch_size", "interval", "schedule", "bf16", "eval_limit")},
     # cycles None: not passed, so the command's default (ReflectSettings.cycles) applies
@@ -64,11 +68,15 @@ class Step:
     argv: list[str]  # tinythinker arguments
     output: Path  # what the step makes (shown in the summary)
     processes: int = 1
+    # arguments that change how a step reports, not what it makes: left out of the fingerprint, so
+    # that turning a tracker on does not rerun finished steps
+    reporting: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
         if self.processes > 1:
-            return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(self.processes), "-m", "tinythinker", *self.argv]
-        return [sys.executable, "-m", "tinythinker", *self.argv]
+            return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(self.processes), "-m", "tinythinker",
+                    *self.argv, *self.reporting]
+        return [sys.executable, "-m", "tinythinker", *self.argv, *self.reporting]
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.argv).encode()).hexdigest()[:16]
@@ -124,6 +132,14 @@ def validate_recipe(given: dict, where: str = "recipe") -> dict:
         raise TinyThinkerError(f"{where}: sft.variants {bad or variants} must be among {', '.join(VARIANTS)}")
     if int(recipe["processes"]) < 1:
         raise TinyThinkerError(f"{where}: processes must be at least 1")
+    if recipe["report_to"] not in REPORT_TO:
+        raise TinyThinkerError(f"{where}: report_to {recipe['report_to']!r} must be one of {', '.join(REPORT_TO)}")
+    if recipe["raw_revision"] is not None and recipe["raw"] == "world":
+        raise TinyThinkerError(f"{where}: raw_revision pins a Hub data set, but raw is world (made by the run); leave "
+                               "raw_revision out or name a Hub id in raw")
+    if recipe["student_revision"] is not None and str(recipe["student"]).startswith("tiny-"):
+        raise TinyThinkerError(f"{where}: student_revision pins a Hub student, but student is {recipe['student']} (made "
+                               "by the run); leave student_revision out or name a Hub id in student")
     if "demo" in (recipe["raw"], recipe["teacher"]["responses"]):
         raise TinyThinkerError(f"{where}: the embedded demo data is gone; write raw: world and teacher.responses: world "
                                "(a generated learnable world, see tinythinker world --help)")
@@ -153,7 +169,7 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
                                     *_opt("--questions", recipe["world"]["questions"]), *_opt("--defects", recipe["world"]["defects"])], world))
         raw = str(world / "raw") if raw == "world" else raw
         responses = [str(world / "teacher.jsonl")] if responses == "world" else responses
-    raw_args = _opt("--raw", raw)
+    raw_args = [*_opt("--raw", raw), *_opt("--revision", recipe["raw_revision"])]
 
     if responses is None:
         answers = run / "teacher" / f"{ds}.jsonl"
@@ -175,13 +191,15 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
         steps.append(Step("student", ["student", "init", "--tiny", "--kind", student.removeprefix("tiny-"), "--data", str(data), "--config", f"{ds}-full", "--out", str(tiny), "--overwrite"], tiny))
         student = str(tiny)
 
+    reporting = _opt("--report-to", None if recipe["report_to"] == "none" else recipe["report_to"])
     best_full = None
     for variant in sft["variants"]:
         out = run / f"sft-{variant}"
-        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", f"{ds}-{variant}", "--student", str(student), "--out", str(out), "--seed", seed,
+        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", f"{ds}-{variant}", "--student", str(student),
+                                             *_opt("--student-revision", recipe["student_revision"]), "--out", str(out), "--seed", seed,
                                              *_opt("--epochs", sft["epochs"]), *_opt("--lr", sft["lr"]), *_opt("--batch-size", sft["batch_size"]),
                                              *_opt("--interval", sft["interval"]), *_opt("--schedule", sft["schedule"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
-                          out / "best", int(recipe["processes"])))
+                          out / "best", int(recipe["processes"]), reporting))
         steps.append(_eval_step(f"eval-sft-{variant}", out / "best", data, ds, variant, evaluation, run / "results" / f"sft-{variant}"))
         if variant == "full":
             best_full = out / "best"
@@ -193,7 +211,7 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
                                       *_opt("--nll-weight", reflect["nll_weight"]), *_opt("--lr", reflect["lr"]), *_opt("--batch-size", reflect["batch_size"]),
                                       *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"]),
                                       *_opt("--cycles", reflect["cycles"]), *_opt("--train-limit", reflect["train_limit"])],
-                          out / "best", int(recipe["processes"])))
+                          out / "best", int(recipe["processes"]), reporting))
         steps.append(_eval_step("eval-dpo", out / "best", data, ds, "full", evaluation, run / "results" / "dpo"))
 
     steps.append(Step("report", ["report", str(run / "results"), "--plots", str(run / "report"), "--markdown", str(run / "report" / "report.md"), "--json", str(run / "report" / "report.json")], run / "report"))
@@ -231,6 +249,7 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
     from rich.console import Console
 
     console = console or Console(stderr=True)
+    check_report_to(run.recipe["report_to"])  # a missing tracker package: one line before any step runs
     run.run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run.run_dir / "run_state.json"
     state = _read_state(state_path)
@@ -245,7 +264,7 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
             continue
         invalidated = invalidated or bool(done)
         console.rule(f"[{index}/{len(run.steps)}] {step.name}")
-        console.print("[dim]$ tinythinker " + shlex.join(step.argv) + "[/]")
+        console.print("[dim]$ tinythinker " + shlex.join([*step.argv, *step.reporting]) + "[/]")
         started = time.perf_counter()
         result = subprocess.run(step.command(), env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
         if result.returncode != 0:

@@ -51,7 +51,8 @@ from .preferences import (
 )
 from .protocol import ANALYZE, RECALL, VARIANTS
 from .settings import DPOSettings, ReflectSettings
-from .train_loop import BEST, make_accelerator, validate
+from .tracking import scalars, tracking
+from .train_loop import BEST, LAST, make_accelerator, validate
 
 SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
 STEPS = ("sample", "pairs", "reference", "dpo", "next")
@@ -190,12 +191,12 @@ class Reflection:
     """One self-reflection run in ``out`` (see the module docstring)."""
 
     def __init__(self, settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
-                 micro_batch_size: int | None = None):
+                 micro_batch_size: int | None = None, report_to: str | None = None):
         settings.check()
         self.settings, self.out = settings.resolved(), Path(out)
         self.progress_enabled, self.console = progress, console
         self.eval_batch_size, self.micro_batch_size = self.settings.eval_batch_size, micro_batch_size
-        self.accelerator = make_accelerator(self.settings.bf16)
+        self.accelerator = make_accelerator(self.settings.bf16, report_to, self.out)
         self.is_main = self.accelerator.is_main_process
         # inputs first: a mistake in them must not leave a started run behind
         self.data_commit = self._data_commit(overwrite)
@@ -426,7 +427,8 @@ class Reflection:
                          self.out / f"iter{k}", items=self.data.validation, micro_batch_size=self.micro_batch_size,
                          eval_batch_size=self.eval_batch_size, label=f"iteration {k} DPO", progress=self.progress_enabled,
                          console=self.console, write_card=self._card(k, start, sets),
-                         on_checkpoint=lambda records: self._save_state(records, k))
+                         on_checkpoint=lambda records: self._save_state(records, k), tracker=acc,
+                         tracker_offset=self._tracker_offset(k))
             run.setup()
             result = run.train()
             steps["dpo"] = {"steps": result.steps, "best_step": result.best_step, "best_accuracy": result.best_accuracy}
@@ -444,8 +446,10 @@ class Reflection:
             if better:
                 with staged_folder(self.out / BEST, overwrite=True) as tmp:
                     shutil.copytree(best, tmp, dirs_exist_ok=True)
-            if (self.out / f"iter{k}" / "last").exists():  # the finished iteration needs no resume point
-                shutil.rmtree(self.out / f"iter{k}" / "last")
+            # the finished iteration needs no resume point, and its DPO log is in state.json and OUT/metrics.jsonl
+            # (an iter<k> with a metrics.jsonl would pass for a run folder of its own)
+            shutil.rmtree(self.out / f"iter{k}" / LAST, ignore_errors=True)
+            (self.out / f"iter{k}" / METRICS_FILE).unlink(missing_ok=True)
         if better:
             self.state["chosen"] = {"iteration": k, "accuracy": accuracy, "student": str(best)}
         acc.wait_for_everyone()
@@ -470,6 +474,7 @@ class Reflection:
             self.state["baseline"] = {"student": s.student, **accuracy}
             self.state["chosen"] = {"iteration": 0, "accuracy": self.state["baseline"]["accuracy"], "student": s.student}
             self._save_state()
+            self.accelerator.log(scalars({"kind": "eval", **self.state["baseline"]}), step=0)
             self._say(f"starting student: validation accuracy {self.state['baseline']['accuracy']:.4f}")
         self.start_student = None  # each step loads the checkpoint it needs
         start = s.student
@@ -494,6 +499,11 @@ class Reflection:
         self.accelerator.wait_for_everyone()
         return self.result()
 
+    def _tracker_offset(self, k: int) -> int:
+        """The tracker step before iteration k's first: the DPO steps of the iterations before it."""
+        return sum(entry["steps"]["dpo"]["steps"] for key, entry in self.state["iterations"].items()
+                   if int(key) < k and "dpo" in entry["steps"])
+
     def result(self) -> ReflectResult:
         done = [self.state["iterations"][k]["summary"] for k in sorted(self.state["iterations"], key=int)
                 if self.state["iterations"][k].get("summary")]
@@ -502,10 +512,14 @@ class Reflection:
 
 
 def reflect(settings: ReflectSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
-            micro_batch_size: int | None = None) -> ReflectResult:
+            micro_batch_size: int | None = None, report_to: str | None = None) -> ReflectResult:
     """Run (or continue, or return the finished result of) the self-reflection run in ``out``.
 
-    ``micro_batch_size`` cuts each process's share of a DPO batch for memory (same result)."""
-    run = Reflection(settings, out, overwrite=overwrite, progress=progress, console=console, micro_batch_size=micro_batch_size)
-    return run.run()
+    ``micro_batch_size`` cuts each process's share of a DPO batch for memory (same result);
+    ``report_to`` a tracker that gets the metrics lines too (see :mod:`tinythinker.tracking`): the
+    DPO iterations one after another on one step axis, the starting student's accuracy at step 0."""
+    run = Reflection(settings, out, overwrite=overwrite, progress=progress, console=console, micro_batch_size=micro_batch_size,
+                     report_to=report_to)
+    with tracking(run.accelerator, run.out, {**asdict(run.settings), "micro_batch_size": micro_batch_size}):
+        return run.run()
 

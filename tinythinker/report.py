@@ -8,7 +8,10 @@ Inputs are what the tools already write, read as they are:
   (``tinythinker.method`` sft / dpo and the DPO ``iteration``);
 * self-reflection run folders (``metrics.jsonl`` of ``tinythinker reflect``): the validation accuracy of
   the starting student (iteration 0) and of every iteration's best checkpoint. A reflection run is
-  found from a result whose student lives in it (``OUT/best``, ``OUT/iter<k>/best``) or given directly.
+  found from a result whose student lives in it (``OUT/best``, ``OUT/iter<k>/best``) or given directly;
+* the training curves of those runs and of SFT runs (``metrics.jsonl`` of ``tinythinker train sft``),
+  found from a result whose student is a run's ``OUT/best``, or given directly: train loss per stage,
+  validation accuracy per cycle, DPO reward margin and preference accuracy, drawn as PNG.
 
 Every view (rich tables, markdown, plots, JSON) is drawn from one :class:`Report`.
 """
@@ -27,7 +30,8 @@ from .errors import TinyThinkerError
 from .evaluation import OUTCOMES, attribution, attribution_summary
 
 TASK_RE = re.compile(r"^tinythinker_(?P<dataset>[a-z]+?)(?:_(?P<kind>analyze_oracle|summarize_oracle|sc))?$")
-REFLECT_METRICS = "metrics.jsonl"
+REFLECT_METRICS = "metrics.jsonl"  # the metrics log of a training run, SFT or self-reflection
+RUN_SETTINGS = "run.json"  # the settings every training run writes when it starts
 
 # The rows of the stage table: (stage, label, task kind, metric)
 STAGE_ROWS = (
@@ -76,10 +80,21 @@ class Curve:
 
 
 @dataclass
+class TrainingRun:
+    """The metrics log of one training run: ``sft`` (`tinythinker train sft`) or ``dpo`` (`tinythinker reflect`)."""
+
+    run: str  # label, the folder's name (with its parent's when two runs share one)
+    kind: str
+    folder: str
+    records: list[dict] = field(default_factory=list)  # the metrics.jsonl lines, in order
+
+
+@dataclass
 class Report:
     results: list[TaskResult]
     attribution: list[dict]  # one per (run, dataset) with a full task
     curves: list[Curve]
+    training: list[TrainingRun] = field(default_factory=list)  # runs with a non-empty metrics log
 
     def runs(self) -> list[str]:
         """Run labels, SFT before DPO iterations in order, then the rest as found."""
@@ -195,6 +210,39 @@ def reflection_folder(student: str) -> Path | None:
     return None
 
 
+def run_kind(folder: Path) -> str | None:
+    """``sft`` or ``dpo`` for a training run folder (by the settings its trainer wrote), else None."""
+    try:
+        settings = json.loads((Path(folder) / RUN_SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(settings, dict) or not (Path(folder) / REFLECT_METRICS).is_file():
+        return None
+    return "dpo" if "iterations" in settings else "sft" if "interval" in settings else None
+
+
+def training_folder(student: str) -> Path | None:
+    """The training run a checkpoint comes from (``OUT/best``, ``OUT/iter<k>/best``), by the run's own
+    files, not the checkpoint's card (a reflection whose iterations all lost keeps a copy of its start)."""
+    path = Path(student)
+    return next((folder for folder in (path.parent, path.parent.parent) if run_kind(folder)), None)
+
+
+def load_training(folder: Path, run: str) -> TrainingRun | None:
+    """A training run's metrics log; None when it has none or no lines yet. A run still being written
+    may end in a torn line: the lines before it are kept."""
+    kind = run_kind(folder)
+    if kind is None:
+        return None
+    records = []
+    try:
+        for _, record in iter_jsonl(Path(folder) / REFLECT_METRICS, what="training metrics log"):
+            records.append(record)
+    except TinyThinkerError:
+        pass
+    return TrainingRun(run=run, kind=kind, folder=str(folder), records=records) if records else None
+
+
 def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
     """Validation accuracy per iteration from a reflection run's ``metrics.jsonl``."""
     curve = Curve(run=run, dataset=dataset, folder=str(folder))
@@ -223,9 +271,12 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
     prefix = len(roots) > 1
     results: list[TaskResult] = []
     curves: dict[str, Curve] = {}
+    training: dict[str, Path] = {}  # resolved folder -> folder, in the order found
     for root in roots:
-        if (root / REFLECT_METRICS).is_file():  # a reflection run given directly
-            curves[str(root.resolve())] = load_curve(root, root.name)
+        if (root / REFLECT_METRICS).is_file():  # a training run given directly
+            training.setdefault(str(root.resolve()), root)
+            if run_kind(root) != "sft":  # a reflection run (also when its settings file is missing)
+                curves[str(root.resolve())] = load_curve(root, root.name)
             continue
         found = load_results(root, prefix=prefix)
         if not found:
@@ -236,10 +287,22 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
             folder = reflection_folder(result.student) if result.method == "dpo" else None
             if folder is not None and str(folder.resolve()) not in curves:
                 curves[str(folder.resolve())] = load_curve(folder, result.run, result.dataset)
-    report = Report(results=results, attribution=_attributions(results), curves=list(curves.values()))
+            folder = training_folder(result.student)
+            if folder is not None:
+                training.setdefault(str(folder.resolve()), folder)
+    report = Report(results=results, attribution=_attributions(results), curves=list(curves.values()),
+                    training=_training_runs(training.values()))
     position = {run: i for i, run in enumerate(report.runs())}
     report.attribution.sort(key=lambda a: (position[a["run"]], a["dataset"]))
     return report
+
+
+def _training_runs(folders: Iterable[Path]) -> list[TrainingRun]:
+    """The runs with a metrics log, labelled by folder name (and its parent's where names repeat)."""
+    folders = list(folders)
+    names = [f.name for f in folders]
+    runs = [load_training(f, f.name if names.count(f.name) == 1 else f"{f.parent.name}-{f.name}") for f in folders]
+    return [run for run in runs if run is not None]
 
 
 def _attributions(results: Iterable[TaskResult]) -> list[dict]:
@@ -348,18 +411,42 @@ def render_tables(report: Report, console) -> None:
         console.print(table)
 
 
-def render_markdown(report: Report) -> str:
+def render_markdown(report: Report, plots: Path | None = None, markdown: Path | None = None) -> str:
+    """The tables as markdown; with the ``plots`` folder :func:`render_plots` drew into, also the
+    training curves, linked relative to where the ``markdown`` file goes."""
+    import os
+
     from .cards import render_card
 
-    return render_card("eval.md.j2", tables=tables(report), runs=[
+    curves = []
+    for run in report.training if plots is not None else ():
+        path = Path(plots) / curve_file(run)
+        if path.is_file():
+            link = os.path.relpath(path.resolve(), Path(markdown or ".").resolve().parent)
+            curves.append({"run": run.run, "kind": "SFT" if run.kind == "sft" else "DPO self-reflection",
+                           "folder": run.folder, "path": Path(link).as_posix(), "note": _curve_note(run)})
+    return render_card("eval.md.j2", tables=tables(report), curves=curves, runs=[
         {"run": run, "student": next(r.student for r in report.results if r.run == run),
          "data": sorted({str(r.data) for r in report.results if r.run == run and r.data})}
         for run in report.runs()])
 
 
+def _curve_note(run: TrainingRun) -> str:
+    """One line under a run's curves: steps logged and where validation peaked."""
+    steps = max((r.get("step") or 0 for r in run.records if r.get("kind") == "train"), default=0)
+    if run.kind == "sft":
+        best = _best_point([r for r in run.records if r.get("kind") == "eval"])
+        peak = f"; best validation accuracy {_fmt(best['accuracy'])}% at cycle {best.get('cycle')} (step {best.get('step')})" if best else ""
+        return f"train loss per stage and validation accuracy per cycle, {steps:,} steps{peak}"
+    iterations = [r for r in run.records if r.get("kind") == "iteration" and r.get("best_accuracy") is not None]
+    peaks = ", ".join(f"iteration {r['iteration']} {_fmt(r['best_accuracy'])}%" for r in iterations)
+    return "DPO loss, reward margin, preference accuracy and validation accuracy" + (f"; best validation accuracy: {peaks}" if peaks else "")
+
+
 def to_json(report: Report) -> str:
     data = {"results": [{k: v for k, v in asdict(r).items() if k != "correct"} for r in report.results],
-            "attribution": report.attribution, "reflection": [asdict(c) for c in report.curves]}
+            "attribution": report.attribution, "reflection": [asdict(c) for c in report.curves],
+            "training": [{"run": t.run, "kind": t.kind, "folder": t.folder} for t in report.training]}
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -384,7 +471,14 @@ def render_plots(report: Report, folder: Path) -> list[Path]:
         written.append(path)
     if path := _plot_stage_checks(report, folder, plt):
         written.append(path)
+    for run in report.training:
+        written.append(_plot_training(run, folder / curve_file(run), plt))
     return written
+
+
+def curve_file(run: TrainingRun) -> str:
+    """The PNG name of a run's training curves (in the plots folder)."""
+    return "training_" + re.sub(r"[^A-Za-z0-9._-]+", "_", run.run) + ".png"
 
 
 def _save(fig, path: Path, plt) -> Path:
@@ -488,3 +582,122 @@ def _plot_stage_checks(report: Report, folder: Path, plt) -> Path | None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, folder / "stage_checks.png", plt)
+
+
+# --- training curves (metrics.jsonl) ------------------------------------------------------------------
+
+MIXED_COLOUR = "#3a7ca5"  # the loss of mixed batches (every stage at once)
+
+
+def _best_point(evals: Sequence[dict]) -> dict | None:
+    """The kept checkpoint's validation: the last line that improved on every one before it."""
+    return next((e for e in reversed(evals) if e.get("best")), None)
+
+
+def _accuracy_axis(ax, evals: Sequence[dict], x: str, best_points: Sequence[dict], xlabel: str) -> None:
+    ax.plot([e[x] for e in evals], [100 * e["accuracy"] for e in evals], "-o", color="#4c9f70", markersize=4, linewidth=1.5,
+            label="validation accuracy")
+    for point in best_points:
+        ax.plot([point[x]], [100 * point["accuracy"]], "*", color="#d64550", markersize=14, zorder=3)
+        ax.annotate(f"best {100 * point['accuracy']:.1f}%", (point[x], 100 * point["accuracy"]), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    top = max(100 * e["accuracy"] for e in evals)
+    ax.set_ylim(0, max(10, min(105, top * 1.2 + 5)))  # from 0; room above for the labels
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+
+
+def _plot_training(run: TrainingRun, path: Path, plt) -> Path:
+    return (_plot_sft if run.kind == "sft" else _plot_dpo)(run, path, plt)
+
+
+def _plot_sft(run: TrainingRun, path: Path, plt) -> Path:
+    """Train loss per stage over steps; validation accuracy per cycle, the kept checkpoint starred."""
+    train = [r for r in run.records if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    evals = [r for r in run.records if r.get("kind") == "eval" and isinstance(r.get("accuracy"), (int, float))]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11.0, 4.0))
+    for stage in dict.fromkeys(r.get("stage", "?") for r in train):
+        points = [(r["step"], r["loss"]) for r in train if r.get("stage", "?") == stage]
+        loss_ax.plot(*zip(*points), ".-", markersize=3, linewidth=1, label=stage,
+                     color=STAGE_COLOURS.get(stage, MIXED_COLOUR))
+    if train:
+        if all(r["loss"] > 0 for r in train):  # a loss falls by orders of magnitude: log scale, plain numbers
+            from matplotlib.ticker import FormatStrFormatter
+
+            loss_ax.set_yscale("log")
+            loss_ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            loss_ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        loss_ax.legend(fontsize=8, title="stage", title_fontsize=8)
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.set_ylabel("train loss (mean token NLL)")
+    loss_ax.set_title("Train loss per stage")
+    loss_ax.grid(alpha=0.3, which="both")
+    if evals:
+        best = _best_point(evals)
+        _accuracy_axis(acc_ax, evals, "cycle", [best] if best else [], "cycle")
+        acc_ax.set_title(f"Validation accuracy per cycle ({evals[0].get('questions', '?')} questions)")
+    else:
+        acc_ax.text(0.5, 0.5, "no validation", ha="center", va="center", transform=acc_ax.transAxes)
+        acc_ax.set_axis_off()
+    fig.suptitle(f"SFT: {run.run}", fontsize=11)
+    return _save(fig, path, plt)
+
+
+def _plot_dpo(run: TrainingRun, path: Path, plt) -> Path:
+    """DPO loss, reward margin and preference accuracy over steps (iterations one after another),
+    and validation accuracy (the starting student at step 0; each iteration's kept checkpoint starred)."""
+    iterations = sorted({r["iteration"] for r in run.records if isinstance(r.get("iteration"), int) and r["iteration"] > 0})
+    offsets, offset = {}, 0
+    for k in iterations:  # each iteration counts its steps from 1: lay them end to end
+        offsets[k] = offset
+        summary = next((r for r in run.records if r.get("kind") == "iteration" and r.get("iteration") == k), {})
+        offset += summary.get("steps") or max((r.get("step") or 0 for r in run.records if r.get("iteration") == k), default=0)
+    rows = [{**r, "x": offsets[r["iteration"]] + r["step"]} for r in run.records
+            if r.get("iteration") in offsets and isinstance(r.get("step"), int)]
+    train = [r for r in rows if r.get("kind") == "train"]
+    evals = [{**r, "x": 0} for r in run.records if r.get("kind") == "eval" and r.get("iteration") == 0 and "accuracy" in r]
+    evals += [r for r in rows if r.get("kind") == "eval" and isinstance(r.get("accuracy"), (int, float))]
+    fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0))
+    panels = ((axes[0][0], (("loss", "loss (DPO + NLL)"), ("dpo_loss", "DPO loss")), "loss", "Training loss"),
+              (axes[0][1], (("reward_margin", None),), "reward margin (chosen - rejected)", "Reward margin"),
+              (axes[1][0], (("reward_accuracy", None),), "preference accuracy (%)", "Preference accuracy (chosen reward > rejected)"))
+    for ax, series, ylabel, title in panels:
+        for key, label in series:
+            for stage in dict.fromkeys(r.get("stage", "?") for r in train):
+                points = [(r["x"], r[key] * (100 if key == "reward_accuracy" else 1)) for r in train
+                          if r.get("stage", "?") == stage and isinstance(r.get(key), (int, float))]
+                if points:
+                    ax.plot(*zip(*points), ".-" if label is None or key == "loss" else ".:", markersize=3, linewidth=1,
+                            color=STAGE_COLOURS.get(stage, MIXED_COLOUR), label=f"{label + ', ' if label else ''}{stage} pairs")
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1][0].set_ylim(-5, 105)
+    axes[0][1].axhline(0, color="grey", linewidth=0.8)
+    acc_ax = axes[1][1]
+    if evals:
+        kept = [p for k in iterations if (p := _best_point([e for e in evals if e.get("iteration") == k]))]
+        _accuracy_axis(acc_ax, evals, "x", kept, "optimizer step (0: the starting student)")
+        acc_ax.set_title("Validation accuracy (starred: each iteration's kept checkpoint)", fontsize=10)
+    else:
+        acc_ax.text(0.5, 0.5, "no validation", ha="center", va="center", transform=acc_ax.transAxes)
+        acc_ax.set_axis_off()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (axes[0][0], axes[0][1], axes[1][0], acc_ax):
+        ax.set_xlim(left=-0.5, right=max(offset, 1) + 0.5)  # one step axis for all four, from the starting student
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for k in iterations:  # where each iteration starts, and its number
+            if k != iterations[0]:
+                ax.axvline(offsets[k] + 0.5, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(offsets[k] + 0.7, 0.98, f"it. {k}", transform=ax.get_xaxis_transform(), fontsize=7, color="grey", va="top")
+    fig.suptitle(f"Self-reflection (DPO): {run.run}, {len(iterations)} iteration(s)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path, plt)

@@ -36,7 +36,8 @@ from .errors import TinyThinkerError
 from .hub import pin
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
 from .settings import REFERENCE_MAX_LENGTH, SCHEDULES, SFTSettings, absolute
-from .train_loop import TrainLoop, TrainResult, chunks
+from .tracking import tracking
+from .train_loop import TrainLoop, TrainResult, chunks, make_accelerator
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
@@ -280,13 +281,14 @@ class SFTTrainer(TrainLoop):
     log_epochs = True
     figure_names = ("loss", "labels", "tokens")
 
-    def __init__(self, settings: SFTSettings, out: Path, *, overwrite: bool, **loop):
+    def __init__(self, settings: SFTSettings, out: Path, *, overwrite: bool, report_to: str | None = None, **loop):
+        accelerator = make_accelerator(settings.bf16, report_to, out)  # first: a missing tracker package is one line
         resuming = read_run(out, settings, overwrite=overwrite)
         # the commits a Hub data set and base model are read at: pinned when the run starts, kept when it resumes
         saved = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8")) if resuming else {}
         self.data_commit = saved.get("data_commit") or pin(settings.data, settings.revision)
         self.student_commit = saved.get("student_commit") or pin(settings.student, settings.student_revision, repo_type="model")
-        super().__init__(out, settings, start=settings.student, revision=self.student_commit, **loop)
+        super().__init__(out, settings, start=settings.student, revision=self.student_commit, accelerator=accelerator, **loop)
         if resuming:
             self.resume_from_last()
         self.accelerator.wait_for_everyone()
@@ -389,13 +391,16 @@ class SFTTrainer(TrainLoop):
         write_card(folder, front, body)
 
 
-def train_sft(settings: SFTSettings, out, *, overwrite: bool = False, progress: bool = True, console=None, **options) -> TrainResult:
+def train_sft(settings: SFTSettings, out, *, overwrite: bool = False, progress: bool = True, console=None,
+              report_to: str | None = None, **options) -> TrainResult:
     """Train (or resume, or return the finished result of) the SFT run in ``out``; see the module docstring.
 
     ``options`` are :class:`~tinythinker.settings.LoopOptions` fields: ``micro_batch_size`` cuts each
     process's share of a batch for memory (gradient accumulation), ``eval_batch_size`` is the validation
-    pipeline's batch, ``log_every`` the steps per metrics row. Ctrl-C (or SIGTERM) stops after the
-    current step, saves ``out/last`` and raises KeyboardInterrupt; the same call continues from there."""
+    pipeline's batch, ``log_every`` the steps per metrics row. ``report_to`` a tracker that gets the
+    metrics rows too (tensorboard, wandb, trackio; see :mod:`tinythinker.tracking`). Ctrl-C (or
+    SIGTERM) stops after the current step, saves ``out/last`` and raises KeyboardInterrupt; the same
+    call continues from there."""
     settings = checked(settings)
     if options.get("micro_batch_size") is not None and options["micro_batch_size"] < 1:
         raise TinyThinkerError(f"micro_batch_size must be at least 1, got {options['micro_batch_size']}")
@@ -403,10 +408,12 @@ def train_sft(settings: SFTSettings, out, *, overwrite: bool = False, progress: 
         from rich.console import Console
 
         console = Console(stderr=True, soft_wrap=True)
-    trainer = SFTTrainer(settings, Path(out), overwrite=overwrite, progress=progress, console=console, **options)
+    trainer = SFTTrainer(settings, Path(out), overwrite=overwrite, progress=progress, console=console, report_to=report_to,
+                         **options)
     if trainer.finished:  # finished before: nothing to do, nothing loaded
         return trainer.result()
-    with _library_bars_off():
+    hyperparameters = {**asdict(settings), "micro_batch_size": trainer.options.micro_batch_size}
+    with _library_bars_off(), tracking(trainer.accelerator, trainer.out, hyperparameters):
         trainer.setup()
         return trainer.train()
 

@@ -207,13 +207,17 @@ def _local_official(name: str, raw: Path) -> tuple[dict[str, list[Question]], st
 
 
 def _hub_official(name: str, hub_id: str, revision: str | None) -> tuple[dict[str, list[Question]], str]:
-    """Official splits from the Hub (network; our tests use local folders)."""
+    """Official splits from the Hub at ``revision`` (default main), read at the commit it points at,
+    which the source revision names."""
     import datasets
+
+    from .hub import pin
 
     spec = DATASETS[name]
     config = "main" if name == "obqa" else None
+    commit = pin(hub_id, revision)  # a missing repo or revision: one line naming it and the fix
     try:
-        loaded = datasets.load_dataset(hub_id, config, revision=revision)
+        loaded = datasets.load_dataset(hub_id, config, revision=commit or revision)
     except Exception as error:  # noqa: BLE001 - network/Hub errors become one user-facing line
         raise TinyThinkerError(f"cannot load {hub_id!r} from the Hub ({error.__class__.__name__}: {error}); check the id, your network, or pass a local --raw folder") from None
     official: dict[str, list[Question]] = {}
@@ -227,7 +231,7 @@ def _hub_official(name: str, hub_id: str, revision: str | None) -> tuple[dict[st
             continue  # csqa's hidden-label test split
         official[split] = [_choice_question(row, f"{origin} row {i}", spec.n_options, split) for i, row in enumerate(labeled)]
     fingerprint = getattr(next(iter(loaded.values())), "_fingerprint", "") if loaded else ""
-    return official, f"{hub_id}@{revision or 'main'} {fingerprint}".strip()
+    return official, f"{hub_id}@{commit or revision or 'main'} {fingerprint}".strip()
 
 
 def _merge_duplicates(questions: list[Question]) -> tuple[list[Question], list[tuple[str, str]]]:
@@ -307,9 +311,13 @@ def load_questions(name: str, raw: str | Path | None = None, *, seed: int = 42, 
     """Load a data set's questions with REFERENCE-1 splits.
 
     ``raw``: a local folder/file in the original release format, or a Hub id (default: the data
-    set's Hub id). Exact duplicates are merged within each official split before splitting."""
+    set's Hub id), read at ``revision`` (a branch, tag or commit id of a Hub id). Exact duplicates are
+    merged within each official split before splitting."""
     spec = get_spec(name)
     local = Path(raw) if raw is not None else None
+    if local is not None and local.exists() and revision is not None:
+        raise TinyThinkerError(f"--revision {revision} names a Hub commit, but {raw} is a local folder; leave --revision out "
+                               "or pass a Hub id (ORG/NAME) with --raw")
     if local is not None and local.exists():
         official, source_revision = _local_official(name, local)
         source = str(local)

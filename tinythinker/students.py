@@ -355,8 +355,10 @@ def tiny_config(kind: str, vocab_size: int, *, d_model: int, layers: int, heads:
     from transformers import LlamaConfig, T5Config
 
     if kind == "seq2seq":
+        # no dropout: a tiny student trained from scratch on a small world is data-starved, not
+        # over-fitted (measured on the quickstart's world, 800 steps: 33% with T5's usual 0.1, 0.9+ without)
         return T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // heads, d_ff=d_ff, num_layers=layers,
-                        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.1, pad_token_id=pad_id,
+                        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0, pad_token_id=pad_id,
                         eos_token_id=eos_id, decoder_start_token_id=pad_id)
     return LlamaConfig(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=d_ff, num_hidden_layers=layers,
                        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048,

@@ -36,6 +36,7 @@ import torch
 
 from .errors import TinyThinkerError
 from .settings import LoopOptions
+from .tracking import TRACKING_DIR, check_report_to, scalars
 
 BEST, LAST, METRICS_FILE = "best", "last", "metrics.jsonl"
 COUNTERS_FILE = "custom_checkpoint_0.pkl"  # accelerate numbers registered objects; the counters come first
@@ -43,13 +44,16 @@ COUNTERS_FILE = "custom_checkpoint_0.pkl"  # accelerate numbers registered objec
 
 # --- accelerate ------------------------------------------------------------------------------------
 
-def make_accelerator(bf16: bool):
+def make_accelerator(bf16: bool, report_to: str | None = None, out: Path | None = None):
     """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
-    without accelerators train on the CPUs."""
+    without accelerators train on the CPUs; ``report_to`` a tracker (:mod:`tinythinker.tracking`)
+    writing into the run folder ``out``."""
     from accelerate import Accelerator
 
+    log_with = check_report_to(report_to)  # before anything is written: a missing package is one line
     try:
-        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=distributed_on_cpus())
+        return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=distributed_on_cpus(), log_with=log_with,
+                           project_dir=str(Path(out) / TRACKING_DIR) if log_with else None)
     except ValueError as error:  # e.g. bf16 on a GPU without it
         raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
 
@@ -202,7 +206,9 @@ class TrainLoop:
     """One training run in ``out`` from the checkpoint ``start`` (see the module docstring).
 
     ``settings`` has the optimizer's fields (lr, warmup_ratio, weight_decay, max_grad_norm), ``seed``,
-    ``bf16`` and the ``variant`` validation runs; ``options`` are :class:`LoopOptions` fields."""
+    ``bf16`` and the ``variant`` validation runs; ``options`` are :class:`LoopOptions` fields. Every
+    row also goes to the experiment tracker (``--report-to``) of ``tracker`` (an accelerator; default:
+    the loop's own) at step ``tracker_offset`` + the row's step."""
 
     label = "train"  # the progress bar's name
     dropout = True  # False: train in eval mode (DPO, as TRL's DPO trainer does)
@@ -210,12 +216,13 @@ class TrainLoop:
     figure_names: tuple[str, ...] = ()  # the figures :meth:`loss` returns, summed until a train row
 
     def __init__(self, out, settings, *, start: str, revision: str | None = None, items: Sequence = (), progress: bool = True,
-                 console=None, accelerator=None, **options):
+                 console=None, accelerator=None, tracker=None, tracker_offset: int = 0, **options):
         self.out, self.settings, self.start, self.revision = Path(out), settings, str(start), revision
         self.items, self.options = list(items), LoopOptions(**options)
         self.progress_enabled, self.console = progress, console
         # an accelerator of its own by default: a checkpoint saves every object registered on it
         self.accelerator = accelerator or make_accelerator(settings.bf16)
+        self.tracker, self.tracker_offset = tracker or self.accelerator, tracker_offset
         self.is_main = self.accelerator.is_main_process
         self.counters = Counters(processes=self.accelerator.num_processes)
         self.window = Window(self.accelerator, self.figure_names)
@@ -316,10 +323,11 @@ class TrainLoop:
     # .. rows, validation, checkpoints ..
 
     def write_row(self, row: dict) -> dict:
-        """One row of ``OUT/metrics.jsonl``, the run's log (the main process writes)."""
+        """One row of ``OUT/metrics.jsonl``, the run's log (the main process writes), and of the tracker."""
         if self.is_main:
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
+        self.tracker.log(scalars(row), step=self.tracker_offset + row["step"])  # no tracker: nothing
         return row
 
     def _position(self, step) -> dict:

@@ -14,9 +14,12 @@ Shakespeare shows that nanoGPT's trainer works. The world is built so that the m
   questions state its kind in their rationales; other entities of the same kind state the kind's
   property. Answering a held-out question means recalling learned facts and composing them: what
   Recall and Analyze are for.
-* **No shortcut.** Options are values of the asked relation (the same type), the gold position is
-  balanced over the letters in every file, distractors are drawn at random, and no stem is in two
-  files.
+* **Each value under its own letter** (``letters="fixed"``, the default): a value of a relation
+  always sits under the same letter, so naming the option that holds a recalled value is learned
+  knowledge, not an in-context lookup a tiny student cannot learn in minutes (see
+  :meth:`World.letter_index`). ``letters="shuffled"`` puts the gold anywhere, balanced per file.
+* **No shortcut.** Options are values of the asked relation (the same type), the question's text
+  never names the answer, distractors are drawn at random, and no stem is in two files.
 * **A teacher** that writes correct coarse-to-fine rationales in the reference's response format
   (general knowledge = the two facts; one explanation per option), with a configurable share of
   defective samples (cut off, an option missing, a wrong answer, a malformed verdict, no key
@@ -49,7 +52,7 @@ from .sources import Question, get_spec
 from .teacher.requests import build_request
 
 WORLD_TEACHER = "tinythinker-world-teacher"
-DEFAULT_QUESTIONS = 2400  # 300 entities x 8 relations: csqa test 300, train file 2,100 (train 1,800 + validation 300)
+DEFAULT_QUESTIONS = 800  # 100 entities x 8 relations: csqa test 300 (3 a entity), train file 1,500 (train 1,200 + validation 300)
 DEFAULT_DEFECTS = 0.03  # share of teacher samples that are defective
 MIN_ENTITIES = 10
 
@@ -81,12 +84,18 @@ RELATIONS: dict[str, Relation] = {
                       ("smoke", "roses", "mint", "rain", "bread", "pine", "lemon", "soap", "earth", "honey")),
 }
 KINDS = 10  # one per value of every relation: a kind's properties are a row of a Latin-like table
-HELD_OUT = {"csqa": 1, "obqa": 1, "strategyqa": 0}
-# how often the train file asks each of its (entity, relation) pairs, with other distractors in other
-# places: a question's answer letter cannot be memorised, only looked up (with one variant, a tiny
-# student memorised the 1,800 training questions' letters and stayed at chance on held-out ones).
+# relations of every entity held out: csqa's dev file (its test split); obqa's dev file, and again its test file.
+# Three for csqa: 100 entities give the 300 test questions, and each entity's kind is learned from its
+# 5 training relations (300 entities with one held out each left the entity -> kind memory weak).
+HELD_OUT = {"csqa": 3, "obqa": 1, "strategyqa": 0}
+# Where an option's value sits: "fixed" (each value of a relation always under the same letter, what a
+# tiny student learns in minutes) or "shuffled" (anywhere: the letter must be read in context).
+LETTERS = ("fixed", "shuffled")
+# how often the train file asks each of its (entity, relation) pairs, with other distractors (shuffled
+# letters: in other places too, so no question's letter can be memorised; with one variant a tiny
+# student memorised the training questions' letters and stayed at chance on held-out ones).
 # StrategyQA has one: its build splits the one file at random, so a variant could land in test.
-TRAIN_VARIANTS = {"csqa": 3, "obqa": 3, "strategyqa": 1}  # relations per entity in the dev file (obqa: and again in test)
+TRAIN_VARIANTS = {"csqa": 3, "obqa": 3, "strategyqa": 1}
 
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -128,11 +137,14 @@ class WorldQuestion:
 class World:
     """The facts of one seeded world and its questions (no files: :func:`write_world` writes them)."""
 
-    def __init__(self, seed: int = 42, questions: int = DEFAULT_QUESTIONS):
+    def __init__(self, seed: int = 42, questions: int = DEFAULT_QUESTIONS, letters: str = "fixed"):
         if questions < MIN_ENTITIES * len(RELATIONS):
             raise TinyThinkerError(f"--questions {questions} is too few: a world needs at least {MIN_ENTITIES * len(RELATIONS)} "
                                    f"({MIN_ENTITIES} entities x {len(RELATIONS)} relations)")
+        if letters not in LETTERS:
+            raise TinyThinkerError(f"--letters {letters!r}: choose one of {', '.join(LETTERS)}")
         self.seed = seed
+        self.letters = letters
         rng = random.Random(f"world:{seed}")
         taken = {v for r in RELATIONS.values() for v in r.values}
         self.kinds = _invented_names(rng, KINDS, 3, taken)
@@ -160,8 +172,8 @@ class World:
         """Why option ``letter`` of ``wq`` is right or wrong (the text after ``Because``): the kind's
         fact, which option holds its value, and the verdict.
 
-        The fact is copied from the recall, the value's letter is looked up in the question, and the
-        verdict compares two letters. Comparing two of 80 values directly ("option (B) is wide ... so
+        The fact is copied from the recall, the value's letter is known (fixed letters) or looked up
+        in the question (shuffled), and the verdict compares two letters. Comparing two of 80 values directly ("option (B) is wide ... so
         (B) is right") stayed unlearned by a tiny student after 3,000 steps; a lookup and a
         comparison of letters are what small transformers learn quickly."""
         fact = RELATIONS[wq.relation].fact.format(k=wq.kind, v=wq.value)
@@ -209,24 +221,45 @@ class World:
             out[split] = self._make_questions(dataset, split, pairs, spec.n_options, rng)
         return out
 
+    def letter_index(self, relation: str, value: str, n_options: int) -> int:
+        """The option position a value of ``relation`` always takes (0 = A): values rotate over the
+        letters, shifted by the relation, so every letter holds the same number of values overall.
+
+        Why fixed: an option's letter must be found from its text, in context, on every question
+        whose options are shuffled; a randomly initialised tiny student does not learn that lookup
+        in a quickstart's budget (measured: "option (X) is <its text>" stayed at chance for 4,000
+        steps, d_model 64). With each value under one letter, "which is option (B)" is learned
+        knowledge, like the facts, and the world measures what the method is about: recalling and
+        composing facts, analysing each option, summarizing. Real students are pretrained and read
+        the options; ``letters="shuffled"`` keeps the harder world."""
+        shift = list(RELATIONS).index(relation)
+        return (RELATIONS[relation].values.index(value) + shift) % n_options
+
     def _make_questions(self, dataset: str, split: str, pairs: list[tuple[str, str]], n_options: int,
                         rng: random.Random) -> list[WorldQuestion]:
         letters = letters_for(n_options)
-        gold_positions = [i % n_options for i in range(len(pairs))]  # balanced over the letters
+        gold_positions = [i % n_options for i in range(len(pairs))]  # shuffled letters: balanced over the letters
         rng.shuffle(gold_positions)
         made, seen = [], set()
         for number, ((entity, relation), gold) in enumerate(zip(pairs, gold_positions)):
             value, kind = self.value(entity, relation), self.kind_of[entity]
+            values = RELATIONS[relation].values
             if dataset == "strategyqa":
-                asked = value if gold == 0 else rng.choice([v for v in RELATIONS[relation].values if v != value])
+                asked = value if gold == 0 else rng.choice([v for v in values if v != value])
                 stem = RELATIONS[relation].yes_no.format(e=entity, v=asked)
                 qid = f"{rng.getrandbits(80):020x}"
                 made.append(WorldQuestion(Question(qid, stem, ("yes", "no"), letters[gold]), entity, kind, relation, value, asked))
                 continue
             stem = RELATIONS[relation].stem.format(e=entity)
+            if self.letters == "fixed":
+                gold = self.letter_index(relation, value, n_options)
+                pools = [[v for v in values if self.letter_index(relation, v, n_options) == i] for i in range(n_options)]
             while True:  # a variant of a pair gets other options (never an exact duplicate)
-                others = rng.sample([v for v in RELATIONS[relation].values if v != value], n_options - 1)
-                options = others[:gold] + [value] + others[gold:]
+                if self.letters == "fixed":
+                    options = [value if i == gold else rng.choice(pool) for i, pool in enumerate(pools)]
+                else:
+                    others = rng.sample([v for v in values if v != value], n_options - 1)
+                    options = others[:gold] + [value] + others[gold:]
                 if (stem, tuple(options)) not in seen:
                     seen.add((stem, tuple(options)))
                     break
@@ -291,11 +324,12 @@ def _jsonl(rows) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def world_files(dataset: str, *, seed: int = 42, questions: int = DEFAULT_QUESTIONS, defects: float = DEFAULT_DEFECTS) -> dict[str, str]:
+def world_files(dataset: str, *, seed: int = 42, questions: int = DEFAULT_QUESTIONS, defects: float = DEFAULT_DEFECTS,
+                letters: str = "fixed") -> dict[str, str]:
     """{relative path: text} of a world: raw files, teacher responses and world.json."""
     if not 0 <= defects < 1:
         raise TinyThinkerError(f"--defects {defects}: the share of defective teacher samples must be in [0, 1)")
-    world = World(seed, questions)
+    world = World(seed, questions, letters)
     by_file = world.questions(dataset)
     files: dict[str, str] = {}
     if dataset == "csqa":
@@ -322,18 +356,18 @@ def world_files(dataset: str, *, seed: int = 42, questions: int = DEFAULT_QUESTI
     meta = {"dataset": dataset, "seed": seed, "questions": len(everything), "pairs": len(world.entities) * len(RELATIONS),
             "train_variants": TRAIN_VARIANTS[dataset], "entities": len(world.entities), "kinds": KINDS,
             "relations": list(RELATIONS), "held_out_per_entity": HELD_OUT[dataset], "defects": defects,
-            "files": {split: len(wqs) for split, wqs in by_file.items()}, "teacher": WORLD_TEACHER, **world.facts()}
+            "letters": letters, "files": {split: len(wqs) for split, wqs in by_file.items()}, "teacher": WORLD_TEACHER, **world.facts()}
     files["world.json"] = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
     return files
 
 
 def write_world(dataset: str, out: str | Path, *, seed: int = 42, questions: int = DEFAULT_QUESTIONS,
-                defects: float = DEFAULT_DEFECTS, overwrite: bool = False) -> Path:
+                defects: float = DEFAULT_DEFECTS, letters: str = "fixed", overwrite: bool = False) -> Path:
     """Write a world to ``out`` (``raw/``, ``teacher.jsonl``, ``world.json``); all or nothing."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TinyThinkerError(f"{out}: exists and is not empty; pass --overwrite to replace it or choose another --out")
-    files = world_files(dataset, seed=seed, questions=questions, defects=defects)
+    files = world_files(dataset, seed=seed, questions=questions, defects=defects, letters=letters)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     for path, text in files.items():

@@ -80,6 +80,7 @@ def _selection_table(selection: dict[str, dict]) -> Table:
 @click.command()
 @click.argument("dataset", type=click.Choice(sorted(DATASETS)))
 @click.option("--raw", help="Folder with the original release files, or a Hub id (default: the data set's Hub id).")
+@click.option("--revision", default=None, help="Of a Hub --raw: branch, tag or commit id (default main); the card names the commit read.")
 @click.option("--responses", "responses", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Teacher responses (JSONL, optionally .gz); repeat once per teacher round, in round order.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (laid out like a Hub dataset repo).")
@@ -89,13 +90,13 @@ def _selection_table(selection: dict[str, dict]) -> Table:
               help="List analyses in the teacher's order (as the reference did) instead of label order.")
 @click.option("--next-round", type=click.Path(path_type=Path),
               help="Write the Batch-API requests of the questions that need another teacher round here.")
-def build(dataset, raw, responses, out, seed, overwrite, reference_order, next_round):
+def build(dataset, raw, revision, responses, out, seed, overwrite, reference_order, next_round):
     """Turn teacher responses into the stage data set of DATASET (configs DATASET-full, -no_recall,
     -no_analyze, -summarize_only)."""
     from dataset_builders.build import build_dataset
 
     with _progress() as progress:
-        result = build_dataset(dataset, raw, responses, out, seed=seed, overwrite=overwrite,
+        result = build_dataset(dataset, raw, responses, out, seed=seed, revision=revision, overwrite=overwrite,
                                reference_order=reference_order, next_round=next_round, progress=progress)
     out_console.print(_counts_table(f"{out}: records per config and split", result.counts))
     out_console.print(_selection_table({s: c.to_dict() for s, c in result.selection.counts.items()}))
@@ -199,11 +200,14 @@ def push(folder, repo, private, dry_run):
               help="Folder to write: raw/ (original release format), teacher.jsonl, world.json.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the world (names, facts, questions, teacher).")
 @click.option("--questions", type=click.IntRange(min=1), default=None,
-              help="(entity, relation) pairs, 8 per entity [default: 2400]; training pairs are asked in 3 variants.")
+              help="(entity, relation) pairs, 8 per entity [default: 800]; training pairs are asked in 3 variants.")
 @click.option("--defects", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of defective teacher samples, so cards show rejections [default: 0.03].")
+@click.option("--letters", type=click.Choice(["fixed", "shuffled"]), default="fixed", show_default=True,
+              help="fixed: each value always under the same letter (what a tiny student learns in minutes); "
+                   "shuffled: anywhere, so the letter must be read from the options (needs far longer training).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def world(dataset, out, seed, questions, defects, overwrite):
+def world(dataset, out, seed, questions, defects, letters, overwrite):
     """Write a learnable invented world in DATASET's release format, with a teacher's responses.
 
     Two-hop questions about invented entities (an entity is a kind; a kind has properties), whose
@@ -214,7 +218,7 @@ def world(dataset, out, seed, questions, defects, overwrite):
     from ..world import DEFAULT_DEFECTS, DEFAULT_QUESTIONS, write_world
 
     folder = write_world(dataset, out, seed=seed, questions=questions or DEFAULT_QUESTIONS,
-                         defects=DEFAULT_DEFECTS if defects is None else defects, overwrite=overwrite)
+                         defects=DEFAULT_DEFECTS if defects is None else defects, letters=letters, overwrite=overwrite)
     meta = json.loads((folder / "world.json").read_text(encoding="utf-8"))
     files = ", ".join(f"{split} {n:,}" for split, n in meta["files"].items())
     _say(f"world of {meta['entities']} entities x {len(meta['relations'])} relations ({meta['kinds']} kinds), seed {seed}: "

@@ -59,7 +59,8 @@ def eval_command(ctx, student, student_revision, data, revision, config, split, 
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write everything as JSON.")
 def report(results, compare, plots, markdown, json_path):
     """Tables (data set x stage x iteration, students side by side), plots, markdown and JSON from
-    lm-eval result folders (run with --log_samples for the stage attribution)."""
+    lm-eval result folders (run with --log_samples for the stage attribution). The training runs of
+    the students (their metrics.jsonl), or run folders given directly, add training curves (--plots)."""
     from rich.console import Console
 
     from ..artifacts import atomic_write_text
@@ -72,7 +73,7 @@ def report(results, compare, plots, markdown, json_path):
         for path in render_plots(data, plots):
             console.print(f"plot: {path}")
     if markdown is not None:
-        atomic_write_text(markdown, render_markdown(data))
+        atomic_write_text(markdown, render_markdown(data, plots, markdown))
         console.print(f"markdown: {markdown}")
     if json_path is not None:
         atomic_write_text(json_path, to_json(data))

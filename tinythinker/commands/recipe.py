@@ -90,6 +90,6 @@ def run(recipe_file: Path, run_dir: Path | None, dry_run: bool):
     if dry_run:
         for step in steps.steps:
             launcher = f"accelerate launch --num_processes {step.processes} -m " if step.processes > 1 else ""
-            click.echo(f"# {step.name}\n{launcher}tinythinker {shlex.join(step.argv)}")
+            click.echo(f"# {step.name}\n{launcher}tinythinker {shlex.join([*step.argv, *step.reporting])}")
         return
     _show_summary(execute(steps, console=console), console)

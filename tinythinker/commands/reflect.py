@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..settings import LoopOptions, ReflectSettings
+from ..tracking import REPORT_TO
 
 
 def _stages(value: str) -> tuple[str, ...]:
@@ -53,12 +54,15 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=ReflectSettings.eval_batch_size, show_default=True,
               help="Sequences per generation batch (sampling, validation) and pairs per reference-scoring batch; "
                    "sampled texts depend on it, so a run keeps the value it started with.")
+@click.option("--report-to", type=click.Choice(REPORT_TO), default="none", show_default=True,
+              help="Also send the metrics.jsonl figures (DPO loss, reward margin and accuracy, validation accuracy) to this "
+                   "tracker (files in OUT/tracking; its package must be installed).")
 @click.option("--seed", type=int, default=ReflectSettings.seed, show_default=True)
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it).")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of continuing it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def reflect(student, data, revision, config, out, iterations, stages, samples, temperature, top_k, beta, nll_weight, lr, batch_size,
-            micro_batch_size, cycles, max_length, eval_limit, train_limit, eval_batch_size, seed, bf16, overwrite, progress):
+            micro_batch_size, cycles, max_length, eval_limit, train_limit, eval_batch_size, report_to, seed, bf16, overwrite, progress):
     """Self-reflection: each iteration samples the student's own recalls and analyses of the training
     questions, makes recall and analyze preference pairs (OUT/preferences, config {dataset}-dpo-iter<k>),
     trains DPO + NLL from the previous best checkpoint (also the frozen reference) and keeps the
@@ -79,7 +83,7 @@ def reflect(student, data, revision, config, out, iterations, stages, samples, t
                                revision=revision)
     try:
         result = run_reflection(settings, out, overwrite=overwrite, progress=progress, console=console,
-                                micro_batch_size=micro_batch_size)
+                                micro_batch_size=micro_batch_size, report_to=report_to)
     except KeyboardInterrupt as stop:
         console.print(f"Interrupted{': ' + str(stop) if str(stop) else ''}; rerun the same command to continue.")
         sys.exit(130)

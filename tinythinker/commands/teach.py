@@ -56,6 +56,7 @@ def _default_base_url() -> str:
 @teach.command("ask")
 @click.argument("dataset", type=click.Choice(sorted(DATASETS)))
 @click.option("--raw", default=None, help="Folder with the original release files, or a Hub id (default: the data set's Hub id).")
+@click.option("--revision", default=None, help="Of a Hub --raw: branch, tag or commit id (default main).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output JSONL (OpenAI Batch output lines); appended to, never rewritten.")
 @click.option("--model", required=True, help="Teacher model name as the server knows it (the paper: gpt-4o-2024-05-13).")
 @click.option("--base-url", default=None, help="OpenAI-compatible base URL ending in /v1 [env OPENAI_BASE_URL, else https://api.openai.com/v1].")
@@ -76,7 +77,7 @@ def _default_base_url() -> str:
 @click.option("--dry-run", is_flag=True, help="Print requests, samples, estimated tokens and cost; send nothing.")
 @click.option("--batch-api", is_flag=True, help="Write the round's unanswered requests as an OpenAI Batch API input file instead of sending them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def ask(dataset, raw, out, model, base_url, api_key_env, splits, limit, rounds, concurrency, rpm, tpm, timeout, max_retries,
+def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit, rounds, concurrency, rpm, tpm, timeout, max_retries,
         seed, cache_dir, prices, dry_run, batch_api, as_json):
     """Ask the teacher about DATASET's questions; answers go to --out."""
     from rich.console import Console
@@ -87,7 +88,7 @@ def ask(dataset, raw, out, model, base_url, api_key_env, splits, limit, rounds, 
 
     base_url = base_url or _default_base_url()
     options = TeachOptions(
-        dataset=dataset, out=out, model=model, raw=raw, splits=parse_splits(splits), limit=limit, rounds=rounds, seed=seed,
+        dataset=dataset, out=out, model=model, raw=raw, revision=revision, splits=parse_splits(splits), limit=limit, rounds=rounds, seed=seed,
         base_url=base_url, api_key_env=api_key_env, cache_dir=cache_dir, prices=prices,
         limits=Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, max_retries=max_retries),
     )

@@ -10,6 +10,7 @@ import click
 
 from ..protocol import VARIANTS
 from ..settings import SCHEDULES, LoopOptions, SFTSettings
+from ..tracking import REPORT_TO
 
 
 @click.group()
@@ -50,12 +51,15 @@ def train():
               help="Batch of the validation pipeline.")
 @click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True,
               help="Steps per line of metrics.jsonl.")
+@click.option("--report-to", type=click.Choice(REPORT_TO), default="none", show_default=True,
+              help="Also send the metrics.jsonl figures (loss, validation accuracy) to this tracker (files in OUT/tracking; "
+                   "its package must be installed).")
 @click.option("--seed", type=int, default=SFTSettings.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size,
         max_length, max_input_length, warmup_ratio,
-        bf16, eval_limit, eval_batch_size, log_every, seed, overwrite, progress):
+        bf16, eval_limit, eval_batch_size, log_every, report_to, seed, overwrite, progress):
     """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
     after every cycle; the best checkpoint (with a model card) in OUT/best.
 
@@ -72,7 +76,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
                            student_revision=student_revision)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
-                           log_every=log_every, overwrite=overwrite, progress=progress, console=console)
+                           log_every=log_every, overwrite=overwrite, progress=progress, console=console, report_to=report_to)
     except KeyboardInterrupt as stop:
         console.print(f"Interrupted{': ' + str(stop) if str(stop) else ''}; rerun the same command to continue.")
         sys.exit(130)

@@ -62,6 +62,7 @@ class TeachOptions:
     out: Path
     model: str
     raw: str | None = None
+    revision: str | None = None  # of a Hub --raw: branch, tag or commit id (None: main)
     splits: tuple[str, ...] = ("train",)
     limit: int | None = None  # at most this many questions of each split
     rounds: int = 1
@@ -123,7 +124,7 @@ def parse_splits(text: str | Sequence[str]) -> tuple[str, ...]:
 
 def asked_questions(options: TeachOptions) -> QuestionSet:
     """The questions this run asks about: the chosen splits, at most ``limit`` of each, in file order."""
-    questions = load_questions(options.dataset, options.raw, seed=options.seed)
+    questions = load_questions(options.dataset, options.raw, seed=options.seed, revision=options.revision)
     chosen = {split: list(questions.splits.get(split, []))[: options.limit] for split in options.splits}
     return dataclasses.replace(questions, splits=chosen)
 

@@ -1,0 +1,156 @@
+"""Training curves: `--report-to tensorboard` (real TensorBoard event files, read back with TensorBoard's
+own reader) through an interruption and its resume, the one-line error when a tracker's package is
+missing, and the curves `tinythinker report` draws from a run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_sft import REPO, _checkpoint_step, _logged_step, _wait_for, make_student, read_metrics, write_stage_data
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "tinythinker", *map(str, args)], capture_output=True, text=True, env=ENV,
+                          cwd=REPO, timeout=timeout)
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} as TensorBoard shows them (events an interrupted run wrote past the
+    step its rerun resumed from are purged, as TensorBoard purges them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def sft_args(data, student, out, *extra):
+    return ["train", "sft", "--data", data, "--config", "zoo-full", "--student", student, "--out", out, "--interval", 2,
+            "--epochs", 6, "--lr", 3e-3, "--batch-size", 8, "--seed", 0, "--log-every", 1, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """`tinythinker train sft --report-to tensorboard` (30 steps, a validation every 5) stopped by Ctrl-C
+    in its second cycle, rerun and killed outright (SIGKILL) a step or more past its next checkpoint,
+    then rerun to the end."""
+    pytest.importorskip("tensorboard")
+    root = tmp_path_factory.mktemp("curves")
+    data, student, out = write_stage_data(root / "data"), make_student(root / "student", d_model=64), root / "sft"
+    command = [sys.executable, "-m", "tinythinker", *map(str, sft_args(data, student, out, "--report-to", "tensorboard"))]
+    run = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _logged_step(out) >= 7, run, "step 7")
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 130, stderr
+    stopped = _checkpoint_step(out)
+    before = tensorboard_scalars(out / "tracking" / "tinythinker")  # written and closed on the way out
+    run = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: stopped < _checkpoint_step(out) < _logged_step(out), run, "a step past the next checkpoint")
+    run.kill()
+    run.communicate(timeout=60)
+    killed = _checkpoint_step(out)
+    assert killed < 30
+    done = cli(*sft_args(data, student, out, "--report-to", "tensorboard"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming at step {killed}" in done.stderr and "finished: 30 steps" in done.stderr
+    return {"out": out, "data": data, "student": student, "stopped": stopped, "before": before}
+
+
+def test_tensorboard_gets_the_metrics_lines_and_a_resumed_run_logs_each_step_once(sft_run):
+    out = sft_run["out"]
+    assert [step for step, _ in sft_run["before"]["train/loss"]][:7] == list(range(1, 8))  # flushed when Ctrl-C stopped it
+    scalars = tensorboard_scalars(out / "tracking" / "tinythinker")
+    metrics = read_metrics(out, drop=())
+    train = [m for m in metrics if m["kind"] == "train"]
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    assert len(train) == 30 and len(evals) == 6
+    expected = {"train/loss": [(m["step"], m["loss"]) for m in train],
+                "train/lr": [(m["step"], m["lr"]) for m in train],
+                "validation/accuracy": [(m["step"], m["accuracy"]) for m in evals]}
+    for stage in ("recall", "analyze", "summarize"):
+        expected[f"train/loss_{stage}"] = [(m["step"], m["loss"]) for m in train if m["stage"] == stage]
+    for tag, points in expected.items():  # every step once, in order, with metrics.jsonl's figure (float32 there)
+        assert [step for step, _ in scalars[tag]] == [step for step, _ in points], tag
+        assert [value for _, value in scalars[tag]] == pytest.approx([value for _, value in points], rel=1e-6, abs=1e-9), tag
+    hyperparameters = list((out / "tracking" / "tinythinker").glob("*/hparams.yml"))
+    assert hyperparameters and "lr: 0.003" in hyperparameters[-1].read_text()
+
+
+@pytest.mark.parametrize("command", ["train", "reflect", "run"])
+def test_a_missing_tracker_package_is_one_line_before_anything_runs(command, tmp_path):
+    try:
+        __import__("trackio")
+        pytest.skip("trackio is installed here")
+    except ImportError:
+        pass
+    data = write_stage_data(tmp_path / "data")
+    out = tmp_path / "out"
+    if command == "train":
+        args = sft_args(data, tmp_path / "student", out, "--report-to", "trackio")
+    elif command == "reflect":
+        args = ["reflect", "--student", tmp_path / "student", "--data", data, "--config", "zoo-full", "--out", out,
+                "--report-to", "trackio", "--no-progress"]
+    else:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(f"dataset: csqa\nraw: world\nteacher:\n  responses: world\nstudent: tiny-seq2seq\nreport_to: trackio\n"
+                          f"run_dir: {out}\n")
+        args = ["run", recipe]
+    done = cli(*args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "Error: --report-to trackio needs the trackio package: pip install trackio"
+    assert not out.exists()
+
+
+# --- the curves in the report -----------------------------------------------------------------------
+
+def is_drawn_png(path: Path) -> bool:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    return path.read_bytes()[:8] == PNG_SIGNATURE and image.shape[1] > 600 and image.std() > 0.05
+
+
+def test_report_draws_the_training_curves_of_a_run_and_links_them(sft_run, tmp_path):
+    out = sft_run["out"]
+    report = tmp_path / "report"
+    done = cli("report", out, "--plots", report / "plots", "--markdown", report / "report.md", "--json", report / "report.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    png = report / "plots" / f"training_{out.name}.png"
+    assert f"plot:{png}" in "".join(done.stdout.split()) and is_drawn_png(png)  # (rich wraps long paths)
+    markdown = (report / "report.md").read_text()
+    assert "## Training curves" in markdown and f"### {out.name} (SFT)" in markdown
+    assert f"![{out.name} training curves](plots/{png.name})" in markdown  # relative to the markdown file
+    best = max((m for m in read_metrics(out) if m["kind"] == "eval"), key=lambda m: (m["accuracy"], -m["step"]))
+    assert f"at cycle {best['cycle']} (step {best['step']})" in markdown
+    assert json.loads((report / "report.json").read_text())["training"] == [{"run": out.name, "kind": "sft", "folder": str(out)}]
+
+
+def test_missing_empty_or_torn_metrics_give_no_curves_and_no_crash(sft_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(sft_run["out"] / "run.json", empty)
+    (empty / "metrics.jsonl").write_text("")
+    torn = shutil.copytree(sft_run["out"], tmp_path / "torn", ignore=shutil.ignore_patterns("tracking", "best", "last"))
+    lines = (torn / "metrics.jsonl").read_text().splitlines()
+    (torn / "metrics.jsonl").write_text("\n".join(lines[:12]) + "\n" + lines[12][:20])  # a run killed mid-write
+    report = tmp_path / "report"
+    done = cli("report", empty, torn, "--plots", report, "--markdown", report / "report.md")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in report.glob("*.png")) == ["training_torn.png"]  # the lines before the torn one
+    markdown = (report / "report.md").read_text()
+    assert "### torn (SFT)" in markdown and "### empty" not in markdown
+    alone = cli("report", empty, "--plots", tmp_path / "alone", "--markdown", tmp_path / "alone" / "report.md")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "Training curves" not in (tmp_path / "alone" / "report.md").read_text() and not list((tmp_path / "alone").glob("*.png"))
