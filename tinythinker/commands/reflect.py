@@ -30,27 +30,21 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--stages", default=",".join(ReflectSettings.stages), show_default=True, help="Pair stages to train on (comma-separated).")
 @click.option("--samples", type=click.IntRange(min=1), default=ReflectSettings.samples, show_default=True,
               help="Sampled recalls per question, and sampled analysis runs per chosen recall.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.temperature, show_default=True,
-              help="Sampling temperature.")
-@click.option("--top-k", type=click.IntRange(min=0), default=ReflectSettings.top_k, show_default=True,
-              help="Top-k cut when sampling (0: off).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.temperature, show_default=True, help="Sampling temperature.")
+@click.option("--top-k", type=click.IntRange(min=0), default=ReflectSettings.top_k, show_default=True, help="Top-k cut when sampling (0: off).")
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.beta, show_default=True, help="DPO beta.")
 @click.option("--nll-weight", type=click.FloatRange(min=0), default=ReflectSettings.nll_weight, show_default=True,
               help="Weight of the NLL term on the chosen response (TRL's rpo_alpha).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.lr, show_default=True,
-              help="Peak learning rate (AdamW, cosine).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=ReflectSettings.batch_size, show_default=True,
-              help="Pairs per optimizer step, all processes together.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.lr, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=ReflectSettings.batch_size, show_default=True, help="Pairs per optimizer step, all processes together.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
               help="Pairs per forward pass on one process (gradient accumulation; saves memory, same result).")
 @click.option("--cycles", type=click.IntRange(min=1), default=ReflectSettings.cycles, show_default=True,
               help="Cycles per iteration (one pass over the recall pairs, then the analyze pairs); validation after each.")
-@click.option("--max-length", type=click.IntRange(min=1), default=ReflectSettings.max_length, show_default=True,
-              help="Token cap of prompts and responses.")
+@click.option("--max-length", type=click.IntRange(min=1), default=ReflectSettings.max_length, show_default=True, help="Token cap of prompts and responses.")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=ReflectSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep each iteration's final model).")
-@click.option("--train-limit", type=click.IntRange(min=1), default=ReflectSettings.train_limit,
-              help="Sample only the first N training questions (a quick trial).")
+@click.option("--train-limit", type=click.IntRange(min=1), default=ReflectSettings.train_limit, help="Sample only the first N training questions (a quick trial).")
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=ReflectSettings.eval_batch_size, show_default=True,
               help="Sequences per generation batch (sampling, validation) and pairs per reference-scoring batch; "
                    "sampled texts depend on it, so a run keeps the value it started with.")

@@ -33,8 +33,7 @@ def train():
               help="blocks: one stage per block (REFERENCE 7); mixed: every batch draws from all stages "
                    "(validation every cycle's worth of batches; what makes small students from scratch learn).")
 @click.option("--epochs", type=click.IntRange(min=1), default=SFTSettings.epochs, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True,
-              help="Peak learning rate (AdamW).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=SFTSettings.batch_size, show_default=True,
               help="Records per optimizer step, all processes together.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
@@ -42,15 +41,12 @@ def train():
 @click.option("--max-length", type=click.IntRange(min=1), default=SFTSettings.max_length, show_default=True, help="Token cap of targets.")
 @click.option("--max-input-length", type=click.IntRange(min=1), default=SFTSettings.max_input_length,
               help="Token cap of inputs, keeping their end (default: no cap, as the reference; longer inputs are counted and reported).")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True,
-              help="Share of steps with linear warm-up.")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True, help="Share of steps with linear warm-up.")
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=SFTSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=LoopOptions.eval_batch_size, show_default=True,
-              help="Batch of the validation pipeline.")
-@click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True,
-              help="Steps per line of metrics.jsonl.")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=LoopOptions.eval_batch_size, show_default=True, help="Batch of the validation pipeline.")
+@click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True, help="Steps per line of metrics.jsonl.")
 @click.option("--report-to", type=click.Choice(REPORT_TO), default="none", show_default=True,
               help="Also send the metrics.jsonl figures (loss, validation accuracy) to this tracker (files in OUT/tracking; "
                    "its package must be installed).")
