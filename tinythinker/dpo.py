@@ -111,22 +111,6 @@ def dpo_loss(
     return loss, metrics
 
 
-def batch_loss(
-    student: Student,
-    pairs: Sequence[Mapping[str, str]],
-    ref_logps: torch.Tensor,
-    *,
-    beta: float,
-    nll_weight: float,
-    max_length: int = 200,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch of pairs; ``ref_logps`` is [N, 2] (chosen, rejected) for these pairs."""
-    batch = encode_pairs(student, pairs, max_length)
-    chosen, rejected = pair_logprobs(student, batch)
-    return dpo_loss(chosen, rejected, ref_logps[:, 0], ref_logps[:, 1], beta=beta, nll_weight=nll_weight,
-                    chosen_tokens=chosen_token_count(student, batch))
-
-
 # --- reference log-probabilities, cached on disk -------------------------------------------------
 
 def model_fingerprint(student: Student) -> str:

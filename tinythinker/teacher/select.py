@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -130,12 +129,6 @@ class Selection:
     def first(self, question_id: str) -> Rationale | None:
         found = self.rationales.get(question_id)
         return found[0] if found else None
-
-    def rejected_total(self) -> Counter:
-        total: Counter = Counter()
-        for counts in self.counts.values():
-            total.update(counts.rejected)
-        return total
 
 
 def _add(counter: dict[str, int], key: str, n: int = 1) -> None:
