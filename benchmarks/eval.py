@@ -61,7 +61,7 @@ RAW = REPO.parent / "shared" / "data" / "raw"
 
 def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
     """A stage data set folder whose ``{dataset}-full`` test split holds ``n`` questions."""
-    from tinythinker.artifacts import configs_yaml, write_card, write_split
+    from tinythinker.artifacts import configs_metadata, write_card, write_split
     from tinythinker.protocol import recall_prompt, summarize_target
     from tinythinker.records import FEATURES
     from tinythinker.sources import load_questions
@@ -77,7 +77,7 @@ def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
              "teacher_recall": "", "teacher_analyses": []} for q in questions]
     config = f"{dataset}-full"
     write_split(out, config, "test", rows, FEATURES)
-    write_card(out, configs_yaml(out, {config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
+    write_card(out, configs_metadata(out, {config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
     return out, "real" if source.parent == RAW else "world"
 
 
