@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .errors import TinyThinkerError
-from .protocol import (VARIANT_STAGES, VARIANTS, analyze_prompt, ensure_period, first_prompts, letters_for, parse_answer,
-                       summarize_prompt, summarize_target)
+from .protocol import (VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, config_parts, ensure_period, first_prompts,
+                       letters_for, parse_answer, summarize_prompt, summarize_target)
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def _student_card(pretrained, dataset: str) -> dict:
         info = read_card_metadata(Path(str(pretrained))).get("tinythinker") or {}
     except Exception:  # noqa: BLE001 - an unreadable card only loses this default
         return {}
-    if not isinstance(info, dict) or not info.get("data") or str(info.get("config", "")).partition("-")[0] != dataset:
+    if not isinstance(info, dict) or not info.get("data") or config_parts(str(info.get("config", "")))[0] != dataset:
         return {}
     return info
 
@@ -347,7 +347,7 @@ def load_split(source: str, dataset: str, variant: str, split: str, revision: st
     folder = world_folder(dataset) if source == WORLD_SOURCE else Path(source).expanduser()
     # datasets reads a relative folder such as "." as a Hub name: hand it an absolute path
     folder = folder.resolve() if folder.exists() else source
-    return load_stage_split(folder, f"{dataset}-{variant}", split, revision)
+    return load_stage_split(folder, config_name(dataset, variant), split, revision)
 
 
 def task_docs(rows: Iterable[Mapping], kind: str, variant: str = "full") -> list[dict]:
@@ -428,9 +428,9 @@ def task_names(config: str, *, self_consistency: bool = False) -> list[str]:
     self-consistency task."""
     from .sources import get_spec
 
-    dataset, _, variant = config.partition("-")
+    dataset, variant = config_parts(config)
     get_spec(dataset)
-    if variant not in VARIANTS:
+    if variant is None:
         raise TinyThinkerError(f"config {config!r}: expected {{dataset}}-{{variant}} with variant one of {', '.join(VARIANTS)}")
     names = [f"tinythinker_{dataset}"]
     if variant == "full":
@@ -481,7 +481,7 @@ def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data:
     model_args = []
     variant = None
     if config is not None:
-        variant = config.partition("-")[2]
+        variant = config_parts(config)[1]
         if "--tasks" not in given and "-t" not in given:
             argv += ["--tasks", ",".join(task_names(config, self_consistency=self_consistency))]
     elif "--tasks" not in given and "-t" not in given:

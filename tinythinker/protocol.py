@@ -28,6 +28,20 @@ VARIANT_STAGES: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(VARIANT_STAGES)
 
+
+def config_name(dataset: str, variant: str) -> str:
+    """The data set config of a variant: ``csqa``, ``no_recall`` -> ``csqa-no_recall``."""
+    return f"{dataset}-{variant}"
+
+
+def config_parts(config: str) -> tuple[str, str | None]:
+    """:func:`config_name` undone: ``csqa-no_recall`` -> (``csqa``, ``no_recall``). A name that ends in
+    no variant (a preference config ``csqa-dpo-iter1``) gives its part before the first ``-`` and None."""
+    for variant in sorted(VARIANTS, key=len, reverse=True):
+        if config.endswith("-" + variant):
+            return config[: -len(variant) - 1], variant
+    return config.partition("-")[0], None
+
 ANSWER_RE = re.compile(r"the answer is option ([A-Z])\.")
 
 

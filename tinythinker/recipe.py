@@ -25,7 +25,7 @@ import yaml
 
 from .artifacts import atomic_write_text
 from .errors import TinyThinkerError
-from .protocol import VARIANTS
+from .protocol import VARIANTS, config_name
 from .sources import get_spec
 from .tracking import REPORT_TO, check_report_to
 
@@ -187,14 +187,14 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
     student = recipe["student"]
     if isinstance(student, str) and student.startswith("tiny-"):
         tiny = run / "students" / student
-        steps.append(Step("student", ["student", "init", "--tiny", "--kind", student.removeprefix("tiny-"), "--data", str(data), "--config", f"{ds}-full", "--out", str(tiny), "--overwrite"], tiny))
+        steps.append(Step("student", ["student", "init", "--tiny", "--kind", student.removeprefix("tiny-"), "--data", str(data), "--config", config_name(ds, "full"), "--out", str(tiny), "--overwrite"], tiny))
         student = str(tiny)
 
     reporting = _opt("--report-to", None if recipe["report_to"] == "none" else recipe["report_to"])
     best_full = None
     for variant in sft["variants"]:
         out = run / f"sft-{variant}"
-        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", f"{ds}-{variant}", "--student", str(student),
+        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", config_name(ds, variant), "--student", str(student),
                                              *_opt("--student-revision", recipe["student_revision"]), "--out", str(out), "--seed", seed,
                                              *_opt("--epochs", sft["epochs"]), *_opt("--lr", sft["lr"]), *_opt("--batch-size", sft["batch_size"]),
                                              *_opt("--interval", sft["interval"]), *_opt("--schedule", sft["schedule"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
@@ -205,7 +205,7 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
 
     if best_full is not None and int(reflect["iterations"] or 0) > 0:
         out = run / "dpo"
-        steps.append(Step("reflect", ["reflect", "--student", str(best_full), "--data", str(data), "--config", f"{ds}-full", "--out", str(out), "--seed", seed,
+        steps.append(Step("reflect", ["reflect", "--student", str(best_full), "--data", str(data), "--config", config_name(ds, "full"), "--out", str(out), "--seed", seed,
                                       *_opt("--iterations", reflect["iterations"]), *_opt("--samples", reflect["samples"]), *_opt("--beta", reflect["beta"]),
                                       *_opt("--nll-weight", reflect["nll_weight"]), *_opt("--lr", reflect["lr"]), *_opt("--batch-size", reflect["batch_size"]),
                                       *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"]),
@@ -218,7 +218,7 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
 
 
 def _eval_step(name: str, student: Path, data: Path, ds: str, variant: str, evaluation: dict, out: Path) -> Step:
-    return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", f"{ds}-{variant}", "--split", evaluation["split"],
+    return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", config_name(ds, variant), "--split", evaluation["split"],
                        "--output-path", str(out), *_opt("--limit", evaluation["limit"]), *_opt("--batch-size", evaluation["batch_size"])], out)
 
 

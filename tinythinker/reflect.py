@@ -49,7 +49,7 @@ from .preferences import (
     teacher_recalls,
     write_preference_config,
 )
-from .protocol import ANALYZE, RECALL
+from .protocol import ANALYZE, RECALL, config_parts
 from .sft import make_accelerator
 from .tracking import scalars, tracking
 
@@ -151,7 +151,7 @@ class ReflectData:
             raise TinyThinkerError(f"{settings.data} config {settings.config!r} has no {', '.join(missing)} split "
                                    f"(it has {', '.join(configs[settings.config])}); self-reflection needs a -full config")
         splits = {split: load_stage_split(settings.data, settings.config, split, revision) for split in dict.fromkeys(need)}
-        self.dataset = settings.config.rsplit("-", 1)[0] if "-" in settings.config else settings.config
+        self.dataset = config_parts(settings.config)[0]
         self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single", revision)[: settings.train_limit]
         self.questions = {item.id: item for item in self.items}
         if not self.items:

@@ -38,7 +38,7 @@ import numpy as np
 
 from .errors import TinyThinkerError
 from .hub import pin
-from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
+from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, config_parts
 from .tracking import TRACKING_DIR, check_report_to, scalars, tracking
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
@@ -208,7 +208,7 @@ class SFTSettings:
 
 def variant_of(config: str, variant: str | None = None) -> str:
     """The variant of a ``{dataset}-{variant}`` config; an explicit ``variant`` must agree with it."""
-    named = next((v for v in VARIANTS if config.endswith("-" + v)), None)
+    named = config_parts(config)[1]
     if variant is None:
         if named is None:
             raise TinyThinkerError(f"config {config!r} does not end in a variant ({', '.join(VARIANTS)}); pass --variant")

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import TinyThinkerError
+from ..protocol import config_name
 from ..sources import DATASETS
 
 console = Console(stderr=True)
@@ -105,7 +106,7 @@ def build(dataset, raw, revision, responses, out, seed, overwrite, reference_ord
     if result.next_round_file is not None:
         line += f"; requests written to {result.next_round_file}"
     _say(line)
-    _say(f"load with: datasets.load_dataset({str(out)!r}, '{dataset}-full')")
+    _say(f"load with: datasets.load_dataset({str(out)!r}, {config_name(dataset, 'full')!r})")
 
 
 def _read_rows(path: Path, limit: int) -> list[dict]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from ..errors import TinyThinkerError
+from ..protocol import VARIANTS, config_parts
 
-VARIANT_CHOICES = ("full", "no_recall", "no_analyze", "summarize_only")
 CHUNK_QUESTIONS = 256  # questions per resumable chunk of `infer` (each chunk is batched across stages)
 
 
@@ -118,7 +118,7 @@ def _partial_line(**entry) -> str:
 @click.option("--config", required=True, help="Data set config, e.g. csqa-full.")
 @click.option("--split", default="test", show_default=True, help="Split to answer.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Traces JSONL to write (a .summary.json goes beside it).")
-@click.option("--variant", type=click.Choice(VARIANT_CHOICES), default=None,
+@click.option("--variant", type=click.Choice(VARIANTS), default=None,
               help="Stages to run (default: from the config name, e.g. csqa-no_recall -> no_recall).")
 @click.option("--samples", type=int, default=1, show_default=True,
               help="Runs per question; more than 1 samples recall/analyze and votes (self-consistency).")
@@ -137,8 +137,6 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
     """Answer a split with the three-stage pipeline; write traces and print accuracy.
 
     Work is done in chunks of questions; an interrupted run resumes from its last finished chunk."""
-    from ..protocol import VARIANTS
-
     if samples < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise TinyThinkerError("--samples, --batch-size and --limit must be positive")
     if out.exists() and not overwrite:
@@ -153,7 +151,7 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
     student_commit = pin(student_name, student_revision, repo_type="model")
     items = items_from_dataset(data, config, split, data_commit)[:limit]
     if variant is None:
-        variant = next((v for v in sorted(VARIANTS, key=len, reverse=True) if config.endswith("-" + v)), None)
+        variant = config_parts(config)[1]
         if variant is None:
             raise TinyThinkerError(f"cannot tell the variant from config {config!r}; pass --variant ({', '.join(VARIANTS)})")
     given_recalls, given_analyses = oracles_from_dataset(data, config, split, data_commit) if oracle != "none" else ({}, {})
