@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from . import protocol
 from .errors import TinyThinkerError
+from .hub import is_hub_id
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES
 
 # Longest continuation per stage. A trained student stops at eos long before (teacher recalls and
@@ -87,7 +88,7 @@ def stage_configs(data, revision: str | None = None) -> dict[str, list[str]]:
         if not configs:
             raise TinyThinkerError(f"{source}: not a data set folder (no configs in README.md); pass a folder made by `tinythinker build`")
         return configs
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not is_hub_id(source):
         raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
     import datasets
 
@@ -124,7 +125,7 @@ def load_stage_split(data, config: str, split: str, revision: str | None = None)
             raise TinyThinkerError(f"{source}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
         if split not in configs[config]:
             raise TinyThinkerError(f"{source}: config {config!r} has no split {split!r}; choose one of {', '.join(configs[config])}")
-    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+    elif not is_hub_id(source):
         raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
     try:
         if Path(source).exists():

@@ -37,7 +37,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import TinyThinkerError
-from .hub import pin
+from .hub import is_hub_id, pin
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, config_parts
 from .tracking import TRACKING_DIR, check_report_to, scalars, tracking
 
@@ -290,11 +290,6 @@ def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> dict | Non
     return json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else None
 
 
-def hub_id_or_none(name: str) -> str | None:
-    """``name`` when it looks like a Hub id (not a local path): card metadata accepts only those."""
-    return None if Path(name).exists() or name.startswith((".", "/", "~")) else name
-
-
 def write_model_card(folder: Path, *, settings: SFTSettings, schedule: StageSchedule, is_seq2seq: bool, processes: int,
                      curve: Sequence[dict], best: dict | None, steps_done: int, eval_questions: int,
                      data_commit: str | None = None, student_commit: str | None = None) -> None:
@@ -304,7 +299,9 @@ def write_model_card(folder: Path, *, settings: SFTSettings, schedule: StageSche
     from .artifacts import write_card
     from .cards import render_card
 
-    base_model, dataset = hub_id_or_none(settings.student), hub_id_or_none(settings.data)
+    # card metadata accepts only Hub ids
+    base_model = settings.student if is_hub_id(settings.student, "model") else None
+    dataset = settings.data if is_hub_id(settings.data) else None
     hyperparameters = {
         "learning rate": settings.lr, "batch size (all processes)": settings.batch_size, "epochs": settings.epochs,
         "interval": settings.interval, "max length": settings.max_length, "warm-up ratio": settings.warmup_ratio,
