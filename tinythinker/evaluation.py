@@ -28,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .errors import TinyThinkerError
 from .protocol import (VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, config_parts, ensure_period, first_prompts,
-                       letters_for, parse_answer, summarize_prompt, summarize_target)
+                       letters_for, majority, parse_answer, summarize_prompt, summarize_target)
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +158,6 @@ def vote_metrics(traces: Sequence[Mapping], doc: Mapping) -> dict[str, float]:
     if voted is not None:
         metrics["vote_share"] = answers.count(voted) / len(answers)
     return metrics
-
-
-def majority(answers: Sequence[str]) -> str | None:
-    """Most frequent answer; a tie goes to the answer seen first (REFERENCE 5.1, 8)."""
-    if not answers:
-        return None
-    counts = Counter(answers)
-    best = max(counts.values())
-    return next(a for a in answers if counts[a] == best)
 
 
 # --- stage attribution --------------------------------------------------------------------------

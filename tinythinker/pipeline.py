@@ -13,7 +13,6 @@ It is the engine behind the trainer's validation, self-reflection data and evalu
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -394,8 +393,7 @@ def vote(traces: Iterable[Trace]) -> dict[str, str | None]:
         answers.setdefault(trace.id, []).append((trace.sample, trace.answer))
     result = {}
     for qid, pairs in answers.items():
-        ordered = [a for _, a in sorted(pairs, key=lambda p: p[0])]
-        result[qid] = Counter(ordered).most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
+        result[qid] = protocol.majority(a for _, a in sorted(pairs, key=lambda p: p[0]))
     return result
 
 
