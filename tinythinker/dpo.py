@@ -410,14 +410,14 @@ class DPORun:
     # .. the loop ..
 
     def train(self) -> DPOResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import TextColumn
+
+        from .progress import progress_bar
 
         schedule = self.schedule
         if self.step >= schedule.total_steps and (self.out / BEST).exists():
             return self.result()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        bar = Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
+        bar = progress_bar(TextColumn("{task.fields[info]}"), console=self.console, enabled=self.progress_enabled and self.is_main)
         info: dict[str, float | None] = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
         began = time.perf_counter()
         with bar, StopRequest() as stop:

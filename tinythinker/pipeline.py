@@ -182,10 +182,10 @@ class _Progress:
         self.bar = None
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            from .progress import progress_bar
+
+            self.bar = progress_bar(console=Console(stderr=True))
 
     def __enter__(self):
         if self.bar is not None:

@@ -323,10 +323,9 @@ class Reflection:
         atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(line) + "\n" for line in lines))
 
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from .progress import progress_bar
 
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=self.console, disable=not (self.progress_enabled and self.is_main))
+        return progress_bar(console=self.console, enabled=self.progress_enabled and self.is_main)
 
     def _say(self, text: str) -> None:
         if self.is_main and self.console is not None:

@@ -625,7 +625,9 @@ class SFTTrainer:
                          resumed_at=self.resume["step"] if self.resume else None)
 
     def train(self) -> SFTResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import TextColumn
+
+        from .progress import progress_bar
 
         s, schedule = self.settings, self.schedule
         if self.step >= schedule.total_steps:
@@ -642,9 +644,7 @@ class SFTTrainer:
             self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
                                f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
                                f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        bar = Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
+        bar = progress_bar(TextColumn("{task.fields[info]}"), console=self.console, enabled=self.progress_enabled and self.is_main)
         info = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
         began = time.perf_counter()
         with bar, StopRequest() as stop:

@@ -23,12 +23,11 @@ console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 140)
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def _progress(enabled: bool = True):
+    from ..progress import progress_bar
 
     # transient (and off when stderr is not a terminal): an error stays the single line on stderr
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+    return progress_bar(console=console, enabled=enabled and console.is_terminal, transient=True)
 
 
 def _say(text: str) -> None:
