@@ -191,7 +191,7 @@ def test_eval_reads_the_hub_and_the_results_name_the_commits(hub, tmp_path):
     commit, student_commit = hub.repo(DATA).commits[-1], hub.repo(STUDENT, "model").commits[-1]
     results = tmp_path / "results"
     done = tinythinker("eval", "--student", STUDENT, "--data", DATA, "--revision", "main", "--config", "csqa-full",
-                       "--output-path", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
+                       "--out", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
                        endpoint=hub.endpoint, home=tmp_path / "hf", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     [path] = results.rglob("results_*.json")
@@ -247,7 +247,7 @@ def _train(tmp_path, data=DATA, *extra):
 
 
 def _eval(tmp_path, data=DATA, *extra):
-    return ("eval", "--student", STUDENT, "--data", data, "--config", "csqa-full", "--output-path", tmp_path / "res",
+    return ("eval", "--student", STUDENT, "--data", data, "--config", "csqa-full", "--out", tmp_path / "res",
             "--limit", "1", *extra)
 
 

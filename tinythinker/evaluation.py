@@ -453,19 +453,19 @@ def _student_fingerprint(student: str, revision: str | None = None) -> str:
 def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data: str | None = None, config: str | None = None,
                  split: str | None = None, output_path: str | None = None, limit: float | None = None,
                  batch_size: int | None = None, device: str | None = None, self_consistency: bool = False,
-                 data_revision: str | None = None, student_revision: str | None = None) -> list[str]:
+                 data_revision: str | None = None, student_revision: str | None = None, progress: bool = True) -> list[str]:
     """lm-eval ``run`` arguments for `tinythinker eval`: its own options translated, ``extra``
     (any lm_eval arguments) passed through unchanged after them.
 
     ``batch_size`` is the generation batch: ``--model_args gen_batch_size=N`` for the ``tinythinker``
     model (whose engine batch lm-eval's ``--batch_size`` does not set), and lm-eval's ``--batch_size``
-    for any other model. ``data_revision`` and ``student_revision`` are Hub commits (see
-    :func:`tinythinker.hub.pin`): they go to the tasks' metadata and the model's arguments, so
-    lm-eval's results file records them."""
+    for any other model; ``progress=False`` hides the ``tinythinker`` model's bars. ``data_revision`` and
+    ``student_revision`` are Hub commits (see :func:`tinythinker.hub.pin`): they go to the tasks'
+    metadata and the model's arguments, so lm-eval's results file records them."""
     extra = list(extra)
     given = {arg.split("=", 1)[0] for arg in extra if arg.startswith("-")}
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise TinyThinkerError(f"--batch-size {batch_size!r}: give the number of sequences per generation batch, at least 1")
+        raise TinyThinkerError(f"--gen-batch-size {batch_size!r}: give the number of sequences per generation batch, at least 1")
     argv: list[str] = []
     if "--include_path" not in given:
         argv += ["--include_path", str(tasks_folder())]
@@ -486,8 +486,11 @@ def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data:
             model_args.append(f"revision={student_revision}")
         if variant:
             model_args.append(f"variant={variant}")
-    if batch_size is not None and (student is not None or _named_model(extra) == MODEL_NAME):
+    ours = student is not None or _named_model(extra) == MODEL_NAME
+    if batch_size is not None and ours:
         model_args.append(f"gen_batch_size={batch_size}")
+    if not progress and ours:
+        model_args.append("progress=False")
     if model_args:
         argv += ["--model_args", *model_args]
     metadata = ([f"data={data}"] if data else []) + ([f"data_revision={data_revision}"] if data_revision else []) \
@@ -642,7 +645,7 @@ def parse_lm_eval_args(argv: Sequence[str]):
     if args.samples and args.limit is not None:
         raise TinyThinkerError("lm_eval's --samples and --limit exclude each other")
     if (args.log_samples or args.predict_only) and not args.output_path:
-        raise TinyThinkerError("--log_samples / --predict_only need an output folder (--output-path)")
+        raise TinyThinkerError("--log_samples / --predict_only need an output folder (--out)")
     if isinstance(args.samples, str):
         text = args.samples
         args.samples = json.loads(Path(text).read_text() if Path(text).is_file() else text)

@@ -33,6 +33,7 @@ from .protocol import config_parts
 TASK_RE = re.compile(r"^tinythinker_(?P<dataset>[a-z]+?)(?:_(?P<kind>analyze_oracle|summarize_oracle|sc))?$")
 REFLECT_METRICS = "metrics.jsonl"  # the metrics log of a training run, SFT or self-reflection
 RUN_SETTINGS = "run.json"  # the settings every training run writes when it starts
+MARKDOWN_FILE, JSON_FILE = "report.md", "report.json"  # what `tinythinker report --out DIR` writes besides the plots
 
 # The rows of the stage table: (stage, label, task kind, metric)
 STAGE_ROWS = (
@@ -282,7 +283,7 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
         found = load_results(root, prefix=prefix)
         if not found:
             raise TinyThinkerError(f"{root}: no lm-eval results of TinyThinker tasks below it (results_*.json); "
-                                   "run `tinythinker eval ... --output-path` (or lm_eval --output_path) first")
+                                   "run `tinythinker eval ... --out` (or lm_eval --output_path) first")
         results += found
         for result in found:
             folder = reflection_folder(result.student) if result.method == "dpo" else None

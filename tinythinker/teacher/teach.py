@@ -422,8 +422,9 @@ class LiveProgress:
     """The rich progress line of a round: done / cached / retried / failed, tokens and cost so far,
     and under it the rate limits in force and where they come from."""
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, *, enabled: bool = True):
         self.console = console
+        self.enabled = enabled  # off: no bar, the warnings still print
         self._progress: Progress | None = None
         self._task = None
         self._failed = 0
@@ -436,7 +437,7 @@ class LiveProgress:
             return (f"cached {cached:,} · retried {current.retried:,} · failed {self._failed:,} · "
                     f"tokens {_compact(current.prompt_tokens)} in / {_compact(current.completion_tokens)} out{cost}")
 
-        self._progress = progress_bar(_StatsColumn(text), console=self.console, footer=limits or (lambda: ""))
+        self._progress = progress_bar(_StatsColumn(text), console=self.console, enabled=self.enabled, footer=limits or (lambda: ""))
         self._task = self._progress.add_task(f"round {round_index}", total=total, completed=done)
         self._progress.start()
 
