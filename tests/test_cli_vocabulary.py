@@ -51,11 +51,13 @@ def test_out_of_range_values_are_refused(tmp_path, args, option, bound):
     (("eval", "--student", "s", "--output-path", "res", "--batch-size", "4"), ["--output-path", "--batch-size"],
      ["--out", "--gen-batch-size"], "Error: say what to evaluate"),
     ((*INFER, "--batch-size", "4"), ["--batch-size"], ["--gen-batch-size"], "Error: t.jsonl: exists"),
-    (("student", "init", "--tiny", "--data", "d", "--out", "t.jsonl"), ["--tiny"], [None], "Error: t.jsonl: output folder exists"),
+    (("student", "init", "--tiny", "--data", "d", "--out", "t.jsonl"), ["--tiny"], [None],
+     "Error: t.jsonl: output folder exists"),
     ((*SFT, "--eval-batch-size", "4", "--gen-batch-size", "4"), ["--eval-batch-size"], ["--gen-batch-size"],
      "Error: --eval-batch-size and --gen-batch-size are the same option; give --gen-batch-size only"),
-    (("reflect", "--student", "s", "--data", "d", "--config", "toy-full", "--out", "o", "--eval-batch-size", "4", "--gen-batch-size", "4"),
-     ["--eval-batch-size"], ["--gen-batch-size"], "Error: --eval-batch-size and --gen-batch-size are the same option"),
+    (("reflect", "--student", "s", "--data", "d", "--config", "toy-full", "--out", "o", "--eval-batch-size", "4",
+      "--gen-batch-size", "4"), ["--eval-batch-size"], ["--gen-batch-size"],
+     "Error: --eval-batch-size and --gen-batch-size are the same option"),
 ])
 def test_old_spellings_warn_in_one_line(tmp_path, args, old, new, error):
     (tmp_path / "t.jsonl").write_text("")
@@ -68,8 +70,8 @@ def test_old_spellings_warn_in_one_line(tmp_path, args, old, new, error):
 
 
 def test_run_dir_still_names_the_run_folder(tmp_path):
-    result = tinythinker("run", REPO / "recipes" / "csqa-t5-small.yaml", "--run-dir", tmp_path / "r", "--dry-run", "--no-progress",
-                         cwd=tmp_path)
+    recipe = REPO / "recipes" / "csqa-t5-small.yaml"
+    result = tinythinker("run", recipe, "--run-dir", tmp_path / "r", "--dry-run", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert warnings_of(result) == ["Warning: --run-dir is deprecated and goes in the next release; use --out"]
     assert f"eval --student {tmp_path / 'r' / 'dpo' / 'best'} " in result.stdout and " --no-progress\n" in result.stdout
@@ -95,8 +97,8 @@ def test_report_out_folder_json_flag_and_old_file_options(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["accuracy_per_iteration.png", "report.json", "report.md"]
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == printed
 
-    old = tinythinker("report", dpo, "--plots", tmp_path / "plots", "--markdown", tmp_path / "r.md", "--json", tmp_path / "r.json",
-                      cwd=tmp_path)
+    old = tinythinker("report", dpo, "--plots", tmp_path / "plots", "--markdown", tmp_path / "r.md",
+                      "--json", tmp_path / "r.json", cwd=tmp_path)
     assert old.returncode == 0, old.stderr
     assert [w.split(" is deprecated")[0] for w in warnings_of(old)] == ["Warning: --plots DIR", "Warning: --markdown FILE",
                                                                         "Warning: --json FILE"]
@@ -105,8 +107,8 @@ def test_report_out_folder_json_flag_and_old_file_options(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == printed
 
 
-@pytest.mark.parametrize("command", [("build",), ("teach", "ask"), ("push",), ("train", "sft"), ("infer",), ("reflect",), ("eval",),
-                                     ("quickstart",), ("run",)])
+@pytest.mark.parametrize("command", [("build",), ("teach", "ask"), ("push",), ("train", "sft"), ("infer",), ("reflect",),
+                                     ("eval",), ("quickstart",), ("run",)])
 def test_every_long_command_takes_no_progress(command):
     from click.testing import CliRunner
 

@@ -417,7 +417,8 @@ class DPORun:
         schedule = self.schedule
         if self.step >= schedule.total_steps and (self.out / BEST).exists():
             return self.result()
-        bar = progress_bar(TextColumn("{task.fields[info]}"), console=self.console, enabled=self.progress_enabled and self.is_main)
+        bar = progress_bar(TextColumn("{task.fields[info]}"), console=self.console,
+                           enabled=self.progress_enabled and self.is_main)
         info: dict[str, float | None] = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
         began = time.perf_counter()
         with bar, StopRequest() as stop:

@@ -644,7 +644,8 @@ class SFTTrainer:
             self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
                                f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
                                f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
-        bar = progress_bar(TextColumn("{task.fields[info]}"), console=self.console, enabled=self.progress_enabled and self.is_main)
+        bar = progress_bar(TextColumn("{task.fields[info]}"), console=self.console,
+                           enabled=self.progress_enabled and self.is_main)
         info = {"loss": None, "accuracy": None if self.best is None else self.best["accuracy"]}
         began = time.perf_counter()
         with bar, StopRequest() as stop:

@@ -86,7 +86,8 @@ def _selection_table(selection: dict[str, dict]) -> Table:
 @click.option("--responses", "responses", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Teacher responses (JSONL, optionally .gz); repeat once per teacher round, in round order.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (laid out like a Hub dataset repo).")
-@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="Seed of the splits and of the diversity fill.")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
+              help="Seed of the splits and of the diversity fill.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--reference-order", is_flag=True,
               help="List analyses in the teacher's order (as the reference did) instead of label order.")
@@ -119,7 +120,8 @@ def _read_rows(path: Path, limit: int) -> list[dict]:
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--examples", type=click.IntRange(min=0), default=1, show_default=True, help="Example records to show per training split.")
+@click.option("--examples", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Example records to show per training split.")
 def inspect(folder, examples):
     """Summarise a data set folder: configs, split sizes, rejection reasons, a few examples."""
     import pyarrow.parquet as pq

@@ -134,8 +134,8 @@ def _partial_line(**entry) -> str:
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @options.progress
-def infer(student_name, student_revision, data, revision, config, split, out, variant, samples, temperature, top_k, gen_batch_size,
-          bf16, limit, oracle, seed, device, overwrite, progress):
+def infer(student_name, student_revision, data, revision, config, split, out, variant, samples, temperature, top_k,
+          gen_batch_size, bf16, limit, oracle, seed, device, overwrite, progress):
     """Answer a split with the three-stage pipeline; write traces and print accuracy.
 
     Work is done in chunks of questions; an interrupted run resumes from its last finished chunk."""

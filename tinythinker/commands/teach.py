@@ -72,7 +72,8 @@ def _default_base_url() -> str:
               help="Tokens per minute budget [default: the server's x-ratelimit headers; none if it sends none].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True, help="Seconds to wait for one reply.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=6, show_default=True, help="Retries of one request on 429/5xx/timeouts/dropped connections.")
-@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True, help="Seed of the splits and of the few-shot exemplar choice.")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
+              help="Seed of the splits and of the few-shot exemplar choice.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Answer cache [env TINYTHINKER_CACHE_DIR, else ~/.cache/tinythinker/teacher].")
 @click.option("--prices", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML/JSON price table merged over the built-in one: {model: {input: USD, output: USD}} per 1M tokens.")
 @click.option("--dry-run", is_flag=True, help="Print requests, samples, estimated tokens and cost; send nothing.")

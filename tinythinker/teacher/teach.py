@@ -437,7 +437,8 @@ class LiveProgress:
             return (f"cached {cached:,} · retried {current.retried:,} · failed {self._failed:,} · "
                     f"tokens {_compact(current.prompt_tokens)} in / {_compact(current.completion_tokens)} out{cost}")
 
-        self._progress = progress_bar(_StatsColumn(text), console=self.console, enabled=self.enabled, footer=limits or (lambda: ""))
+        self._progress = progress_bar(_StatsColumn(text), console=self.console, enabled=self.enabled,
+                                      footer=limits or (lambda: ""))
         self._task = self._progress.add_task(f"round {round_index}", total=total, completed=done)
         self._progress.start()
 
