@@ -19,7 +19,7 @@ progress = click.option("--progress/--no-progress", default=True, show_default=T
 
 
 def gen_batch_size(param: str = "gen_batch_size", *, default: int | None = 64, help: str = "Sequences per generation batch."):
-    """``--gen-batch-size``, stored as ``param``; the old spelling stays one release (see :func:`deprecated`)."""
+    """``--gen-batch-size`` (at least 1), stored as ``param`` (train and reflect keep their ``eval_batch_size``)."""
     return click.option("--gen-batch-size", param, type=click.IntRange(min=1), default=default, show_default=default is not None,
                         help=help)
 
