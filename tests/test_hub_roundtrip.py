@@ -282,7 +282,7 @@ MISSING_STUDENT = ("org/nobody: no such model repo on {endpoint}, or your token 
     (lambda t: _eval(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
     (lambda t: _build(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _build(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
-    (lambda t: ("student", "init", "--tiny", "--data", "org/missing", "--out", t / "run"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: ("student", "init", "--data", "org/missing", "--out", t / "run"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _infer(t, PRIVATE), PRIVATE, None, None, PRIVATE_NO_TOKEN),
     (lambda t: _infer(t, DATA), DATA, "hf_not_a_token_of_this_hub", None, BAD_TOKEN),
     (lambda t: _infer(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
