@@ -94,7 +94,9 @@ def test_report_out_folder_json_flag_and_old_file_options(tmp_path):
     assert new.returncode == 0 and not warnings_of(new), new.stderr
     printed = json.loads(new.stdout)  # stdout holds the JSON only
     assert [p["accuracy"] for p in printed["reflection"][0]["points"]] == [0.25, 0.5]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["accuracy_per_iteration.png", "report.json", "report.md"]
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert names == {"accuracy_per_iteration.png", "training_dpo.png", "report.json", "report.md"}
+    assert "](training_dpo.png)" in (tmp_path / "out" / "report.md").read_text()  # beside the markdown
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == printed
 
     old = tinythinker("report", dpo, "--plots", tmp_path / "plots", "--markdown", tmp_path / "r.md",
@@ -103,7 +105,7 @@ def test_report_out_folder_json_flag_and_old_file_options(tmp_path):
     assert [w.split(" is deprecated")[0] for w in warnings_of(old)] == ["Warning: --plots DIR", "Warning: --markdown FILE",
                                                                         "Warning: --json FILE"]
     assert (tmp_path / "plots" / "accuracy_per_iteration.png").exists()
-    assert (tmp_path / "r.md").read_text() == (tmp_path / "out" / "report.md").read_text()
+    assert "](plots/training_dpo.png)" in (tmp_path / "r.md").read_text()  # relative to the markdown file
     assert json.loads((tmp_path / "r.json").read_text()) == printed
 
 
