@@ -61,7 +61,7 @@ RAW = REPO.parent / "shared" / "data" / "raw"
 
 def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
     """A stage data set folder whose ``{dataset}-full`` test split holds ``n`` questions."""
-    from tinythinker.artifacts import configs_yaml, write_card, write_split
+    from tinythinker.artifacts import configs_metadata, write_card, write_split
     from tinythinker.protocol import recall_prompt, summarize_target
     from tinythinker.records import FEATURES
     from tinythinker.sources import load_questions
@@ -77,7 +77,7 @@ def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
              "teacher_recall": "", "teacher_analyses": []} for q in questions]
     config = f"{dataset}-full"
     write_split(out, config, "test", rows, FEATURES)
-    write_card(out, configs_yaml(out, {config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
+    write_card(out, configs_metadata(out, {config: ["test"]}), f"# {len(rows)} {dataset} questions (benchmark)")
     return out, "real" if source.parent == RAW else "world"
 
 
@@ -224,14 +224,14 @@ def cli_times(args, data: Path, student: str, work: Path) -> dict:
     user runs them (startup included); with ``--processes`` the plain call data parallel too."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}
     common = ["--student", student, "--data", str(data), "--config", f"{args.dataset}-full", "--device", args.device,
-              "--batch-size", str(args.batch_size)]
+              "--gen-batch-size", str(args.batch_size)]
     task_file = REPO / "eval_tasks" / f"tinythinker_{args.dataset}.yaml"
     plain = ["--tasks", str(task_file), "--model", "tinythinker", "--model_args", f"pretrained={student}",
              "--metadata", f"data={data}", "--device", args.device, "--log_samples"]
     commands = {
         "tinythinker_infer_s": ["tinythinker", "infer", *common, "--out", str(work / "infer.jsonl"), "--overwrite"],
-        # a fresh --output-path each round (ROUND): `tinythinker eval` resumes from the request cache it keeps there
-        "tinythinker_eval_s": ["tinythinker", "eval", *common, "--tasks", f"tinythinker_{args.dataset}", "--output-path", str(work / "eval" / "ROUND")],
+        # a fresh --out each round (ROUND): `tinythinker eval` resumes from the request cache it keeps there
+        "tinythinker_eval_s": ["tinythinker", "eval", *common, "--tasks", f"tinythinker_{args.dataset}", "--out", str(work / "eval" / "ROUND")],
         "plain_lm_eval_s": ["lm_eval", *plain, "--output_path", str(work / "plain")],
     }
     if args.processes > 1:  # "PORT": a free port, picked afresh for every run

@@ -43,7 +43,7 @@ def batch_tokens(batch) -> int:
 def make_data(root: Path, steps: int, batch_size: int) -> Path:
     """A csqa-full folder holding the first rows of each stage of the generated world: ``steps`` full batches."""
     from dataset_builders.build import build_dataset
-    from tinythinker.artifacts import configs_yaml, write_card, write_split
+    from tinythinker.artifacts import configs_metadata, write_card, write_split
     from tinythinker.pipeline import load_stage_split
     from tinythinker.world import write_world
 
@@ -57,7 +57,7 @@ def make_data(root: Path, steps: int, batch_size: int) -> Path:
     for stage, split in splits.items():
         rows = split.select(range(min(len(split), batches[stage] * batch_size)))
         write_split(folder, "csqa-full", stage, list(rows), split.features)
-    write_card(folder, configs_yaml(folder, {"csqa-full": list(STAGES)}), "# SFT benchmark records")
+    write_card(folder, configs_metadata(folder, {"csqa-full": list(STAGES)}), "# SFT benchmark records")
     return folder
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import datasets
 
-from tinythinker.protocol import VARIANT_STAGES, VARIANTS
-from tinythinker.records import FEATURES, config_name, iter_split, variant_splits
+from tinythinker.protocol import VARIANT_STAGES, VARIANTS, config_name
+from tinythinker.records import FEATURES, iter_split, variant_splits
 from tinythinker.sources import QuestionSet, get_spec
 from tinythinker.teacher.select import Selection
 

@@ -23,8 +23,8 @@ from tinythinker import __version__
 from tinythinker.artifacts import configs_metadata, place_split, staged_folder, write_card
 from tinythinker.cards import render_card
 from tinythinker.errors import TinyThinkerError
-from tinythinker.protocol import REJECT_REASONS, VARIANTS
-from tinythinker.records import config_name, variant_splits
+from tinythinker.protocol import REJECT_REASONS, config_name
+from tinythinker.records import all_configs
 from tinythinker.sources import QuestionSet, get_spec, load_questions
 from tinythinker.teacher.requests import prompt_hash
 from tinythinker.teacher.responses import TeacherResponses, read_responses
@@ -92,10 +92,10 @@ def write_configs(
     builder_class = BUILDERS[questions.dataset]
     work = folder / ".build"
     counts: dict[str, dict[str, int]] = {}
-    task = progress.add_task("writing configs", total=sum(len(variant_splits(v)) for v in VARIANTS))
+    configs = all_configs(questions.dataset)
+    task = progress.add_task("writing configs", total=sum(map(len, configs.values())))
     with _quiet_datasets():
-        for variant in VARIANTS:
-            config = config_name(questions.dataset, variant)
+        for config, splits in configs.items():
             builder = builder_class(
                 questions=questions,
                 selection=selection,
@@ -106,7 +106,7 @@ def write_configs(
             prepared = work / config
             builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size="100GB")
             counts[config] = {}
-            for split in variant_splits(variant):
+            for split in splits:
                 place_split(prepared / f"{builder.dataset_name}-{split}.parquet", folder, config, split)
                 counts[config][split] = builder.info.splits[split].num_examples
                 progress.advance(task)

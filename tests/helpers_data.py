@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tinythinker import protocol, records
-from tinythinker.artifacts import configs_yaml, write_card, write_split
+from tinythinker.artifacts import configs_metadata, write_card, write_split
 from tinythinker.sources import Question
 
 
@@ -88,7 +88,8 @@ def write_stage_data(folder, questions: Sequence[ToyQuestion] = TOY_QUESTIONS, *
                 rows = [row for q in questions for row in train_rows(q, variant, split)]
             write_split(folder, config, split, rows, features)
         configs[config] = splits
-    write_card(folder, configs_yaml(folder, configs, default=f"{dataset}-{variants[0]}"), f"# {dataset} toy stage data (tests)")
+    write_card(folder, configs_metadata(folder, configs, default=f"{dataset}-{variants[0]}"),
+               f"# {dataset} toy stage data (tests)")
     return folder
 
 

@@ -12,6 +12,8 @@ import json
 import random
 from pathlib import Path
 
+from tinythinker.teacher.cache import iter_output_lines
+
 _THINGS = ["kettle", "violin", "harbor", "glacier", "lantern", "orchard", "compass", "meadow", "anvil", "satchel",
            "beehive", "canyon", "ledger", "quarry", "thimble", "workshop", "lighthouse", "pantry", "tram", "easel"]
 _VERBS = ["find", "keep", "use", "see", "store", "repair", "carry", "clean", "paint", "sell"]
@@ -42,3 +44,8 @@ def write_tiny_csqa(folder: str | Path, train: int = 40, dev: int = 10, seed: in
     (folder / "train_rand_split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:train]), encoding="utf-8")
     (folder / "dev_rand_split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[train:]), encoding="utf-8")
     return folder
+
+
+def read_output_lines(path) -> list[dict]:
+    """Every line of a teach output file (the library streams them with ``iter_output_lines``)."""
+    return list(iter_output_lines(path))

@@ -41,7 +41,7 @@ def test_student_init_on_world_data_then_oracle_infer(built, tmp_path):
     from tinythinker.students import Student
 
     out = tmp_path / "tiny"
-    result = tinythinker("student", "init", "--tiny", "--kind", "causal", "--data", built, "--config", "csqa-full", "--out", out)
+    result = tinythinker("student", "init", "--kind", "causal", "--data", built, "--config", "csqa-full", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "wrote causal student" in result.stdout
     student = Student.load(out, device="cpu")
@@ -49,7 +49,7 @@ def test_student_init_on_world_data_then_oracle_infer(built, tmp_path):
     question = items_from_dataset(built, "csqa-full", "test")[0].question
     assert student.tokenizer.decode(student.tokenizer(question, add_special_tokens=False)["input_ids"]) == question
 
-    again = tinythinker("student", "init", "--tiny", "--data", built, "--out", out)
+    again = tinythinker("student", "init", "--data", built, "--out", out)
     assert again.returncode == 2 and again.stderr.strip() == f"Error: {out}: output folder exists; pass --overwrite to replace it or choose another --out"
 
     # the teacher's recall and analyses from the data set replace the (untrained) student's
@@ -61,11 +61,6 @@ def test_student_init_on_world_data_then_oracle_infer(built, tmp_path):
     rows = [json.loads(line) for line in traces.read_text().splitlines()]
     assert len(rows) == 3 and all(r["recall"] == recalls[r["id"]] and r["analyses"] == analyses[r["id"]] for r in rows)
     assert json.loads((tmp_path / "oracle.summary.json").read_text())["oracle"] == "both"
-
-
-def test_student_init_needs_tiny(data, tmp_path):
-    result = tinythinker("student", "init", "--data", data, "--out", tmp_path / "x")
-    assert result.returncode == 2 and "only --tiny" in result.stderr and not (tmp_path / "x").exists()
 
 
 def test_infer_writes_traces_and_summary(data, trained_folder, tmp_path):
@@ -85,7 +80,7 @@ def test_infer_writes_traces_and_summary(data, trained_folder, tmp_path):
 def test_infer_self_consistency_and_limit(data, trained_folder, tmp_path):
     out = tmp_path / "sc.jsonl"
     result = tinythinker("infer", "--student", trained_folder, "--data", data, "--config", "toy-full", "--out", out,
-                         "--samples", "3", "--temperature", "0.7", "--limit", "2", "--batch-size", "4")
+                         "--samples", "3", "--temperature", "0.7", "--limit", "2", "--gen-batch-size", "4")
     assert result.returncode == 0, result.stderr
     assert "self-consistency over 3 samples" in result.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]

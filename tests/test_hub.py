@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from hub_server import LocalHub
-from tinythinker.artifacts import split_path
 from tinythinker.errors import TinyThinkerError
 from tinythinker.hub import plan_push, repo_type_of
 

@@ -191,7 +191,7 @@ def test_eval_reads_the_hub_and_the_results_name_the_commits(hub, tmp_path):
     commit, student_commit = hub.repo(DATA).commits[-1], hub.repo(STUDENT, "model").commits[-1]
     results = tmp_path / "results"
     done = tinythinker("eval", "--student", STUDENT, "--data", DATA, "--revision", "main", "--config", "csqa-full",
-                       "--output-path", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
+                       "--out", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
                        endpoint=hub.endpoint, home=tmp_path / "hf", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     [path] = results.rglob("results_*.json")
@@ -247,7 +247,7 @@ def _train(tmp_path, data=DATA, *extra):
 
 
 def _eval(tmp_path, data=DATA, *extra):
-    return ("eval", "--student", STUDENT, "--data", data, "--config", "csqa-full", "--output-path", tmp_path / "res",
+    return ("eval", "--student", STUDENT, "--data", data, "--config", "csqa-full", "--out", tmp_path / "res",
             "--limit", "1", *extra)
 
 
@@ -282,7 +282,7 @@ MISSING_STUDENT = ("org/nobody: no such model repo on {endpoint}, or your token 
     (lambda t: _eval(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
     (lambda t: _build(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _build(t, DATA, "--revision", "nope"), DATA, TOKEN, None, NO_REVISION),
-    (lambda t: ("student", "init", "--tiny", "--data", "org/missing", "--out", t / "run"), "org/missing", TOKEN, None, MISSING),
+    (lambda t: ("student", "init", "--data", "org/missing", "--out", t / "run"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _infer(t, PRIVATE), PRIVATE, None, None, PRIVATE_NO_TOKEN),
     (lambda t: _infer(t, DATA), DATA, "hf_not_a_token_of_this_hub", None, BAD_TOKEN),
     (lambda t: _infer(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),

@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     world = write_world("csqa", root / "world", seed=42)
     data = build_dataset("csqa", world / "raw", [world / "teacher.jsonl"], root / "data", seed=42).out
     student = root / "student"  # as a user makes it: the CLI (tokenizer trained on the data set's texts)
-    subprocess.run([sys.executable, "-m", "tinythinker", "student", "init", "--tiny", "--kind", "causal", "--data", str(data),
+    subprocess.run([sys.executable, "-m", "tinythinker", "student", "init", "--kind", "causal", "--data", str(data),
                     "--config", "csqa-full", "--out", str(student)], check=True, capture_output=True)
     runs = {variant: train_sft(SFTSettings(data=str(data), config=f"csqa-{variant}", student=str(student), **SFT),
                                root / variant, progress=False).best

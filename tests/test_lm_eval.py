@@ -221,7 +221,7 @@ def test_two_processes_answer_their_share_with_one_process_verdicts(toy, cli_run
 
 def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(toy, tmp_path, monkeypatch):
     """In one process: `tinythinker eval` builds a task index of our tasks only (lm-eval's public
-    TaskManager(include_defaults=False) + simple_evaluate), hands --batch-size to the engine as its
+    TaskManager(include_defaults=False) + simple_evaluate), hands --gen-batch-size to the engine as its
     generation batch, and writes lm-eval's own files (results JSON, per-task samples JSONL)."""
     import lm_eval.tasks
 
@@ -287,7 +287,7 @@ def test_tinythinker_eval_resumes_from_its_request_cache(toy, direct):
     request from the cache it wrote."""
     root, data, student = toy
     out = root / "eval"
-    args = ("tinythinker", "eval", "--student", student, "--config", "csqa-full", "--output-path", out,
+    args = ("tinythinker", "eval", "--student", student, "--config", "csqa-full", "--out", out,
             "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=24")
     first = cli(*args, cwd=root)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -303,7 +303,7 @@ def test_tinythinker_eval_resumes_from_its_request_cache(toy, direct):
 def test_tinythinker_eval_user_errors(tmp_path):
     run = cli("tinythinker", "eval", "--student", "x", cwd=tmp_path)
     assert run.returncode == 2 and run.stderr.startswith("Error: say what to evaluate")
-    run = cli("tinythinker", "eval", "--student", "x", "--config", "csqa-full", "--batch-size", "0", cwd=tmp_path)
-    assert run.returncode == 2 and "--batch-size" in run.stderr and "x>=1" in run.stderr
+    run = cli("tinythinker", "eval", "--student", "x", "--config", "csqa-full", "--gen-batch-size", "0", cwd=tmp_path)
+    assert run.returncode == 2 and "--gen-batch-size" in run.stderr and "x>=1" in run.stderr
     run = cli("tinythinker", "eval", "--config", "csqa-bogus", "--student", "x", cwd=tmp_path)
     assert run.returncode == 2 and "variant one of" in run.stderr and "Traceback" not in run.stderr

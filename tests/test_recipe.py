@@ -68,6 +68,22 @@ def test_processes_launch_through_accelerate_and_responses_skip_teaching(tmp_pat
     assert steps["build"].command()[1:3] == ["-m", "tinythinker"]
 
 
+def test_steps_use_the_current_option_names_and_no_progress_leaves_the_fingerprint(tmp_path):
+    recipe = validate_recipe({"dataset": "csqa", "raw": "world", "teacher": {"responses": "world"}, "student": "tiny-seq2seq",
+                              "eval": {"batch_size": 8}})
+    steps = {s.name: s for s in plan(recipe, tmp_path).steps}
+    old = {"--output-path", "--run-dir", "--tiny", "--plots", "--markdown", "--eval-batch-size", "--json"}
+    assert not [(name, a) for name, s in steps.items() for a in s.argv if a in old]
+    assert steps["eval-sft-full"].argv[steps["eval-sft-full"].argv.index("--gen-batch-size") + 1] == "8"
+    assert steps["report"].argv[-2:] == ["--out", str(tmp_path / "report")]
+    assert not [s.reporting for s in steps.values() if s.reporting]
+    quiet = {s.name: s for s in plan(recipe, tmp_path, progress=False).steps}
+    assert {name for name, s in quiet.items() if s.reporting == ["--no-progress"]} == {"build", "sft-full", "eval-sft-full", "reflect",
+                                                                                         "eval-dpo"}  # the others show none
+    assert {name: s.fingerprint() for name, s in quiet.items()} == {name: s.fingerprint() for name, s in steps.items()}
+    assert quiet["sft-full"].command()[-1] == "--no-progress"
+
+
 def test_bad_recipe_file_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: csqa\nsft: [1, 2\n")

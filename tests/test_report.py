@@ -60,7 +60,7 @@ def test_report_cli_side_by_side_with_reflection(cli_run, tmp_path):
     reflect = reflection_run(tmp_path / "dpo")
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, "-m", "tinythinker", "report", str(cli_run), str(reflect), "--compare", str(other),
-                          "--plots", str(out), "--markdown", str(out / "report.md"), "--json", str(out / "report.json")],
+                          "--out", str(out)],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "cli (SFT)" in run.stdout and "other-student (SFT)" in run.stdout  # students side by side

@@ -6,12 +6,12 @@ import json
 import random
 import string
 
+from tinythinker.protocol import majority
 from tinythinker.sources import Question, QuestionSet
 from tinythinker.teacher.responses import QuestionResponses, TeacherResponses, TeacherSample
 from tinythinker.teacher.select import (
     RoundNeed,
     choose_diverse,
-    majority,
     next_round_requests,
     select_rationales,
     write_request_file,
@@ -54,6 +54,7 @@ def distinct_generals(n: int) -> list[str]:
 def test_majority_tie_goes_to_the_answer_seen_first():
     assert majority(["B", "A", "A", "B"]) == "B"
     assert majority(["C", "A", "A"]) == "A"
+    assert majority([None, "A", None]) is None and majority([]) is None  # a None votes; no answers: None
 
 
 def test_vote_corrects_the_label_and_keeps_agreeing_samples():

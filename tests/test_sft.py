@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tinythinker import protocol
-from tinythinker.artifacts import configs_yaml, write_card, write_split
+from tinythinker.artifacts import configs_metadata, write_card, write_split
 from tinythinker.protocol import VARIANT_STAGES, VARIANTS
 from tinythinker.train_loop import read_last
 
@@ -81,7 +81,7 @@ def write_stage_data(folder: Path, qs=None, dataset: str = "zoo") -> Path:
         for split in names:
             write_split(folder, f"{dataset}-{variant}", split, splits[split], FEATURES)
         configs[f"{dataset}-{variant}"] = names
-    write_card(folder, configs_yaml(folder, configs, default=f"{dataset}-full"), "# zoo\n\nA tiny stage data set for tests.")
+    write_card(folder, configs_metadata(folder, configs, default=f"{dataset}-full"), "# zoo\n\nA tiny stage data set for tests.")
     return folder
 
 

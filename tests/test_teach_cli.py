@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from openai_server import serve
-from teacher_helpers import write_tiny_csqa
+from teacher_helpers import read_output_lines, write_tiny_csqa
 from tinythinker.sources import load_questions
-from tinythinker.teacher.cache import ResponseCache, read_output_lines, request_hash
+from tinythinker.teacher.cache import ResponseCache, request_hash
 from tinythinker.teacher.requests import build_request
 
 SECRET = "sk-test-5ecret-never-written-0123456789"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from openai_server import serve
-from teacher_helpers import write_tiny_csqa
+from teacher_helpers import read_output_lines, write_tiny_csqa
 from tinythinker.errors import TinyThinkerError
 from tinythinker.sources import load_questions
 from tinythinker.teacher.cache import (
@@ -21,7 +21,6 @@ from tinythinker.teacher.cache import (
     encode_response,
     output_line,
     output_line_text,
-    read_output_lines,
     request_hash,
 )
 from tinythinker.teacher.client import Endpoint, Limits, TeacherClient, TeacherServerError, parse_duration, retry_after_seconds

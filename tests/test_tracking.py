@@ -125,13 +125,13 @@ def is_drawn_png(path: Path) -> bool:
 def test_report_draws_the_training_curves_of_a_run_and_links_them(sft_run, tmp_path):
     out = sft_run["out"]
     report = tmp_path / "report"
-    done = cli("report", out, "--plots", report / "plots", "--markdown", report / "report.md", "--json", report / "report.json")
+    done = cli("report", out, "--out", report)
     assert done.returncode == 0, done.stderr[-3000:]
-    png = report / "plots" / f"training_{out.name}.png"
+    png = report / f"training_{out.name}.png"
     assert f"plot:{png}" in "".join(done.stdout.split()) and is_drawn_png(png)  # (rich wraps long paths)
     markdown = (report / "report.md").read_text()
     assert "## Training curves" in markdown and f"### {out.name} (SFT)" in markdown
-    assert f"![{out.name} training curves](plots/{png.name})" in markdown  # relative to the markdown file
+    assert f"![{out.name} training curves]({png.name})" in markdown  # relative to the markdown file
     best = max((m for m in read_metrics(out) if m["kind"] == "eval"), key=lambda m: (m["accuracy"], -m["step"]))
     assert f"at cycle {best['cycle']} (step {best['step']})" in markdown
     assert json.loads((report / "report.json").read_text())["training"] == [{"run": out.name, "kind": "sft", "folder": str(out)}]
@@ -146,11 +146,11 @@ def test_missing_empty_or_torn_metrics_give_no_curves_and_no_crash(sft_run, tmp_
     lines = (torn / "metrics.jsonl").read_text().splitlines()
     (torn / "metrics.jsonl").write_text("\n".join(lines[:12]) + "\n" + lines[12][:20])  # a run killed mid-write
     report = tmp_path / "report"
-    done = cli("report", empty, torn, "--plots", report, "--markdown", report / "report.md")
+    done = cli("report", empty, torn, "--out", report)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in report.glob("*.png")) == ["training_torn.png"]  # the lines before the torn one
     markdown = (report / "report.md").read_text()
     assert "### torn (SFT)" in markdown and "### empty" not in markdown
-    alone = cli("report", empty, "--plots", tmp_path / "alone", "--markdown", tmp_path / "alone" / "report.md")
+    alone = cli("report", empty, "--out", tmp_path / "alone")
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "Training curves" not in (tmp_path / "alone" / "report.md").read_text() and not list((tmp_path / "alone").glob("*.png"))

@@ -175,11 +175,6 @@ def configs_metadata(folder: str | Path, configs: Mapping[str, Sequence[str]], d
     return {"configs": entries}
 
 
-def configs_yaml(folder: str | Path, configs: Mapping[str, Sequence[str]], default: str | None = None) -> str:
-    """:func:`configs_metadata` as YAML front matter text."""
-    return yaml.safe_dump(configs_metadata(folder, configs, default), sort_keys=False, allow_unicode=True)
-
-
 def card_data_files(folder: str | Path) -> dict[str, dict[str, str]]:
     """``{config: {split: path relative to folder}}`` as the folder's card lists them."""
     files: dict[str, dict[str, str]] = {}
@@ -189,9 +184,9 @@ def card_data_files(folder: str | Path) -> dict[str, dict[str, str]]:
     return files
 
 
-def write_card(folder: str | Path, front_matter: Mapping | str, body: str) -> Path:
+def write_card(folder: str | Path, front_matter: Mapping, body: str) -> Path:
     """README.md = YAML front matter (``configs`` and metadata) + markdown body."""
-    header = front_matter if isinstance(front_matter, str) else yaml.safe_dump(dict(front_matter), sort_keys=False, allow_unicode=True)
+    header = yaml.safe_dump(dict(front_matter), sort_keys=False, allow_unicode=True)
     path = Path(folder) / "README.md"
     atomic_write_text(path, f"---\n{header.rstrip()}\n---\n\n{body.strip()}\n")
     return path

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .errors import TinyThinkerError
-from .protocol import (VARIANT_STAGES, VARIANTS, analyze_prompt, ensure_period, first_prompts, letters_for, parse_answer,
-                       summarize_prompt, summarize_target)
+from .protocol import (VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, config_parts, ensure_period, first_prompts,
+                       letters_for, majority, parse_answer, summarize_prompt, summarize_target)
 
 log = logging.getLogger(__name__)
 
@@ -160,15 +160,6 @@ def vote_metrics(traces: Sequence[Mapping], doc: Mapping) -> dict[str, float]:
     return metrics
 
 
-def majority(answers: Sequence[str]) -> str | None:
-    """Most frequent answer; a tie goes to the answer seen first (REFERENCE 5.1, 8)."""
-    if not answers:
-        return None
-    counts = Counter(answers)
-    best = max(counts.values())
-    return next(a for a in answers if counts[a] == best)
-
-
 # --- stage attribution --------------------------------------------------------------------------
 
 def attribute(full: bool | None, analyze_oracle: bool | None, summarize_oracle: bool | None) -> str:
@@ -266,7 +257,7 @@ def _student_card(pretrained, dataset: str) -> dict:
         info = read_card_metadata(Path(str(pretrained))).get("tinythinker") or {}
     except Exception:  # noqa: BLE001 - an unreadable card only loses this default
         return {}
-    if not isinstance(info, dict) or not info.get("data") or str(info.get("config", "")).partition("-")[0] != dataset:
+    if not isinstance(info, dict) or not info.get("data") or config_parts(str(info.get("config", "")))[0] != dataset:
         return {}
     return info
 
@@ -347,7 +338,7 @@ def load_split(source: str, dataset: str, variant: str, split: str, revision: st
     folder = world_folder(dataset) if source == WORLD_SOURCE else Path(source).expanduser()
     # datasets reads a relative folder such as "." as a Hub name: hand it an absolute path
     folder = folder.resolve() if folder.exists() else source
-    return load_stage_split(folder, f"{dataset}-{variant}", split, revision)
+    return load_stage_split(folder, config_name(dataset, variant), split, revision)
 
 
 def task_docs(rows: Iterable[Mapping], kind: str, variant: str = "full") -> list[dict]:
@@ -428,9 +419,9 @@ def task_names(config: str, *, self_consistency: bool = False) -> list[str]:
     self-consistency task."""
     from .sources import get_spec
 
-    dataset, _, variant = config.partition("-")
+    dataset, variant = config_parts(config)
     get_spec(dataset)
-    if variant not in VARIANTS:
+    if variant is None:
         raise TinyThinkerError(f"config {config!r}: expected {{dataset}}-{{variant}} with variant one of {', '.join(VARIANTS)}")
     names = [f"tinythinker_{dataset}"]
     if variant == "full":
@@ -462,26 +453,26 @@ def _student_fingerprint(student: str, revision: str | None = None) -> str:
 def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data: str | None = None, config: str | None = None,
                  split: str | None = None, output_path: str | None = None, limit: float | None = None,
                  batch_size: int | None = None, device: str | None = None, self_consistency: bool = False,
-                 data_revision: str | None = None, student_revision: str | None = None) -> list[str]:
+                 data_revision: str | None = None, student_revision: str | None = None, progress: bool = True) -> list[str]:
     """lm-eval ``run`` arguments for `tinythinker eval`: its own options translated, ``extra``
     (any lm_eval arguments) passed through unchanged after them.
 
     ``batch_size`` is the generation batch: ``--model_args gen_batch_size=N`` for the ``tinythinker``
     model (whose engine batch lm-eval's ``--batch_size`` does not set), and lm-eval's ``--batch_size``
-    for any other model. ``data_revision`` and ``student_revision`` are Hub commits (see
-    :func:`tinythinker.hub.pin`): they go to the tasks' metadata and the model's arguments, so
-    lm-eval's results file records them."""
+    for any other model; ``progress=False`` hides the ``tinythinker`` model's bars. ``data_revision`` and
+    ``student_revision`` are Hub commits (see :func:`tinythinker.hub.pin`): they go to the tasks'
+    metadata and the model's arguments, so lm-eval's results file records them."""
     extra = list(extra)
     given = {arg.split("=", 1)[0] for arg in extra if arg.startswith("-")}
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise TinyThinkerError(f"--batch-size {batch_size!r}: give the number of sequences per generation batch, at least 1")
+        raise TinyThinkerError(f"--gen-batch-size {batch_size!r}: give the number of sequences per generation batch, at least 1")
     argv: list[str] = []
     if "--include_path" not in given:
         argv += ["--include_path", str(tasks_folder())]
     model_args = []
     variant = None
     if config is not None:
-        variant = config.partition("-")[2]
+        variant = config_parts(config)[1]
         if "--tasks" not in given and "-t" not in given:
             argv += ["--tasks", ",".join(task_names(config, self_consistency=self_consistency))]
     elif "--tasks" not in given and "-t" not in given:
@@ -495,8 +486,11 @@ def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data:
             model_args.append(f"revision={student_revision}")
         if variant:
             model_args.append(f"variant={variant}")
-    if batch_size is not None and (student is not None or _named_model(extra) == MODEL_NAME):
+    ours = student is not None or _named_model(extra) == MODEL_NAME
+    if batch_size is not None and ours:
         model_args.append(f"gen_batch_size={batch_size}")
+    if not progress and ours:
+        model_args.append("progress=False")
     if model_args:
         argv += ["--model_args", *model_args]
     metadata = ([f"data={data}"] if data else []) + ([f"data_revision={data_revision}"] if data_revision else []) \
@@ -651,7 +645,7 @@ def parse_lm_eval_args(argv: Sequence[str]):
     if args.samples and args.limit is not None:
         raise TinyThinkerError("lm_eval's --samples and --limit exclude each other")
     if (args.log_samples or args.predict_only) and not args.output_path:
-        raise TinyThinkerError("--log_samples / --predict_only need an output folder (--output-path)")
+        raise TinyThinkerError("--log_samples / --predict_only need an output folder (--out)")
     if isinstance(args.samples, str):
         text = args.samples
         args.samples = json.loads(Path(text).read_text() if Path(text).is_file() else text)

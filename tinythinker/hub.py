@@ -201,7 +201,7 @@ def pin(source, revision: str | None = None, *, repo_type: str = "dataset") -> s
     cache (``refs/<revision>``, as huggingface_hub keeps it): offline (``HF_HUB_OFFLINE=1``), or with the
     Hub unreachable, the commit the cache recorded is used (offline with none: the revision as given).
     Failures are one :class:`TinyThinkerError` line."""
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
     text = str(source)
     if not is_hub_id(text, repo_type):

@@ -13,13 +13,13 @@ It is the engine behind the trainer's validation, self-reflection data and evalu
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from . import protocol
 from .errors import TinyThinkerError
+from .hub import is_hub_id
 from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES
 
 # Longest continuation per stage. A trained student stops at eos long before (teacher recalls and
@@ -87,7 +87,7 @@ def stage_configs(data, revision: str | None = None) -> dict[str, list[str]]:
         if not configs:
             raise TinyThinkerError(f"{source}: not a data set folder (no configs in README.md); pass a folder made by `tinythinker build`")
         return configs
-    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not is_hub_id(source):
         raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
     import datasets
 
@@ -124,7 +124,7 @@ def load_stage_split(data, config: str, split: str, revision: str | None = None)
             raise TinyThinkerError(f"{source}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
         if split not in configs[config]:
             raise TinyThinkerError(f"{source}: config {config!r} has no split {split!r}; choose one of {', '.join(configs[config])}")
-    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+    elif not is_hub_id(source):
         raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
     try:
         if Path(source).exists():
@@ -182,10 +182,10 @@ class _Progress:
         self.bar = None
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            from .progress import progress_bar
+
+            self.bar = progress_bar(console=Console(stderr=True))
 
     def __enter__(self):
         if self.bar is not None:
@@ -393,8 +393,7 @@ def vote(traces: Iterable[Trace]) -> dict[str, str | None]:
         answers.setdefault(trace.id, []).append((trace.sample, trace.answer))
     result = {}
     for qid, pairs in answers.items():
-        ordered = [a for _, a in sorted(pairs, key=lambda p: p[0])]
-        result[qid] = Counter(ordered).most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
+        result[qid] = protocol.majority(a for _, a in sorted(pairs, key=lambda p: p[0]))
     return result
 
 

@@ -12,8 +12,9 @@ without-analyze input, ``summarize_prompt(q, analyses=...)`` the without-recall 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Hashable, Iterable, Mapping, Sequence
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -28,7 +29,31 @@ VARIANT_STAGES: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(VARIANT_STAGES)
 
+
+def config_name(dataset: str, variant: str) -> str:
+    """The data set config of a variant: ``csqa``, ``no_recall`` -> ``csqa-no_recall``."""
+    return f"{dataset}-{variant}"
+
+
+def config_parts(config: str) -> tuple[str, str | None]:
+    """:func:`config_name` undone: ``csqa-no_recall`` -> (``csqa``, ``no_recall``). A name that ends in
+    no variant (a preference config ``csqa-dpo-iter1``) gives its part before the first ``-`` and None."""
+    for variant in sorted(VARIANTS, key=len, reverse=True):
+        if config.endswith("-" + variant):
+            return config[: -len(variant) - 1], variant
+    return config.partition("-")[0], None
+
 ANSWER_RE = re.compile(r"the answer is option ([A-Z])\.")
+
+
+def majority(answers: Iterable[Hashable]):
+    """The most frequent answer, a tie going to the answer seen first; None when there is none.
+
+    The reference's vote (REFERENCE 5.1 and 8: ``Counter(answers).most_common(1)``): a None answer
+    (a run with nothing parsable) votes like any other; callers that let only answers vote drop the
+    Nones first."""
+    counts = Counter(answers)
+    return counts.most_common(1)[0][0] if counts else None  # most_common keeps first-seen order among equal counts
 
 
 def letters_for(n_options: int) -> str:

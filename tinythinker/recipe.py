@@ -25,7 +25,7 @@ import yaml
 
 from .artifacts import atomic_write_text
 from .errors import TinyThinkerError
-from .protocol import VARIANTS
+from .protocol import VARIANTS, config_name
 from .settings import ReflectSettings, SFTSettings, defaults
 from .sources import get_spec
 from .tracking import REPORT_TO, check_report_to
@@ -68,8 +68,8 @@ class Step:
     argv: list[str]  # tinythinker arguments
     output: Path  # what the step makes (shown in the summary)
     processes: int = 1
-    # arguments that change how a step reports, not what it makes: left out of the fingerprint, so
-    # that turning a tracker on does not rerun finished steps
+    # arguments that change how a step reports, not what it makes (--report-to, --no-progress): left
+    # out of the fingerprint, so that turning a tracker or the bars on or off does not rerun finished steps
     reporting: list[str] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -155,12 +155,14 @@ def _opt(flag: str, value) -> list[str]:
     return [flag, str(value)]
 
 
-def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
-    """The steps of a recipe, in order, with every artifact inside one run folder."""
+def plan(recipe: dict, run_dir: str | Path | None = None, *, progress: bool = True) -> Plan:
+    """The steps of a recipe, in order, with every artifact inside one run folder; ``progress=False``
+    gives the steps that show progress bars --no-progress."""
     run = Path(run_dir or recipe["run_dir"] or Path("runs") / recipe["name"])
     ds, seed = recipe["dataset"], str(recipe["seed"])
     teacher, sft, reflect, evaluation = recipe["teacher"], recipe["sft"], recipe["reflect"], recipe["eval"]
     steps: list[Step] = []
+    quiet = [] if progress else ["--no-progress"]
 
     raw, responses = recipe["raw"], teacher["responses"]
     if raw == "world" or responses == "world":
@@ -177,50 +179,54 @@ def plan(recipe: dict, run_dir: str | Path | None = None) -> Plan:
                                     *_opt("--base-url", teacher["base_url"]), *_opt("--api-key-env", teacher["api_key_env"]),
                                     *_opt("--rounds", teacher["rounds"]), *_opt("--concurrency", teacher["concurrency"]),
                                     *_opt("--rpm", teacher["rpm"]), *_opt("--tpm", teacher["tpm"]), *_opt("--splits", teacher["splits"])],
-                          answers))
+                          answers, reporting=quiet))
         responses = [str(answers)]
     elif isinstance(responses, str):
         responses = [responses]
 
     data = run / "data" / ds
-    steps.append(Step("build", ["build", ds, *raw_args, *[a for r in responses for a in ("--responses", r)], "--out", str(data), "--seed", seed, "--overwrite"], data))
+    steps.append(Step("build", ["build", ds, *raw_args, *[a for r in responses for a in ("--responses", r)], "--out", str(data),
+                                "--seed", seed, "--overwrite"], data, reporting=quiet))
 
     student = recipe["student"]
     if isinstance(student, str) and student.startswith("tiny-"):
         tiny = run / "students" / student
-        steps.append(Step("student", ["student", "init", "--tiny", "--kind", student.removeprefix("tiny-"), "--data", str(data), "--config", f"{ds}-full", "--out", str(tiny), "--overwrite"], tiny))
+        steps.append(Step("student", ["student", "init", "--kind", student.removeprefix("tiny-"), "--data", str(data),
+                                      "--config", config_name(ds, "full"), "--out", str(tiny), "--overwrite"], tiny))
         student = str(tiny)
 
-    reporting = _opt("--report-to", None if recipe["report_to"] == "none" else recipe["report_to"])
+    reporting = _opt("--report-to", None if recipe["report_to"] == "none" else recipe["report_to"]) + quiet
     best_full = None
     for variant in sft["variants"]:
         out = run / f"sft-{variant}"
-        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", f"{ds}-{variant}", "--student", str(student),
+        steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", config_name(ds, variant), "--student", str(student),
                                              *_opt("--student-revision", recipe["student_revision"]), "--out", str(out), "--seed", seed,
                                              *_opt("--epochs", sft["epochs"]), *_opt("--lr", sft["lr"]), *_opt("--batch-size", sft["batch_size"]),
                                              *_opt("--interval", sft["interval"]), *_opt("--schedule", sft["schedule"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
                           out / "best", int(recipe["processes"]), reporting))
-        steps.append(_eval_step(f"eval-sft-{variant}", out / "best", data, ds, variant, evaluation, run / "results" / f"sft-{variant}"))
+        steps.append(_eval_step(f"eval-sft-{variant}", out / "best", data, ds, variant, evaluation, run / "results" / f"sft-{variant}",
+                                quiet))
         if variant == "full":
             best_full = out / "best"
 
     if best_full is not None and int(reflect["iterations"] or 0) > 0:
         out = run / "dpo"
-        steps.append(Step("reflect", ["reflect", "--student", str(best_full), "--data", str(data), "--config", f"{ds}-full", "--out", str(out), "--seed", seed,
+        steps.append(Step("reflect", ["reflect", "--student", str(best_full), "--data", str(data), "--config", config_name(ds, "full"), "--out", str(out), "--seed", seed,
                                       *_opt("--iterations", reflect["iterations"]), *_opt("--samples", reflect["samples"]), *_opt("--beta", reflect["beta"]),
                                       *_opt("--nll-weight", reflect["nll_weight"]), *_opt("--lr", reflect["lr"]), *_opt("--batch-size", reflect["batch_size"]),
                                       *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"]),
                                       *_opt("--cycles", reflect["cycles"]), *_opt("--train-limit", reflect["train_limit"])],
                           out / "best", int(recipe["processes"]), reporting))
-        steps.append(_eval_step("eval-dpo", out / "best", data, ds, "full", evaluation, run / "results" / "dpo"))
+        steps.append(_eval_step("eval-dpo", out / "best", data, ds, "full", evaluation, run / "results" / "dpo", quiet))
 
-    steps.append(Step("report", ["report", str(run / "results"), "--plots", str(run / "report"), "--markdown", str(run / "report" / "report.md"), "--json", str(run / "report" / "report.json")], run / "report"))
+    steps.append(Step("report", ["report", str(run / "results"), "--out", str(run / "report")], run / "report"))
     return Plan(recipe, run, steps)
 
 
-def _eval_step(name: str, student: Path, data: Path, ds: str, variant: str, evaluation: dict, out: Path) -> Step:
-    return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", f"{ds}-{variant}", "--split", evaluation["split"],
-                       "--output-path", str(out), *_opt("--limit", evaluation["limit"]), *_opt("--batch-size", evaluation["batch_size"])], out)
+def _eval_step(name: str, student: Path, data: Path, ds: str, variant: str, evaluation: dict, out: Path, quiet: list[str]) -> Step:
+    return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", config_name(ds, variant),
+                       "--split", evaluation["split"], "--out", str(out), *_opt("--limit", evaluation["limit"]),
+                       *_opt("--gen-batch-size", evaluation["batch_size"])], out, reporting=quiet)
 
 
 def _die_with_parent() -> None:
@@ -279,7 +285,9 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
         "run_dir": str(run.run_dir),
         "steps": [{"name": s.name, "output": str(s.output), "seconds": timings.get(s.name)} for s in run.steps],
     }
-    report_json = run.run_dir / "report" / "report.json"
+    from .report import JSON_FILE
+
+    report_json = run.run_dir / "report" / JSON_FILE
     if report_json.exists():
         summary["report"] = json.loads(report_json.read_text(encoding="utf-8"))
         summary["headline"] = headline(summary["report"], run.run_dir)

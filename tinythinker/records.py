@@ -23,7 +23,7 @@ from typing import Iterator
 import datasets
 import pyarrow as pa
 
-from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, analyze_prompt, first_prompts
+from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, first_prompts
 from .protocol import recall_prompt, summarize_prompt, summarize_target
 from .sources import QuestionSet
 from .teacher.select import Selection
@@ -44,10 +44,6 @@ FEATURES = datasets.Features(
 )
 COLUMNS = tuple(FEATURES)
 EVAL_SPLITS = ("validation", "test")
-
-
-def config_name(dataset: str, variant: str) -> str:
-    return f"{dataset}-{variant}"
 
 
 def train_splits(variant: str) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ from .preferences import (
     teacher_recalls,
     write_preference_config,
 )
-from .protocol import ANALYZE, RECALL, VARIANTS
+from .protocol import ANALYZE, RECALL, config_parts
 from .settings import DPOSettings, ReflectSettings
 from .tracking import scalars, tracking
 from .train_loop import BEST, LAST, make_accelerator, validate
@@ -99,9 +99,9 @@ class ReflectData:
             raise TinyThinkerError(f"{settings.data} config {settings.config!r} has no {', '.join(missing)} split "
                                    f"(it has {', '.join(configs[settings.config])}); self-reflection needs a -full config")
         splits = {split: load_stage_split(settings.data, settings.config, split, revision) for split in dict.fromkeys(need)}
-        self.dataset = settings.config.rsplit("-", 1)[0] if "-" in settings.config else settings.config
         # the pipeline the student was trained for and is validated with: the config's variant (full when unnamed)
-        self.variant = next((v for v in VARIANTS if settings.config.endswith("-" + v)), "full")
+        self.dataset, variant = config_parts(settings.config)
+        self.variant = variant or "full"
         self.items: list[Item] = items_from_dataset(settings.data, settings.config, "recall_single", revision)[: settings.train_limit]
         self.questions = {item.id: item for item in self.items}
         if not self.items:
@@ -273,10 +273,9 @@ class Reflection:
         atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(line) + "\n" for line in lines))
 
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from .progress import progress_bar
 
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=self.console, disable=not (self.progress_enabled and self.is_main))
+        return progress_bar(console=self.console, enabled=self.progress_enabled and self.is_main)
 
     def _say(self, text: str) -> None:
         if self.is_main and self.console is not None:

@@ -28,10 +28,12 @@ from typing import Iterable, Sequence
 from .artifacts import iter_jsonl
 from .errors import TinyThinkerError
 from .evaluation import OUTCOMES, attribution, attribution_summary
+from .protocol import config_parts
 
 TASK_RE = re.compile(r"^tinythinker_(?P<dataset>[a-z]+?)(?:_(?P<kind>analyze_oracle|summarize_oracle|sc))?$")
 REFLECT_METRICS = "metrics.jsonl"  # the metrics log of a training run, SFT or self-reflection
 RUN_SETTINGS = "run.json"  # the settings every training run writes when it starts
+MARKDOWN_FILE, JSON_FILE = "report.md", "report.json"  # what `tinythinker report --out DIR` writes besides the plots
 
 # The rows of the stage table: (stage, label, task kind, metric)
 STAGE_ROWS = (
@@ -193,7 +195,7 @@ def load_results(root: Path, *, prefix: bool = False) -> list[TaskResult]:
                 dataset=match["dataset"], kind=match["kind"] or "full",
                 variant=str(metadata.get("variant") or model_args.get("variant") or "full"),
                 data=metadata.get(f"data_{match['dataset']}") or metadata.get("data")
-                or (card.get("data") if str(card.get("config", "")).partition("-")[0] == match["dataset"] else None),
+                or (card.get("data") if config_parts(str(card.get("config", "")))[0] == match["dataset"] else None),
                 questions=int(n),
                 metrics=_metrics(task_results), correct=_per_question(samples_file) if samples_file.exists() else None,
                 source=str(path),
@@ -258,7 +260,7 @@ def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
         settings = folder / "run.json"
         try:
             config = json.loads(settings.read_text(encoding="utf-8")).get("config", "")
-            curve.dataset = str(config).partition("-")[0] or None
+            curve.dataset = config_parts(str(config))[0] or None
         except (OSError, json.JSONDecodeError):
             pass
     curve.points.sort(key=lambda p: p["iteration"])
@@ -281,7 +283,7 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
         found = load_results(root, prefix=prefix)
         if not found:
             raise TinyThinkerError(f"{root}: no lm-eval results of TinyThinker tasks below it (results_*.json); "
-                                   "run `tinythinker eval ... --output-path` (or lm_eval --output_path) first")
+                                   "run `tinythinker eval ... --out` (or lm_eval --output_path) first")
         results += found
         for result in found:
             folder = reflection_folder(result.student) if result.method == "dpo" else None

@@ -33,8 +33,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import TinyThinkerError
-from .hub import pin
-from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS
+from .hub import is_hub_id, pin
+from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, config_parts
 from .settings import REFERENCE_MAX_LENGTH, SCHEDULES, SFTSettings, absolute
 from .tracking import tracking
 from .train_loop import TrainLoop, TrainResult, chunks, make_accelerator
@@ -180,7 +180,7 @@ class StageSchedule:
 
 def variant_of(config: str, variant: str | None = None) -> str:
     """The variant of a ``{dataset}-{variant}`` config; an explicit ``variant`` must agree with it."""
-    named = next((v for v in VARIANTS if config.endswith("-" + v)), None)
+    named = config_parts(config)[1]
     if variant is None:
         if named is None:
             raise TinyThinkerError(f"config {config!r} does not end in a variant ({', '.join(VARIANTS)}); pass --variant")
@@ -265,11 +265,6 @@ def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> bool:
         raise TinyThinkerError(f"{out} was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
                                "rerun with the same settings to resume, or pass --overwrite or another --out")
     return True
-
-
-def hub_id_or_none(name: str) -> str | None:
-    """``name`` when it looks like a Hub id (not a local path): card metadata accepts only those."""
-    return None if Path(name).exists() or name.startswith((".", "/", "~")) else name
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -360,7 +355,8 @@ class SFTTrainer(TrainLoop):
         from .cards import render_card
 
         s, schedule, c = self.settings, self.schedule, self.counters
-        base_model, dataset = hub_id_or_none(s.student), hub_id_or_none(s.data)
+        base_model = s.student if is_hub_id(s.student, "model") else None  # card metadata accepts only Hub ids
+        dataset = s.data if is_hub_id(s.data) else None
         hyperparameters = {
             "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": s.epochs, "interval": s.interval,
             "max length": s.max_length, "warm-up ratio": s.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",

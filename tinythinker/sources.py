@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import TinyThinkerError, where
+from .hub import is_hub_id
 from .protocol import letters_for, render_question
 
 SPLITS = ("train", "validation", "test")
@@ -323,7 +324,7 @@ def load_questions(name: str, raw: str | Path | None = None, *, seed: int = 42, 
         source = str(local)
     else:
         hub_id = str(raw) if raw is not None else spec.hub_id
-        if hub_id is None or (raw is not None and ("/" not in hub_id or hub_id.startswith((".", "/")))):
+        if hub_id is None or (raw is not None and not is_hub_id(hub_id)):
             raise TinyThinkerError(f"{raw or name}: no such local folder{' and no Hub id for ' + name if hub_id is None else ''}; pass --raw the folder holding the original release files")
         official, source_revision = _hub_official(name, hub_id, revision)
         source = hub_id

@@ -79,7 +79,7 @@ class Student:
         local = Path(source)
         if local.exists() and not (local / "config.json").exists():
             raise TinyThinkerError(f"{source}: no config.json in this folder; pass a checkpoint folder (made by save_pretrained) or a Hub id")
-        if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        if not local.exists() and not is_hub_id(source, "model"):
             raise TinyThinkerError(f"{source}: no such student folder; pass a checkpoint folder or a Hub id such as google-t5/t5-small")
         hub = is_hub_id(source, "model")
         if hub or revision is not None:

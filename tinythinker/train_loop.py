@@ -396,11 +396,11 @@ class TrainLoop:
     # .. the loop ..
 
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import TextColumn
 
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        return Progress(*columns, console=self.console, disable=not (self.progress_enabled and self.is_main))
+        from .progress import progress_bar
+
+        return progress_bar(TextColumn("{task.fields[info]}"), console=self.console, enabled=self.progress_enabled and self.is_main)
 
     def _describe(self, step) -> str:
         schedule = self.schedule

@@ -5,6 +5,7 @@ Heavy libraries (datasets, pyarrow, huggingface_hub) are imported inside the com
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -15,19 +16,20 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import TinyThinkerError
+from ..protocol import config_name
 from ..sources import DATASETS
+from . import options
 
 console = Console(stderr=True)
 # Tables are wider than 80 columns: give pipes and files room instead of truncating the names.
 out_console = Console(width=None if sys.stdout.isatty() else 140)
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def _progress(enabled: bool = True):
+    from ..progress import progress_bar
 
     # transient (and off when stderr is not a terminal): an error stays the single line on stderr
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+    return progress_bar(console=console, enabled=enabled and console.is_terminal, transient=True)
 
 
 def _say(text: str) -> None:
@@ -84,20 +86,22 @@ def _selection_table(selection: dict[str, dict]) -> Table:
 @click.option("--responses", "responses", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Teacher responses (JSONL, optionally .gz); repeat once per teacher round, in round order.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (laid out like a Hub dataset repo).")
-@click.option("--seed", default=42, show_default=True, help="Seed of the splits and of the diversity fill.")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
+              help="Seed of the splits and of the diversity fill.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--reference-order", is_flag=True,
               help="List analyses in the teacher's order (as the reference did) instead of label order.")
 @click.option("--next-round", type=click.Path(path_type=Path),
               help="Write the Batch-API requests of the questions that need another teacher round here.")
-def build(dataset, raw, revision, responses, out, seed, overwrite, reference_order, next_round):
+@options.progress
+def build(dataset, raw, revision, responses, out, seed, overwrite, reference_order, next_round, progress):
     """Turn teacher responses into the stage data set of DATASET (configs DATASET-full, -no_recall,
     -no_analyze, -summarize_only)."""
     from dataset_builders.build import build_dataset
 
-    with _progress() as progress:
+    with _progress(progress) as bar:
         result = build_dataset(dataset, raw, responses, out, seed=seed, revision=revision, overwrite=overwrite,
-                               reference_order=reference_order, next_round=next_round, progress=progress)
+                               reference_order=reference_order, next_round=next_round, progress=bar)
     out_console.print(_counts_table(f"{out}: records per config and split", result.counts))
     out_console.print(_selection_table({s: c.to_dict() for s, c in result.selection.counts.items()}))
     needs = result.selection.needs_round
@@ -105,7 +109,7 @@ def build(dataset, raw, revision, responses, out, seed, overwrite, reference_ord
     if result.next_round_file is not None:
         line += f"; requests written to {result.next_round_file}"
     _say(line)
-    _say(f"load with: datasets.load_dataset({str(out)!r}, '{dataset}-full')")
+    _say(f"load with: datasets.load_dataset({str(out)!r}, {config_name(dataset, 'full')!r})")
 
 
 def _read_rows(path: Path, limit: int) -> list[dict]:
@@ -116,7 +120,8 @@ def _read_rows(path: Path, limit: int) -> list[dict]:
 
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--examples", default=1, show_default=True, help="Example records to show per training split.")
+@click.option("--examples", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Example records to show per training split.")
 def inspect(folder, examples):
     """Summarise a data set folder: configs, split sizes, rejection reasons, a few examples."""
     import pyarrow.parquet as pq
@@ -174,7 +179,8 @@ def inspect(folder, examples):
 @click.option("--repo", required=True, help="Hub repo id, ORG/NAME (created if missing).")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded, with sizes; send nothing.")
-def push(folder, repo, private, dry_run):
+@options.progress
+def push(folder, repo, private, dry_run, progress):
     """Upload an artifact folder (data set, preference set or checkpoint) to the Hugging Face Hub."""
     from ..hub import plan_push, push_folder
 
@@ -188,7 +194,8 @@ def push(folder, repo, private, dry_run):
             table.add_row(Text(path), _size(size))
         out_console.print(table)
         return
-    with console.status(f"uploading {len(plan.files)} files ({_size(plan.total_bytes)}) to {repo}"):
+    uploading = f"uploading {len(plan.files)} files ({_size(plan.total_bytes)}) to {repo}"
+    with console.status(uploading) if progress else contextlib.nullcontext():
         result = push_folder(folder, repo, private=private)
     _say(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {result.url} (commit {result.commit}; "
          "pass it to --revision to read exactly this version)")
@@ -198,7 +205,8 @@ def push(folder, repo, private, dry_run):
 @click.argument("dataset", type=click.Choice(sorted(DATASETS)))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write: raw/ (original release format), teacher.jsonl, world.json.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the world (names, facts, questions, teacher).")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
+              help="Seed of the world (names, facts, questions, teacher).")
 @click.option("--questions", type=click.IntRange(min=1), default=None,
               help="(entity, relation) pairs, 8 per entity [default: 800]; training pairs are asked in 3 variants.")
 @click.option("--defects", type=click.FloatRange(0, 1, max_open=True), default=None,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import options
+
 
 def _show_headline(rows: list[dict], console) -> None:
     """The run's result in one table: each student's test accuracy and per-stage figures."""
@@ -53,9 +55,10 @@ def _show_summary(summary: dict, console) -> None:
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("tinythinker-quickstart"), show_default=True,
               help="Run folder for every artifact; rerunning continues a stopped run.")
 @click.option("--dataset", type=click.Choice(["csqa", "obqa", "strategyqa"]), default="csqa", show_default=True, help="Which data set's generated world.")
-@click.option("--seed", type=int, default=42, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
               help="Seed of the world and of every step (the world is what `tinythinker world DATASET --seed N` writes).")
-def quickstart(run_dir: Path, dataset: str, seed: int):
+@options.progress
+def quickstart(run_dir: Path, dataset: str, seed: int, progress: bool):
     """A generated learnable world -> build -> tiny student SFT -> 1 DPO iteration -> lm-eval -> report (no network, no key)."""
     from rich.console import Console
 
@@ -66,18 +69,21 @@ def quickstart(run_dir: Path, dataset: str, seed: int):
     recipe["seed"] = seed
     recipe["name"] = f"quickstart-{dataset}"
     console = Console(stderr=True)
-    summary = execute(plan(recipe, run_dir), console=console)
+    summary = execute(plan(recipe, run_dir, progress=progress), console=console)
     _show_summary(summary, console)
     if summary.get("headline"):
         _show_headline(summary["headline"], console)
 
 
 @click.command()
+@options.deprecated("--run-dir", "--out", param="run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("recipe_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder (default: the recipe's run_dir, else runs/<name>).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder for every artifact (default: the recipe's run_dir, else runs/<name>); "
+                   "rerunning continues a stopped run.")
 @click.option("--dry-run", is_flag=True, help="Print the steps (as tinythinker command lines) and stop.")
-def run(recipe_file: Path, run_dir: Path | None, dry_run: bool):
+@options.progress
+def run(recipe_file: Path, run_dir: Path | None, dry_run: bool, progress: bool):
     """Execute a recipe step by step; finished steps are skipped on a rerun."""
     import shlex
 
@@ -86,7 +92,7 @@ def run(recipe_file: Path, run_dir: Path | None, dry_run: bool):
     from ..recipe import execute, load_recipe, plan
 
     console = Console(stderr=True)
-    steps = plan(load_recipe(recipe_file), run_dir)
+    steps = plan(load_recipe(recipe_file), run_dir, progress=progress)
     if dry_run:
         for step in steps.steps:
             launcher = f"accelerate launch --num_processes {step.processes} -m " if step.processes > 1 else ""

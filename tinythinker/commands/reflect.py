@@ -11,6 +11,7 @@ import click
 
 from ..settings import LoopOptions, ReflectSettings
 from ..tracking import REPORT_TO
+from . import options
 
 
 def _stages(value: str) -> tuple[str, ...]:
@@ -18,6 +19,7 @@ def _stages(value: str) -> tuple[str, ...]:
 
 
 @click.command()
+@options.deprecated("--eval-batch-size", "--gen-batch-size", param="eval_batch_size", type=click.IntRange(min=1))
 @click.option("--student", required=True, help="Starting checkpoint (the SFT best, e.g. runs/csqa-sft/best) or Hub id.")
 @click.option("--data", required=True, help="Stage data set folder made by `tinythinker build` (or its Hub id).")
 @click.option("--revision", default=None,
@@ -45,16 +47,15 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--eval-limit", type=click.IntRange(min=0), default=ReflectSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep each iteration's final model).")
 @click.option("--train-limit", type=click.IntRange(min=1), default=ReflectSettings.train_limit, help="Sample only the first N training questions (a quick trial).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=ReflectSettings.eval_batch_size, show_default=True,
-              help="Sequences per generation batch (sampling, validation) and pairs per reference-scoring batch; "
-                   "sampled texts depend on it, so a run keeps the value it started with.")
+@options.gen_batch_size("eval_batch_size", default=ReflectSettings.eval_batch_size, help="Sequences per generation batch (sampling, validation) and pairs per "
+                        "reference-scoring batch; sampled texts depend on it, so a run keeps the value it started with.")
 @click.option("--report-to", type=click.Choice(REPORT_TO), default="none", show_default=True,
               help="Also send the metrics.jsonl figures (DPO loss, reward margin and accuracy, validation accuracy) to this "
                    "tracker (files in OUT/tracking; its package must be installed).")
-@click.option("--seed", type=int, default=ReflectSettings.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=ReflectSettings.seed, show_default=True)
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it).")
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of continuing it.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@options.progress
 def reflect(student, data, revision, config, out, iterations, stages, samples, temperature, top_k, beta, nll_weight, lr, batch_size,
             micro_batch_size, cycles, max_length, eval_limit, train_limit, eval_batch_size, report_to, seed, bf16, overwrite, progress):
     """Self-reflection: each iteration samples the student's own recalls and analyses of the training

@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from ..errors import TinyThinkerError
+from ..protocol import VARIANTS, config_parts
+from . import options
 
-VARIANT_CHOICES = ("full", "no_recall", "no_analyze", "summarize_only")
 CHUNK_QUESTIONS = 256  # questions per resumable chunk of `infer` (each chunk is batched across stages)
 
 
@@ -33,7 +34,7 @@ def student():
 
 
 @student.command("init")
-@click.option("--tiny", is_flag=True, help="Build a tiny randomly initialised student (the only kind made here).")
+@options.deprecated("--tiny", reason="students are tiny by default (the only kind made here)", is_flag=True)
 @click.option("--kind", type=click.Choice(["seq2seq", "causal"]), default="seq2seq", show_default=True,
               help="seq2seq: T5-style encoder-decoder; causal: Llama-style decoder-only.")
 @click.option("--data", required=True, help="Stage data set folder or Hub id whose texts train the tokenizer.")
@@ -41,14 +42,12 @@ def student():
 @click.option("--config", default=None, help="Only this config's texts (default: every config).")
 @click.option("--shape", type=click.Choice(["tiny", "t5-small"]), default="tiny", show_default=True,
               help="tiny: trains in seconds on a CPU; t5-small: google-t5/t5-small's shape (benchmarks).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def init(tiny, kind, data, revision, config, shape, seed, out, overwrite):
-    """Write a randomly initialised student whose tokenizer is trained on a stage data set."""
-    if not tiny:
-        raise TinyThinkerError("only --tiny students are made here; to train a real model pass its Hub id "
-                               "(e.g. google-t5/t5-small) to `tinythinker train sft --student`")
+def init(kind, data, revision, config, shape, seed, out, overwrite):
+    """Write a tiny randomly initialised student whose tokenizer is trained on a stage data set (to train
+    a real model, pass its Hub id, e.g. google-t5/t5-small, to `tinythinker train sft --student`)."""
     if out.exists() and not overwrite:  # before any slow work (staged_folder checks again)
         raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
@@ -110,6 +109,7 @@ def _partial_line(**entry) -> str:
 
 
 @click.command("infer")
+@options.deprecated("--batch-size", "--gen-batch-size", param="gen_batch_size", type=click.IntRange(min=1))
 @click.option("--student", "student_name", required=True, help="Student checkpoint folder or Hub id.")
 @click.option("--student-revision", default=None, help="Of a Hub --student: branch, tag or commit id (default main).")
 @click.option("--data", required=True, help="Stage data set folder or Hub id.")
@@ -118,29 +118,27 @@ def _partial_line(**entry) -> str:
 @click.option("--config", required=True, help="Data set config, e.g. csqa-full.")
 @click.option("--split", default="test", show_default=True, help="Split to answer.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Traces JSONL to write (a .summary.json goes beside it).")
-@click.option("--variant", type=click.Choice(VARIANT_CHOICES), default=None,
+@click.option("--variant", type=click.Choice(VARIANTS), default=None,
               help="Stages to run (default: from the config name, e.g. csqa-no_recall -> no_recall).")
-@click.option("--samples", type=int, default=1, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs per question; more than 1 samples recall/analyze and votes (self-consistency).")
-@click.option("--temperature", type=float, default=0.7, show_default=True, help="Sampling temperature (with --samples > 1).")
-@click.option("--top-k", type=int, default=0, show_default=True, help="Top-k cut when sampling (0: none).")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Sequences per generate batch.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True,
+              help="Sampling temperature (with --samples > 1).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Top-k cut when sampling (0: none).")
+@options.gen_batch_size()
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (CUDA; CPUs with bf16 support).")
-@click.option("--limit", type=int, default=None, help="Only the first N questions.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions.")
 @click.option("--oracle", type=click.Choice(["none", "recall", "analyses", "both"]), default="none", show_default=True,
               help="Use the teacher's recall and/or analyses from the data set instead of the student's.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def infer(student_name, student_revision, data, revision, config, split, out, variant, samples, temperature, top_k, batch_size, bf16, limit,
-          oracle, seed, device, overwrite):
+@options.progress
+def infer(student_name, student_revision, data, revision, config, split, out, variant, samples, temperature, top_k,
+          gen_batch_size, bf16, limit, oracle, seed, device, overwrite, progress):
     """Answer a split with the three-stage pipeline; write traces and print accuracy.
 
     Work is done in chunks of questions; an interrupted run resumes from its last finished chunk."""
-    from ..protocol import VARIANTS
-
-    if samples < 1 or batch_size < 1 or (limit is not None and limit < 1):
-        raise TinyThinkerError("--samples, --batch-size and --limit must be positive")
     if out.exists() and not overwrite:
         raise TinyThinkerError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
@@ -153,7 +151,7 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
     student_commit = pin(student_name, student_revision, repo_type="model")
     items = items_from_dataset(data, config, split, data_commit)[:limit]
     if variant is None:
-        variant = next((v for v in sorted(VARIANTS, key=len, reverse=True) if config.endswith("-" + v)), None)
+        variant = config_parts(config)[1]
         if variant is None:
             raise TinyThinkerError(f"cannot tell the variant from config {config!r}; pass --variant ({', '.join(VARIANTS)})")
     given_recalls, given_analyses = oracles_from_dataset(data, config, split, data_commit) if oracle != "none" else ({}, {})
@@ -168,7 +166,7 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
 
     settings = {"student": str(student_name), "student_revision": student_commit, "data": str(data),
                 "data_revision": data_commit, "config": config, "split": split, "variant": variant,
-                "samples": samples, "sampling": vars(sampling), "seed": seed, "batch_size": batch_size, "bf16": bf16,
+                "samples": samples, "sampling": vars(sampling), "seed": seed, "batch_size": gen_batch_size, "bf16": bf16,
                 "oracle": oracle, "questions": [item.id for item in items]}
     key = _settings_key(settings)
     partial = out.with_name(f".{out.name}.partial")
@@ -183,7 +181,7 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
         if index in finished:
             continue
         traces = run_pipeline(loaded, items[start : start + CHUNK_QUESTIONS], variant=variant, samples=samples,
-                              sampling=sampling, batch_size=batch_size, seed=seed + index, progress=True,
+                              sampling=sampling, batch_size=gen_batch_size, seed=seed + index, progress=progress,
                               given_recalls=given_recalls, given_analyses=given_analyses)
         finished[index] = [t.to_dict() for t in traces]
         answered += len({t.id for t in traces})

@@ -19,6 +19,7 @@ import click
 
 from ..errors import TinyThinkerError
 from ..sources import DATASETS
+from . import options
 
 
 class DefaultGroup(click.Group):
@@ -71,14 +72,16 @@ def _default_base_url() -> str:
               help="Tokens per minute budget [default: the server's x-ratelimit headers; none if it sends none].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True, help="Seconds to wait for one reply.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=6, show_default=True, help="Retries of one request on 429/5xx/timeouts/dropped connections.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the splits and of the few-shot exemplar choice.")
+@click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
+              help="Seed of the splits and of the few-shot exemplar choice.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Answer cache [env TINYTHINKER_CACHE_DIR, else ~/.cache/tinythinker/teacher].")
 @click.option("--prices", type=click.Path(dir_okay=False, path_type=Path), default=None, help="YAML/JSON price table merged over the built-in one: {model: {input: USD, output: USD}} per 1M tokens.")
 @click.option("--dry-run", is_flag=True, help="Print requests, samples, estimated tokens and cost; send nothing.")
 @click.option("--batch-api", is_flag=True, help="Write the round's unanswered requests as an OpenAI Batch API input file instead of sending them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@options.progress
 def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit, rounds, concurrency, rpm, tpm, timeout, max_retries,
-        seed, cache_dir, prices, dry_run, batch_api, as_json):
+        seed, cache_dir, prices, dry_run, batch_api, as_json, progress):
     """Ask the teacher about DATASET's questions; answers go to --out."""
     from rich.console import Console
     from rich.markup import escape
@@ -99,7 +102,7 @@ def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit
     console = Console(stderr=True)
     try:
         result = run_teach(options, api_key=api_key, dry_run=dry_run, batch_api=batch_api,
-                           progress=(lambda: LiveProgress(console)) if sending else None)
+                           progress=(lambda: LiveProgress(console, enabled=progress)) if sending else None)
     except KeyboardInterrupt:
         console.print(f"[yellow]Interrupted.[/] Answers so far are in {escape(str(out))}; run the same command again to continue.")
         sys.exit(130)

@@ -11,6 +11,7 @@ import click
 from ..protocol import VARIANTS
 from ..settings import SCHEDULES, LoopOptions, SFTSettings
 from ..tracking import REPORT_TO
+from . import options
 
 
 @click.group()
@@ -19,6 +20,7 @@ def train():
 
 
 @train.command("sft")
+@options.deprecated("--eval-batch-size", "--gen-batch-size", param="eval_batch_size", type=click.IntRange(min=1))
 @click.option("--data", required=True, help="Stage data set folder made by `tinythinker build`, or its Hub id.")
 @click.option("--revision", default=None,
               help="Of a Hub --data: branch, tag or commit id (default main); the run reads, and its card names, that commit.")
@@ -45,14 +47,14 @@ def train():
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=SFTSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=LoopOptions.eval_batch_size, show_default=True, help="Batch of the validation pipeline.")
+@options.gen_batch_size("eval_batch_size", default=LoopOptions.eval_batch_size, help="Sequences per generation batch of the validation pipeline.")
 @click.option("--log-every", type=click.IntRange(min=1), default=LoopOptions.log_every, show_default=True, help="Steps per line of metrics.jsonl.")
 @click.option("--report-to", type=click.Choice(REPORT_TO), default="none", show_default=True,
               help="Also send the metrics.jsonl figures (loss, validation accuracy) to this tracker (files in OUT/tracking; "
                    "its package must be installed).")
-@click.option("--seed", type=int, default=SFTSettings.seed, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=SFTSettings.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@options.progress
 def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size,
         max_length, max_input_length, warmup_ratio,
         bf16, eval_limit, eval_batch_size, log_every, report_to, seed, overwrite, progress):

@@ -213,10 +213,6 @@ def round_of(line: Mapping) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
-def read_output_lines(path: str | Path) -> list[dict]:
-    return list(iter_output_lines(path))
-
-
 class ResponsesFile:
     """The output JSONL, opened for appending answered requests (use as a context manager).
 

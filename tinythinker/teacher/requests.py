@@ -13,7 +13,6 @@ import json
 import random
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable
 
 from ..sources import DatasetSpec, Question, get_spec
 
@@ -110,6 +109,3 @@ def build_request(
     }
     return {"custom_id": question.id, "method": "POST", "url": CHAT_PATH, "body": body}
 
-
-def build_requests(questions: Iterable[Question], **kwargs) -> list[dict]:
-    return [build_request(q, **kwargs) for q in questions]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,7 +43,7 @@ from rapidfuzz.distance import Levenshtein
 
 from ..artifacts import atomic_write_text
 from ..errors import TinyThinkerError
-from ..protocol import ParsedSample, REJECT_TRUNCATED, Rejected, parse_teacher_sample
+from ..protocol import ParsedSample, REJECT_TRUNCATED, Rejected, majority, parse_teacher_sample
 from ..sources import SPLITS, QuestionSet, get_spec
 from .requests import MAX_TOKENS, build_request
 from .responses import TeacherResponses
@@ -131,24 +130,10 @@ class Selection:
         found = self.rationales.get(question_id)
         return found[0] if found else None
 
-    def rejected_total(self) -> Counter:
-        total: Counter = Counter()
-        for counts in self.counts.values():
-            total.update(counts.rejected)
-        return total
-
 
 def _add(counter: dict[str, int], key: str, n: int = 1) -> None:
     if n:
         counter[key] = counter.get(key, 0) + n
-
-
-def majority(answers: Sequence[str]) -> str:
-    """The most frequent answer; a tie goes to the answer seen first (REFERENCE 5.1)."""
-    votes: dict[str, int] = {}
-    for answer in answers:
-        votes[answer] = votes.get(answer, 0) + 1
-    return max(votes, key=votes.__getitem__)  # max keeps the first of equal maxima (insertion order)
 
 
 def choose_diverse(generals: Sequence[str], num_augment: int, rng: random.Random) -> list[int]:

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, ProgressColumn
 from rich.text import Text
 
 from ..artifacts import iter_jsonl
 from ..errors import TinyThinkerError, where
+from ..progress import progress_bar
 from ..sources import SPLITS, QuestionSet, load_questions
 from .cache import (
     ResponseCache,
@@ -417,26 +418,13 @@ class _StatsColumn(ProgressColumn):
         return Text(self._text(), style="cyan")
 
 
-class _ProgressWithFooter(Progress):
-    """A rich Progress with one more line under the bars (the rate limits in force)."""
-
-    def __init__(self, *columns, footer: Callable[[], str], **kwargs):
-        self._footer = footer  # before Progress.__init__, which renders once
-        super().__init__(*columns, **kwargs)
-
-    def get_renderables(self):
-        yield from super().get_renderables()
-        footer = self._footer()
-        if footer:
-            yield Text(footer, style="dim")
-
-
 class LiveProgress:
     """The rich progress line of a round: done / cached / retried / failed, tokens and cost so far,
     and under it the rate limits in force and where they come from."""
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, *, enabled: bool = True):
         self.console = console
+        self.enabled = enabled  # off: no bar, the warnings still print
         self._progress: Progress | None = None
         self._task = None
         self._failed = 0
@@ -449,11 +437,9 @@ class LiveProgress:
             return (f"cached {cached:,} · retried {current.retried:,} · failed {self._failed:,} · "
                     f"tokens {_compact(current.prompt_tokens)} in / {_compact(current.completion_tokens)} out{cost}")
 
-        self._progress = _ProgressWithFooter(
-            TextColumn(f"round {round_index}"), BarColumn(), MofNCompleteColumn(), _StatsColumn(text),
-            TimeElapsedColumn(), console=self.console, footer=limits or (lambda: ""),
-        )
-        self._task = self._progress.add_task("teach", total=total, completed=done)
+        self._progress = progress_bar(_StatsColumn(text), console=self.console, enabled=self.enabled,
+                                      footer=limits or (lambda: ""))
+        self._task = self._progress.add_task(f"round {round_index}", total=total, completed=done)
         self._progress.start()
 
     def warn(self, message: str) -> None:
