@@ -72,8 +72,7 @@ def tracking(accelerator, out: Path, config: Mapping) -> Iterator[None]:
     (``config`` and the number of processes), and end it on the way out, errors and Ctrl-C included, so that its files are complete.
 
     A resumed run starts a new tracker run (TensorBoard: another events file in the same folder) and
-    logs again the steps after its checkpoint; TensorBoard shows each step once (it drops the events a
-    killed run wrote past the step a later file starts from)."""
+    logs again the steps after its checkpoint; :func:`restart_at` makes TensorBoard show each step once."""
     if not accelerator.log_with:
         yield
         return
@@ -87,3 +86,16 @@ def tracking(accelerator, out: Path, config: Mapping) -> Iterator[None]:
         yield
     finally:
         accelerator.end_training()
+
+
+def restart_at(accelerator, step: int) -> None:
+    """A resumed run logs again from ``step``: TensorBoard drops the events a stopped or killed run wrote
+    at ``step`` or later (what ``SummaryWriter(purge_step=step)`` does, for the writer already open).
+    TensorBoard purges on this marker only; a lower step arriving later is not enough."""
+    if not accelerator.is_main_process:
+        return
+    for tracker in getattr(accelerator, "trackers", ()):
+        if tracker.name == "tensorboard":
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+            tracker.writer._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))

@@ -36,7 +36,7 @@ import torch
 
 from .errors import TinyThinkerError
 from .settings import LoopOptions
-from .tracking import TRACKING_DIR, check_report_to, scalars
+from .tracking import TRACKING_DIR, check_report_to, restart_at, scalars
 
 BEST, LAST, METRICS_FILE = "best", "last", "metrics.jsonl"
 COUNTERS_FILE = "custom_checkpoint_0.pkl"  # accelerate numbers registered objects; the counters come first
@@ -417,6 +417,8 @@ class TrainLoop:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / METRICS_FILE, "a+b") as handle:
                 handle.truncate(c.metrics_bytes)
+        if self.resume:
+            restart_at(self.tracker, self.tracker_offset + c.step + 1)
         info = {"loss": None, "accuracy": None if c.best is None else c.best["accuracy"]}
         began = time.perf_counter()
         with self._progress() as bar, StopRequest() as stop:
