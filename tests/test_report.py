@@ -89,6 +89,21 @@ def test_reflection_curve_is_found_from_the_students_path(tmp_path):
     assert curve.dataset == "csqa" and [p["iteration"] for p in curve.points] == [0, 1]
 
 
+def test_a_reflection_that_kept_its_start_still_shows_its_curve(cli_run, tmp_path):
+    """When no iteration improves, OUT/best is a copy of the starting student, whose card says SFT (or
+    nothing): the reflection is found by the run's own files, not by the card."""
+    reflect = reflection_run(tmp_path / "dpo", best=(0.2,))
+    (reflect / "best").mkdir()
+    results = shutil.copytree(cli_run, tmp_path / "results")
+    for path in results.rglob("results_*.json"):  # the same results, as if of the reflection's best student
+        data = json.loads(path.read_text())
+        data["config"]["model_args"] = {**data["config"]["model_args"], "pretrained": str(reflect / "best")} \
+            if isinstance(data["config"]["model_args"], dict) else f"pretrained={reflect / 'best'}"
+        path.write_text(json.dumps(data))
+    report = rp.build_report([results])
+    assert [[p["accuracy"] for p in c.points] for c in report.curves] == [[0.25, 0.2]]
+
+
 def test_report_errors(cli_run, tmp_path):
     (tmp_path / "empty").mkdir()
     run = subprocess.run([sys.executable, "-m", "tinythinker", "report", str(tmp_path / "empty")],

@@ -129,6 +129,9 @@ def test_report_draws_the_training_curves_of_a_run_and_links_them(sft_run, tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     png = report / f"training_{out.name}.png"
     assert f"plot:{png}" in "".join(done.stdout.split()) and is_drawn_png(png)  # (rich wraps long paths)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert png.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any file written here (not mkstemp's 0600)
     markdown = (report / "report.md").read_text()
     assert "## Training curves" in markdown and f"### {out.name} (SFT)" in markdown
     assert f"![{out.name} training curves]({png.name})" in markdown  # relative to the markdown file

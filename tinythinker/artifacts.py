@@ -32,7 +32,7 @@ from .errors import TinyThinkerError, where
 PARTIAL_MARK = ".partial-"
 
 
-def _umask_mode(mode: int) -> int:
+def umask_mode(mode: int) -> int:
     """``mode`` under the process umask: mkdtemp/mkstemp make private (0700/0600) entries, but an
     artifact should get the permissions an ordinary mkdir/open would give it."""
     umask = os.umask(0)
@@ -65,7 +65,7 @@ def staged_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.chmod(_umask_mode(0o777))
+    tmp.chmod(umask_mode(0o777))
     if out.exists():
         trash = out.parent / f".{out.name}{PARTIAL_MARK}old-{os.getpid()}"
         out.rename(trash)
@@ -83,7 +83,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.chmod(tmp, _umask_mode(0o666))
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -154,7 +154,7 @@ def write_split(folder: str | Path, config: str, split: str, rows: Sequence[Mapp
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)
-        os.chmod(tmp, _umask_mode(0o666))
+        os.chmod(tmp, umask_mode(0o666))
         return place_split(tmp, folder, config, split)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .artifacts import iter_jsonl
+from .artifacts import iter_jsonl, umask_mode
 from .errors import TinyThinkerError
 from .evaluation import OUTCOMES, attribution, attribution_summary
 from .protocol import config_parts
@@ -286,12 +286,14 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
                                    "run `tinythinker eval ... --out` (or lm_eval --output_path) first")
         results += found
         for result in found:
-            folder = reflection_folder(result.student) if result.method == "dpo" else None
-            if folder is not None and str(folder.resolve()) not in curves:
-                curves[str(folder.resolve())] = load_curve(folder, result.run, result.dataset)
             folder = training_folder(result.student)
             if folder is not None:
                 training.setdefault(str(folder.resolve()), folder)
+            # by the run's files, not the card: a reflection whose iterations all lost keeps an SFT card on OUT/best
+            reflection = folder if folder is not None and run_kind(folder) == "dpo" else \
+                reflection_folder(result.student) if result.method == "dpo" else None
+            if reflection is not None and str(reflection.resolve()) not in curves:
+                curves[str(reflection.resolve())] = load_curve(reflection, result.run, result.dataset)
     report = Report(results=results, attribution=_attributions(results), curves=list(curves.values()),
                     training=_training_runs(training.values()))
     position = {run: i for i, run in enumerate(report.runs())}
@@ -492,6 +494,7 @@ def _save(fig, path: Path, plt) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.chmod(tmp, umask_mode(0o666))  # mkstemp makes 0600; a plot is as readable as any other file written here
         os.replace(tmp, path)
     finally:
         plt.close(fig)
