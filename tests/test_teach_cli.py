@@ -41,8 +41,10 @@ def teach(raw, out, *args, env, base_url=None, check=False, popen=False):
                *args]  # default limits: the server's x-ratelimit headers (the test server sends none unless told)
     if base_url:
         command += ["--base-url", base_url]
-    if popen:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if popen:  # as from a terminal: Ctrl-C interrupts (a runner started in the background ignores SIGINT, and so would
+        # its children: Python keeps an ignored SIGINT ignored)
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     if check:
         assert result.returncode == 0, result.stderr
