@@ -221,7 +221,8 @@ class World:
             out[split] = self._make_questions(dataset, split, pairs, spec.n_options, rng)
         return out
 
-    def letter_index(self, relation: str, value: str, n_options: int) -> int:
+    @staticmethod
+    def letter_index(relation: str, value: str, n_options: int) -> int:
         """The option position a value of ``relation`` always takes (0 = A): values rotate over the
         letters, shifted by the relation, so every letter holds the same number of values overall.
 
