@@ -276,7 +276,7 @@ def _summaries(student, units, *, max_new_tokens, batch_size, progress=_NO_PROGR
 # --- stage primitives (self-reflection builds its pairs from these) -------------------------------
 
 def generate_recalls(student, items: Sequence[Item], n: int = 1, sampling: Sampling = GREEDY, seed: int = 42, *,
-                     max_new_tokens: int = MAX_NEW_TOKENS[RECALL], batch_size: int = 64) -> dict[str, list[str]]:
+                     max_new_tokens: int = MAX_NEW_TOKENS[RECALL], batch_size: int | None = None) -> dict[str, list[str]]:
     """``n`` recalls per question id (period-terminated, REFERENCE 8.1)."""
     texts, _ = _recalls(student, items, n, sampling, seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return {item.id: row for item, row in zip(items, texts)}
@@ -284,14 +284,14 @@ def generate_recalls(student, items: Sequence[Item], n: int = 1, sampling: Sampl
 
 def generate_analyses(student, units: list[tuple[Item, str | None]], n: int = 1, sampling: Sampling = GREEDY,
                       seed: int = 42, *, max_new_tokens: int = MAX_NEW_TOKENS[ANALYZE],
-                      batch_size: int = 64) -> list[list[dict[str, str]]]:
+                      batch_size: int | None = None) -> list[list[dict[str, str]]]:
     """For every (question, recall or None) unit, ``n`` runs of per-option analyses {letter: text}."""
     runs, _ = _analyses(student, units, n, sampling, seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return runs
 
 
 def generate_summaries(student, units: list[tuple[Item, str | None, dict[str, str] | None]], *,
-                       max_new_tokens: int = MAX_NEW_TOKENS[SUMMARIZE], batch_size: int = 64) -> list[tuple[str, str | None]]:
+                       max_new_tokens: int = MAX_NEW_TOKENS[SUMMARIZE], batch_size: int | None = None) -> list[tuple[str, str | None]]:
     """Greedy summary and its parsed answer letter for every (question, recall, analyses) unit."""
     results, _ = _summaries(student, units, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return results
@@ -306,7 +306,7 @@ def run_pipeline(
     variant: str = "full",
     samples: int = 1,
     sampling: Sampling = GREEDY,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 42,
     progress: bool = True,
     given_recalls: dict[str, str] | None = None,

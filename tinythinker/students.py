@@ -15,7 +15,6 @@ texts and saves it like any checkpoint (tests, demos, benchmarks); real users pa
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -211,15 +210,17 @@ class Student:
         top_k: int = 0,
         num_return_sequences: int = 1,
         seed: int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         on_batch: Callable[[list[int], float], None] | None = None,
     ) -> list[list[str]]:
         """Stripped continuations, ``num_return_sequences`` per prompt, in prompt order.
 
         Prompts are tokenised once, sorted by length and cut into batches of at most ``batch_size``
-        generated sequences, so padding is minimal. Greedy by default; sampling draws from one
-        generator seeded with ``seed``, so the same prompts, seed and batch size give the same
-        texts. ``top_k=0`` disables top-k. ``on_batch(prompt_indices, seconds)`` follows each batch."""
+        generated sequences (None: as many as fit a memory budget, see :mod:`tinythinker.decoding`),
+        so padding is minimal; finished sequences leave their batch at once. Greedy by default;
+        sampling draws from one generator seeded with ``seed``, so the same prompts, seed, batch
+        sizing and device give the same texts. ``top_k=0`` disables top-k.
+        ``on_batch(prompt_indices, seconds)`` follows each prompt once all its sequences are done."""
         ids = self.tokenize_prompts(prompts)
         return self.generate_ids(ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                  top_k=top_k, num_return_sequences=num_return_sequences, seed=seed,
@@ -227,37 +228,15 @@ class Student:
 
     def generate_ids(self, ids: Sequence[Sequence[int]], *, max_new_tokens: int = 128, do_sample: bool = False,
                      temperature: float = 1.0, top_k: int = 0, num_return_sequences: int = 1, seed: int | None = None,
-                     batch_size: int = 64, on_batch: Callable[[list[int], float], None] | None = None) -> list[list[str]]:
-        """:meth:`generate` on prompts already tokenised (by :meth:`tokenize_prompts`)."""
-        if num_return_sequences < 1:
-            raise ValueError("num_return_sequences must be at least 1")
-        if num_return_sequences > 1 and not do_sample:
-            raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
-        out: list[list[str]] = [[] for _ in ids]
-        if not ids:
-            return out
-        config = self._generation_config(max_new_tokens, do_sample, temperature, top_k, num_return_sequences)
-        # longest first: a batch that does not fit in memory fails at once, not at the end
-        order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
-        per_batch = max(1, batch_size // num_return_sequences)
-        was_training = self.model.training
-        self.model.eval()
-        rng_devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None), torch.inference_mode():
-                if seed is not None:
-                    torch.manual_seed(seed)
-                for start in range(0, len(order), per_batch):
-                    chosen = order[start : start + per_batch]
-                    began = time.perf_counter()
-                    texts = self._generate_batch([ids[i] for i in chosen], config)
-                    for k, i in enumerate(chosen):
-                        out[i] = texts[k * num_return_sequences : (k + 1) * num_return_sequences]
-                    if on_batch is not None:
-                        on_batch(chosen, time.perf_counter() - began)
-        finally:
-            self.model.train(was_training)
-        return out
+                     batch_size: int | None = None, on_batch: Callable[[list[int], float], None] | None = None,
+                     **engine) -> list[list[str]]:
+        """:meth:`generate` on prompts already tokenised (by :meth:`tokenize_prompts`), through the
+        engine of :mod:`tinythinker.decoding` (``engine``: its ``memory_budget`` and ``plain``)."""
+        from .decoding import generate_ids
+
+        return generate_ids(self, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                            top_k=top_k, num_return_sequences=num_return_sequences, seed=seed, batch_size=batch_size,
+                            on_batch=on_batch, **engine)
 
     def _generation_config(self, max_new_tokens, do_sample, temperature, top_k, num_return_sequences):
         from transformers import GenerationConfig

@@ -1,0 +1,146 @@
+"""The generation engine (tinythinker.decoding): greedy texts equal model.generate's, caps, sampling, sizing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers_data import TOY_QUESTIONS, all_texts, overfit_student, stage_records
+from tinythinker import protocol
+from tinythinker.decoding import bytes_per_row, generate_ids, plain_generate_ids, plan_batches
+from tinythinker.students import Student, make_tiny_student
+
+KINDS = ("seq2seq", "causal")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def trained(request, tmp_path_factory) -> Student:
+    return overfit_student(request.param, str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def untrained(request, tmp_path_factory) -> Student:
+    folder = make_tiny_student(request.param, all_texts(), tmp_path_factory.mktemp("untrained") / request.param, seed=5)
+    return Student.load(folder, device="cpu")
+
+
+def stage_prompts() -> list[str]:
+    """Every toy stage prompt plus cut ones: lengths from a few tokens to whole summaries, and
+    continuations that stop at different steps (or run to the cap)."""
+    prompts = [prompt for prompt, _ in stage_records()]
+    cut = [prompt[: len(prompt) // 2] for prompt in prompts[::3]]
+    return prompts + cut + ["Recall:", protocol.recall_prompt(TOY_QUESTIONS[0].text)]
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 5])
+def test_greedy_texts_equal_model_generate(trained, batch_size):
+    ids = trained.tokenize_prompts(stage_prompts())
+    plain = plain_generate_ids(trained, ids, max_new_tokens=40, batch_size=64)
+    engine = generate_ids(trained, ids, max_new_tokens=40, batch_size=batch_size)
+    assert engine == plain
+    lengths = {len(trained.tokenizer(t[0])["input_ids"]) for t in engine}
+    assert len(lengths) > 3  # rows really finished at different steps
+
+
+def test_greedy_texts_equal_model_generate_untrained(untrained):
+    ids = untrained.tokenize_prompts(stage_prompts())
+    assert generate_ids(untrained, ids, max_new_tokens=12) == plain_generate_ids(untrained, ids, max_new_tokens=12, batch_size=7)
+
+
+def test_max_new_tokens_is_a_cap(untrained, trained):
+    ids = untrained.tokenize_prompts(stage_prompts()[:6])
+    for cap in (1, 3):
+        for row in generate_ids(untrained, ids, max_new_tokens=cap):
+            generated = untrained.tokenizer(row[0], add_special_tokens=False)["input_ids"]
+            assert len(generated) <= cap + 1  # a text re-tokenises to about the tokens it came from
+    short = generate_ids(trained, trained.tokenize_prompts([protocol.recall_prompt(TOY_QUESTIONS[0].text)]), max_new_tokens=2)
+    full = generate_ids(trained, trained.tokenize_prompts([protocol.recall_prompt(TOY_QUESTIONS[0].text)]), max_new_tokens=40)
+    assert full[0][0] == TOY_QUESTIONS[0].recall and full[0][0].startswith(short[0][0]) and len(short[0][0]) < len(full[0][0])
+    assert generate_ids(trained, trained.tokenize_prompts(["x"]), max_new_tokens=0) == [[""]]
+
+
+def test_empty_input(trained):
+    assert generate_ids(trained, [], max_new_tokens=5) == []
+    assert trained.generate([], max_new_tokens=5) == []
+    assert generate_ids(trained, [], max_new_tokens=5, do_sample=True, num_return_sequences=3, seed=1) == []
+
+
+def test_sampling_is_seeded_and_honours_num_return_sequences(untrained):
+    ids = untrained.tokenize_prompts(stage_prompts()[:7])
+
+    def sample(seed, **settings):
+        return generate_ids(untrained, ids, max_new_tokens=8, do_sample=True, temperature=1.0, num_return_sequences=3,
+                            seed=seed, **settings)
+
+    first = sample(1)
+    assert [len(row) for row in first] == [3] * len(ids)
+    assert sample(1) == first  # same seed and settings: same texts
+    assert sample(2) != first
+    assert len({text for row in first for text in row}) > len(ids)  # the samples of a prompt differ
+    before = torch.random.get_rng_state()
+    sample(1, batch_size=6)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random state is untouched
+    assert sample(1, batch_size=6) == sample(1, batch_size=6)
+
+
+def test_top_k_one_and_cold_temperature_are_greedy(trained):
+    ids = trained.tokenize_prompts(stage_prompts())
+    greedy = generate_ids(trained, ids, max_new_tokens=40)
+    assert generate_ids(trained, ids, max_new_tokens=40, do_sample=True, top_k=1, seed=3) == greedy
+    assert generate_ids(trained, ids, max_new_tokens=40, do_sample=True, temperature=1e-4, seed=3) == greedy
+    hot = generate_ids(trained, ids, max_new_tokens=40, do_sample=True, temperature=5.0, seed=3)
+    assert hot != greedy
+
+
+def test_settings_are_checked(trained):
+    ids = trained.tokenize_prompts(["x"])
+    with pytest.raises(ValueError, match="do_sample"):
+        generate_ids(trained, ids, num_return_sequences=2)
+    with pytest.raises(ValueError, match="temperature"):
+        generate_ids(trained, ids, do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        generate_ids(trained, ids, num_return_sequences=0)
+
+
+def test_batches_follow_the_budget(untrained):
+    lengths = [50, 40, 40, 10, 10, 10]
+    order = list(range(6))
+    by_count = plan_batches(lengths, order, n=2, max_new_tokens=5, batch_size=4, row_bytes=lambda w: 1, budget=10**9)
+    assert by_count == [[0, 1], [2, 3], [4, 5]]
+    by_budget = plan_batches(lengths, order, n=1, max_new_tokens=5, batch_size=None, row_bytes=lambda w: w, budget=100)
+    assert by_budget == [[0, 1], [2, 3], [4, 5]]  # the longest prompt of a batch sets its width
+    assert plan_batches([10**6], [0], n=4, max_new_tokens=5, batch_size=None, row_bytes=lambda w: w, budget=1) == [[0]]
+    small = bytes_per_row(untrained.model, 20, 10)
+    assert 0 < small < bytes_per_row(untrained.model, 200, 10) < bytes_per_row(untrained.model, 200, 100)
+    ids = untrained.tokenize_prompts(stage_prompts())
+    tight = generate_ids(untrained, ids, max_new_tokens=6, memory_budget=small * 3)
+    assert tight == generate_ids(untrained, ids, max_new_tokens=6)
+
+
+def test_on_batch_follows_every_prompt_once(trained):
+    ids = trained.tokenize_prompts(stage_prompts())
+    seen: list[int] = []
+    spent: list[float] = []
+
+    def on_batch(indices, seconds):
+        seen.extend(indices)
+        spent.append(seconds)
+
+    generate_ids(trained, ids, max_new_tokens=40, on_batch=on_batch)
+    assert sorted(seen) == list(range(len(ids)))
+    assert all(s >= 0 for s in spent) and sum(spent) > 0
+
+
+def test_plain_path_and_checkpoints_it_needs(trained):
+    ids = trained.tokenize_prompts(stage_prompts()[:5])
+    assert trained.generate_ids(ids, max_new_tokens=20, plain=True) == trained.generate_ids(ids, max_new_tokens=20)
+    trained.model.generation_config.forced_eos_token_id = trained.tokenizer.eos_token_id
+    try:  # a processor the lean loop lacks: model.generate decodes instead (same texts here: all end in eos)
+        assert trained.generate_ids(ids, max_new_tokens=20) == plain_generate_ids(trained, ids, max_new_tokens=20)
+    finally:
+        trained.model.generation_config.forced_eos_token_id = None

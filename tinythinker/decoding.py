@@ -1,0 +1,324 @@
+"""The generation engine behind :meth:`tinythinker.students.Student.generate_ids`.
+
+A lean decoding loop on the model's own forward (seq2seq: encoder once, then the decoder step by step
+with an ``EncoderDecoderCache``; causal: one prefill, then one token per step with a ``DynamicCache``),
+instead of one ``model.generate`` call per batch. What it does differently from ``generate``:
+
+* **Batches sized by a memory budget**, not a fixed count: the rows of a batch fit ``memory_budget``
+  bytes of cache, logits and activations (estimated from the model's config), so a tiny student runs
+  hundreds of sequences per batch and a large one stays within memory. An explicit ``batch_size``
+  still caps the sequences per batch.
+* **Finished rows leave the batch**: a row that emits eos (or reaches ``max_new_tokens``) is removed
+  from the batch and its cache at once, so the remaining steps cost only what is still running
+  (``generate`` keeps computing finished rows until the longest one ends).
+* **Less per-step overhead**: no logits processors, stopping criteria or growing ``input_ids``; one
+  forward, one argmax (or temperature / top-k sampling) and a row check per step. For a tiny student
+  on a CPU the per-step Python work of ``generate`` costs more than its forward.
+* **The prompt is encoded once** per ``num_return_sequences`` (causal: its prefill cache is repeated
+  for the samples).
+
+Greedy texts equal ``model.generate``'s (same forward calls, argmax on float32 logits); only batch
+composition differs, which can move float rounding in the last bits (the benchmark checks every text).
+Sampling: temperature, then top-k (0 = off), then a multinomial draw from one ``torch.Generator``
+seeded with ``seed`` on the model's device. The same prompts, seed, settings, batch sizing
+(``batch_size`` / ``memory_budget``) and device give the same texts.
+
+Models whose generation config asks for more than plain greedy/sampling (forced bos/eos tokens,
+suppressed tokens, a minimum length, ...) go through :func:`plain_generate_ids` (``model.generate``),
+as does everything when ``plain=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Callable, Sequence
+
+import torch
+
+# generation_config fields that add a logits processor or change stopping: the lean loop does not
+# implement them, so a checkpoint that sets any of these is decoded by model.generate instead
+_PLAIN_ONLY = ("forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
+               "bad_words_ids", "sequence_bias", "min_length", "min_new_tokens", "exponential_decay_length_penalty",
+               "forced_decoder_ids", "stop_strings", "max_time")
+
+CPU_MEMORY_BUDGET = 1 << 30  # bytes per generation batch on a CPU
+CUDA_MEMORY_FRACTION = 0.4  # of the device's free memory at the start of a call
+MAX_ROWS = 4096  # sequences per batch at most, however small the model
+
+
+def plain_only(model) -> str | None:
+    """Why the lean loop cannot decode ``model`` (its generation config asks for more), else None."""
+    config = getattr(model, "generation_config", None)
+    for name in _PLAIN_ONLY:
+        value = getattr(config, name, None)
+        if value not in (None, 0, [], ()):
+            return name
+    return None
+
+
+def bytes_per_row(model, prompt_len: int, max_new_tokens: int) -> int:
+    """Rough bytes one generated sequence holds during decoding: its KV cache (self-attention over
+    prompt and continuation; seq2seq also the cross-attention over the prompt), one step's logits and
+    their float32 copies, and the widest activation of a prompt pass."""
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(config, "d_model", None) or getattr(config, "hidden_size", 512)
+    layers = getattr(config, "num_decoder_layers", None) or getattr(config, "num_layers", None) \
+        or getattr(config, "num_hidden_layers", 6)
+    heads = getattr(config, "num_heads", None) or getattr(config, "num_attention_heads", 8)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "d_kv", None) or getattr(config, "head_dim", None) or hidden // heads
+    wide = getattr(config, "d_ff", None) or getattr(config, "intermediate_size", None) or 4 * hidden
+    vocab = getattr(config, "vocab_size", 32000)
+    per_token = 2 * layers * kv_heads * head_dim * 4  # keys and values, float32
+    cached = prompt_len + max_new_tokens
+    if model.config.is_encoder_decoder:
+        cached += prompt_len  # cross-attention keys and values
+    prompt_pass = prompt_len * (wide + heads * prompt_len) * 4  # feed-forward or attention scores of one layer
+    return per_token * cached + 4 * vocab * 4 + prompt_pass
+
+
+def _memory_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * CUDA_MEMORY_FRACTION)
+    return CPU_MEMORY_BUDGET
+
+
+def plan_batches(lengths: Sequence[int], order: Sequence[int], *, n: int, max_new_tokens: int, batch_size: int | None,
+                 row_bytes: Callable[[int], int], budget: int) -> list[list[int]]:
+    """Cut ``order`` (prompt indices, longest first) into batches: at most ``batch_size`` sequences
+    (``n`` per prompt) when given, else as many as ``budget`` bytes hold (the first, longest prompt of
+    a batch sets its width); always at least one prompt."""
+    batches, start = [], 0
+    while start < len(order):
+        width = lengths[order[start]]
+        if batch_size is not None:
+            prompts = max(1, batch_size // n)
+        else:
+            prompts = max(1, min(MAX_ROWS, budget // max(1, row_bytes(width))) // n)
+        batches.append(list(order[start : start + prompts]))
+        start += prompts
+    return batches
+
+
+def _cache_kwarg(model) -> str:
+    """``cache`` (transformers >= 5.x) or ``past_key_values`` (older): what the forward calls its KV cache."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, generator) -> torch.Tensor:
+    """Next token per row: argmax, or (as ``generate``'s warpers) temperature, then top-k, then a draw."""
+    scores = logits.to(torch.float32)
+    if not do_sample:
+        return scores.argmax(dim=-1)
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        k = min(top_k, scores.shape[-1])
+        threshold = torch.topk(scores, k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < threshold, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class _Clock:
+    """Time per sequence: each interval is shared equally by the rows running in it, so the seconds
+    of all sequences sum to the wall time. ``share`` is the running sum of per-row shares."""
+
+    def __init__(self):
+        self.share = 0.0
+        self.mark = time.perf_counter()
+
+    def tick(self, rows: int) -> None:
+        now = time.perf_counter()
+        self.share += (now - self.mark) / max(1, rows)
+        self.mark = now
+
+
+def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens: int, do_sample: bool,
+                  temperature: float, top_k: int, generator, clock: _Clock, finished: Callable[[int, float], None]
+                  ) -> torch.Tensor:
+    """Decode one batch; returns [len(rows) * n, max_new_tokens] token ids (pad after eos), rows in
+    order, ``n`` consecutive sequences per prompt. ``finished(prompt_position, seconds)`` follows
+    each prompt whose ``n`` sequences are all done."""
+    from transformers import DynamicCache, EncoderDecoderCache
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from .students import _pad
+
+    model, device = student.model, student.device
+    pad, eos = student.tokenizer.pad_token_id, student.tokenizer.eos_token_id
+    cache_name = _cache_kwarg(model)
+    total = len(rows) * n
+    out = torch.full((total, max_new_tokens), pad, dtype=torch.long, device=device)
+    started = [clock.share] * len(rows)  # each prompt's share of time so far, at its start
+    remaining = [n] * len(rows)  # unfinished sequences per prompt
+    input_ids, mask = _pad(rows, pad, left=not student.is_seq2seq)
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    with student.autocast():
+        if student.is_seq2seq:
+            encoded = model.get_encoder()(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
+            if n > 1:
+                encoded, mask = encoded.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            start = model.generation_config.decoder_start_token_id
+            if start is None:
+                start = model.config.decoder_start_token_id
+            step_ids = torch.full((total, 1), start, dtype=torch.long, device=device)
+
+            def forward(step_ids):
+                return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=mask,
+                             decoder_input_ids=step_ids, use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+            logits = forward(step_ids)
+        else:
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            cache = DynamicCache()
+            use_mask = not bool(mask.all())  # as generate: no mask at all when nothing is padded
+            extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+            logits = model(input_ids=input_ids, attention_mask=mask if use_mask else None, position_ids=positions,
+                           use_cache=True, **{cache_name: cache}, **extra).logits[:, -1]
+            positions = positions[:, -1:]
+            if n > 1:
+                logits = logits.repeat_interleave(n, dim=0)
+                positions, mask = positions.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+                cache.batch_repeat_interleave(n)
+
+            def forward(step_ids):
+                nonlocal mask, positions
+                positions = positions + 1
+                if use_mask:
+                    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+                return model(input_ids=step_ids, attention_mask=mask if use_mask else None, position_ids=positions,
+                             use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+        active = torch.arange(total, device=device)  # which output rows the batch's rows are
+        for step in range(max_new_tokens):
+            tokens = _choose(logits, do_sample, temperature, top_k, generator)
+            out[active, step] = tokens
+            done = tokens == eos
+            if step + 1 == max_new_tokens:
+                done = torch.ones_like(done)
+            running = active.shape[0]
+            if bool(done.any()):
+                ended = active[done].tolist()
+                keep = (~done).nonzero().squeeze(1)
+                clock.tick(running)
+                for row in ended:
+                    prompt = row // n
+                    remaining[prompt] -= 1
+                    if remaining[prompt] == 0:
+                        finished(prompt, clock.share - started[prompt])
+                if keep.numel() == 0:
+                    break
+                active, tokens = active[keep], tokens[keep]
+                cache.batch_select_indices(keep)
+                if student.is_seq2seq:
+                    encoded, mask = encoded[keep], mask[keep]
+                else:
+                    positions, mask = positions[keep], mask[keep]
+            logits = forward(tokens[:, None])
+            clock.tick(active.shape[0])
+    return out
+
+
+def generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int = 128, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, num_return_sequences: int = 1, seed: int | None = None,
+                 batch_size: int | None = None, memory_budget: int | None = None, plain: bool = False,
+                 on_batch: Callable[[list[int], float], None] | None = None) -> list[list[str]]:
+    """Stripped continuations of token-id prompts, ``num_return_sequences`` per prompt, in prompt order.
+
+    ``batch_size``: most sequences per batch (None: as many as ``memory_budget`` bytes hold; default
+    1 GiB on a CPU, 40% of the free memory on CUDA). ``on_batch(prompt_indices, seconds)`` follows
+    each prompt as soon as all its sequences are done (``seconds``: its share of the time of the
+    steps it ran in); the seconds of all calls sum to the time spent. ``plain=True``: one
+    ``model.generate`` per fixed batch (:func:`plain_generate_ids`)."""
+    if num_return_sequences < 1:
+        raise ValueError("num_return_sequences must be at least 1")
+    if num_return_sequences > 1 and not do_sample:
+        raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
+    if do_sample and temperature <= 0:
+        raise ValueError("temperature must be positive when sampling")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch_size must be at least 1 (or None: sized by memory)")
+    if plain or plain_only(student.model) is not None:
+        return plain_generate_ids(student, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                  top_k=top_k, num_return_sequences=num_return_sequences, seed=seed,
+                                  batch_size=batch_size or 64, on_batch=on_batch)
+    n = num_return_sequences
+    out: list[list[str]] = [[] for _ in ids]
+    if not ids:
+        return out
+    if max_new_tokens < 1:
+        return [[""] * n for _ in ids]
+    lengths = [len(row) for row in ids]
+    order = sorted(range(len(ids)), key=lambda i: (-lengths[i], i))  # longest first: memory trouble shows at once
+    budget = memory_budget if memory_budget is not None else _memory_budget(student.device)
+    batches = plan_batches(lengths, order, n=n, max_new_tokens=max_new_tokens, batch_size=batch_size, budget=budget,
+                           row_bytes=lambda width: bytes_per_row(student.model, width, max_new_tokens))
+    generator = None
+    if do_sample:
+        generator = torch.Generator(device=student.device)
+        generator.manual_seed(seed if seed is not None else torch.initial_seed())
+    decode = student.tokenizer.batch_decode
+    was_training = student.model.training
+    student.model.eval()
+    try:
+        with torch.inference_mode():
+            for chosen in batches:
+                clock = _Clock()
+
+                def finished(position: int, seconds: float, chosen=chosen) -> None:
+                    if on_batch is not None:
+                        on_batch([chosen[position]], seconds)
+
+                tokens = _decode_batch(student, [ids[i] for i in chosen], n=n, max_new_tokens=max_new_tokens,
+                                       do_sample=do_sample, temperature=temperature, top_k=top_k, generator=generator,
+                                       clock=clock, finished=finished)
+                texts = [text.strip() for text in decode(tokens.cpu(), skip_special_tokens=True)]
+                for k, i in enumerate(chosen):
+                    out[i] = texts[k * n : (k + 1) * n]
+    finally:
+        student.model.train(was_training)
+    return out
+
+
+def plain_generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int = 128, do_sample: bool = False,
+                       temperature: float = 1.0, top_k: int = 0, num_return_sequences: int = 1, seed: int | None = None,
+                       batch_size: int = 64, on_batch: Callable[[list[int], float], None] | None = None) -> list[list[str]]:
+    """The previous engine: prompts sorted by length, fixed batches of ``batch_size`` sequences, one
+    ``model.generate`` each; sampling from the global generator seeded with ``seed`` (forked, so the
+    caller's random state is untouched). ``on_batch(prompt_indices, seconds)`` follows each batch."""
+    if num_return_sequences < 1:
+        raise ValueError("num_return_sequences must be at least 1")
+    if num_return_sequences > 1 and not do_sample:
+        raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
+    out: list[list[str]] = [[] for _ in ids]
+    if not ids:
+        return out
+    config = student._generation_config(max_new_tokens, do_sample, temperature, top_k, num_return_sequences)
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+    per_batch = max(1, batch_size // num_return_sequences)
+    was_training = student.model.training
+    student.model.eval()
+    device = student.device
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices, enabled=seed is not None), torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(order), per_batch):
+                chosen = order[start : start + per_batch]
+                began = time.perf_counter()
+                texts = student._generate_batch([ids[i] for i in chosen], config)
+                for k, i in enumerate(chosen):
+                    out[i] = texts[k * num_return_sequences : (k + 1) * num_return_sequences]
+                if on_batch is not None:
+                    on_batch(chosen, time.perf_counter() - began)
+    finally:
+        student.model.train(was_training)
+    return out
+
+
