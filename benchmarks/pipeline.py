@@ -6,25 +6,28 @@ stage, its prompts in file order (questions, then options in label order), fixed
 ``--batch-size``, each batch re-tokenised from text with ``padding=True`` and passed to one
 ``model.generate`` call. The engine is :func:`tinythinker.pipeline.run_pipeline`.
 
-Default student: google-t5/t5-small's shape (d_model 512, 6+6 layers, 8 heads, d_ff 2048, vocab
-32128) with random weights and a tokenizer trained on the benchmark's questions. A random model never
-emits eos, so every generation runs to its stage's ``max_new_tokens``: we set those to the median
-length (in the student's tokens) of the stage's targets in the CSQA teacher exemplars, i.e. the
-length a trained student would generate (see :func:`break_the_echo` for why its texts are not empty).
-Pass ``--student`` to time a trained checkpoint instead.
+Two kinds of student:
 
-    python benchmarks/pipeline.py [--questions 100] [--batch-size 64] [--raw ../shared/data/raw/csqa]
+* a trained checkpoint (``--student`` with ``--data``): e.g. the quickstart's world student, on the
+  questions of ``--splits`` of its data set (default test, then validation; ``--questions`` 400), at
+  the pipeline's own caps (96 / 96 / 16 tokens: a trained student stops at eos long before). This
+  is the real case: the engine's batches sized by memory, finished rows leaving the batch and its
+  lean decoding loop all pay here.
+* the compute-bound control (default): google-t5/t5-small's shape (``--shape t5-base`` for
+  t5-base's) with random weights and a tokenizer trained on the benchmark's CSQA questions. A random
+  model never emits eos, so every generation runs to its stage's ``max_new_tokens``: we set those to
+  the median length (in the student's tokens) of the stage's targets in the CSQA teacher exemplars,
+  i.e. the length a trained student would generate (see :func:`break_the_echo` for why its texts
+  are not empty). Here the goal is to be no slower.
+
+    python benchmarks/pipeline.py [--questions 100] [--shape t5-small] [--raw ../shared/data/raw/csqa]
+    python benchmarks/pipeline.py --student RUN/sft-full/best --data RUN/data/csqa --questions 400
+    python benchmarks/pipeline.py ... --device cuda
 
 Prints one JSON object: wall and CPU seconds (CPU time of this process is the steadier figure on a
 shared machine), questions/second, speed-up, and whether answers and every stage's texts agree.
 It exits non-zero when the greedy answers differ (unless ``--engine-bf16`` makes the numerics differ
-on purpose).
-
-What to expect: on a CPU, generation with a t5-small-shaped model is compute-bound (time per
-sequence is the same at batch 16, 64 or 128), so the only work the engine can save at identical
-numerics is padding, which is small once the recall dominates every later prompt: measured
-1.05x (CPU time) on the 2-core development machine. The engine's batching pays off where per-step
-overhead dominates (GPUs) and where it dedupes prompts.
+on purpose). Figures and what dominates the remaining time: docs/students.md, "Speed".
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pathlib import Path
 import torch
 
 from tinythinker import protocol
-from tinythinker.pipeline import Item, run_pipeline
+from tinythinker.pipeline import MAX_NEW_TOKENS, Item, items_from_dataset, run_pipeline
 from tinythinker.sources import load_questions
 from tinythinker.students import Student, make_tiny_student
 
@@ -139,8 +142,15 @@ def main() -> None:
     parser.add_argument("--raw", default=str(REPO.parent / "shared" / "data" / "raw" / "csqa"), help="CSQA raw folder")
     parser.add_argument("--questions", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--student", default=None, help="checkpoint to time (default: random t5-small-shaped model)")
+    parser.add_argument("--student", default=None, help="checkpoint to time (default: a random model of --shape)")
+    parser.add_argument("--data", default=None, help="the student's stage data set folder: its questions instead of --raw's")
+    parser.add_argument("--config", default="csqa-full", help="config of --data")
+    parser.add_argument("--splits", default="test,validation", help="splits of --data whose questions are used, in order")
     parser.add_argument("--kind", choices=("seq2seq", "causal"), default="seq2seq", help="random student's kind")
+    parser.add_argument("--shape", choices=("t5-small", "t5-base"), default="t5-small", help="random student's shape")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--engine-batch-size", type=int, default=None,
+                        help="the engine's sequences per batch (default: sized by its memory budget)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in both pipelines")
     parser.add_argument("--engine-bf16", action="store_true", help="bf16 autocast in the engine only (fp32 baseline)")
@@ -150,19 +160,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    questions = load_questions("csqa", args.raw).splits["test"][: args.questions]  # test = official dev
-    items = [Item(q.id, q.text, q.letters, q.answer) for q in questions]
+    if args.data:
+        items = [item for split in args.splits.split(",") for item in items_from_dataset(args.data, args.config, split)]
+        items = items[: args.questions]
+    else:
+        questions = load_questions("csqa", args.raw).splits["test"][: args.questions]  # test = official dev
+        items = [Item(q.id, q.text, q.letters, q.answer) for q in questions]
     with tempfile.TemporaryDirectory() as tmp:
         if args.student is None:
-            texts = [protocol.recall_prompt(q.text) for q in questions]
-            folder = make_tiny_student(args.kind, texts, Path(tmp) / "student", shape="t5-small", seed=0)
-            student_name = f"random {args.kind} t5-small shape"
+            texts = [protocol.recall_prompt(item.question) for item in items]
+            folder = make_tiny_student(args.kind, texts, Path(tmp) / "student", shape=args.shape, seed=0)
+            student_name = f"random {args.kind} {args.shape} shape"
         else:
             folder, student_name = args.student, args.student
-        student = Student.load(folder, bf16=args.bf16)
+        student = Student.load(folder, bf16=args.bf16, device=args.device)
     if args.student is None:
         break_the_echo(student)
-    caps = exemplar_caps(student)
+    caps = exemplar_caps(student) if args.student is None else dict(MAX_NEW_TOKENS)
 
     student.generate(["warm up\nRecall:"], max_new_tokens=2)
     timings = {"engine": [], "baseline": []}
@@ -175,7 +189,9 @@ def main() -> None:
                 baseline = straightforward_pipeline(student, items, caps, args.batch_size)
             else:
                 student.bf16 = args.bf16 or args.engine_bf16
-                traces = run_pipeline(student, items, batch_size=args.batch_size, max_new_tokens=caps, progress=False)
+                traces = run_pipeline(student, items, batch_size=args.engine_batch_size, max_new_tokens=caps, progress=False)
+            if student.device.type == "cuda":
+                torch.cuda.synchronize()
             timings[name].append(time.perf_counter() - began)
             cpu_times[name].append(time.process_time() - began_cpu)
 
@@ -192,7 +208,8 @@ def main() -> None:
         "student": student_name,
         "bf16": {"baseline": args.bf16, "engine": args.bf16 or args.engine_bf16},
         "questions": len(items),
-        "batch_size": args.batch_size,
+        "data": [args.data, args.config, args.splits] if args.data else args.raw,
+        "batch_size": {"baseline": args.batch_size, "engine": args.engine_batch_size or "memory budget"},
         "max_new_tokens": caps,
         "baseline_seconds": round(best["baseline"], 2),
         "engine_seconds": round(best["engine"], 2),
@@ -211,7 +228,7 @@ def main() -> None:
     if args.split:
         student.bf16 = args.bf16 or args.engine_bf16
         result["engine_time_split"] = time_split(
-            student, lambda: run_pipeline(student, items, batch_size=args.batch_size, max_new_tokens=caps, progress=False))
+            student, lambda: run_pipeline(student, items, batch_size=args.engine_batch_size, max_new_tokens=caps, progress=False))
     print(json.dumps(result))
     if not result["identical_answers"] and not args.engine_bf16:
         sys.exit("the engine's greedy answers differ from the straightforward pipeline's")

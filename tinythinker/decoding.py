@@ -45,6 +45,7 @@ _PLAIN_ONLY = ("forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", 
 CPU_MEMORY_BUDGET = 1 << 30  # bytes per generation batch on a CPU
 CUDA_MEMORY_FRACTION = 0.4  # of the device's free memory at the start of a call
 MAX_ROWS = 4096  # sequences per batch at most, however small the model
+ENCODER_CHUNK_TOKENS = 4096  # padded prompt tokens per encoder call (seq2seq; see _encode)
 
 
 def plain_only(model) -> str | None:
@@ -137,6 +138,41 @@ class _Clock:
         self.mark = now
 
 
+def _chunks(widths: Sequence[int], tokens: int) -> list[slice]:
+    """Consecutive slices of rows (longest first) with at most ``tokens`` padded tokens each (at least one row)."""
+    out, start = [], 0
+    while start < len(widths):
+        stop = start + max(1, tokens // max(1, widths[start]))
+        out.append(slice(start, min(stop, len(widths))))
+        start = stop
+    return out
+
+
+def _encode(student, rows: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder states and mask of ``rows`` (longest first), right-padded to the longest. The encoder
+    runs in chunks of :data:`ENCODER_CHUNK_TOKENS` padded tokens: its attention is quadratic in the
+    width, so a chunk of similar lengths wastes little on padding and keeps its score tensors small,
+    while the decoder still runs all rows at once."""
+    from .students import _pad
+
+    encoder, device, pad = student.model.get_encoder(), student.device, student.tokenizer.pad_token_id
+    width = max(1, max(len(row) for row in rows))
+    states, masks = [], []
+    for part in _chunks([max(1, len(row)) for row in rows], ENCODER_CHUNK_TOKENS):
+        input_ids, mask = _pad(rows[part], pad)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        hidden = encoder(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
+        extra = width - hidden.shape[1]
+        if extra:
+            hidden = torch.nn.functional.pad(hidden, (0, 0, 0, extra))
+            mask = torch.nn.functional.pad(mask, (0, extra))
+        states.append(hidden)
+        masks.append(mask)
+    if len(states) == 1:
+        return states[0], masks[0]
+    return torch.cat(states), torch.cat(masks)
+
+
 def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens: int, do_sample: bool,
                   temperature: float, top_k: int, generator, clock: _Clock, finished: Callable[[int, float], None]
                   ) -> torch.Tensor:
@@ -155,11 +191,9 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
     out = torch.full((total, max_new_tokens), pad, dtype=torch.long, device=device)
     started = [clock.share] * len(rows)  # each prompt's share of time so far, at its start
     remaining = [n] * len(rows)  # unfinished sequences per prompt
-    input_ids, mask = _pad(rows, pad, left=not student.is_seq2seq)
-    input_ids, mask = input_ids.to(device), mask.to(device)
     with student.autocast():
         if student.is_seq2seq:
-            encoded = model.get_encoder()(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
+            encoded, mask = _encode(student, rows)
             if n > 1:
                 encoded, mask = encoded.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -174,6 +208,8 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
 
             logits = forward(step_ids)
         else:
+            input_ids, mask = _pad(rows, pad, left=True)
+            input_ids, mask = input_ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
             cache = DynamicCache()
             use_mask = not bool(mask.all())  # as generate: no mask at all when nothing is padded

@@ -294,6 +294,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> tu
 SHAPES = {
     "tiny": dict(d_model=64, layers=2, heads=4, d_ff=128, vocab_size=None),  # vocab None: the tokenizer's size
     "t5-small": dict(d_model=512, layers=6, heads=8, d_ff=2048, vocab_size=32128),
+    "t5-base": dict(d_model=768, layers=12, heads=12, d_ff=3072, vocab_size=32128),
 }
 KINDS = ("seq2seq", "causal")
 TINY_TOKENIZER_VOCAB = 2048  # most BPE tokens a tiny student's tokenizer learns (a world's invented names stay whole)
