@@ -173,6 +173,40 @@ def _encode(student, rows: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(states), torch.cat(masks)
 
 
+def _prefill(student, rows: list[Sequence[int]], cache_name: str):
+    """Causal prompts (longest first) through the model in chunks of :data:`ENCODER_CHUNK_TOKENS`
+    padded tokens (attention is quadratic in the width), each left-padded to its own longest; the
+    chunks' caches are then left-padded (masked) to the batch's width and joined into one
+    ``DynamicCache``. Returns the last position's logits, the cache, the attention mask and the
+    position ids, as ``generate``'s prefill would (position = count of real tokens before, pads 0)."""
+    from transformers import DynamicCache
+
+    from .students import _pad
+
+    model, device, pad = student.model, student.device, student.tokenizer.pad_token_id
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    width = max(1, max(len(row) for row in rows))
+    logits, masks, positions, layers = [], [], [], []
+    for part in _chunks([max(1, len(row)) for row in rows], ENCODER_CHUNK_TOKENS):
+        input_ids, mask = _pad(rows[part], pad, left=True)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache()
+        logits.append(model(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask, position_ids=position,
+                            use_cache=True, **{cache_name: cache}, **extra).logits[:, -1])
+        extra_width = width - mask.shape[1]
+        masks.append(torch.nn.functional.pad(mask, (extra_width, 0)))
+        positions.append(position[:, -1:])
+        layers.append([(layer.keys, layer.values) if not extra_width else
+                       (torch.nn.functional.pad(layer.keys, (0, 0, extra_width, 0)),
+                        torch.nn.functional.pad(layer.values, (0, 0, extra_width, 0))) for layer in cache.layers])
+    if len(logits) == 1:
+        return logits[0], cache, masks[0], positions[0]
+    joined = [(torch.cat([chunk[i][0] for chunk in layers]), torch.cat([chunk[i][1] for chunk in layers]))
+              for i in range(len(layers[0]))]
+    return torch.cat(logits), DynamicCache(joined), torch.cat(masks), torch.cat(positions)
+
+
 def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens: int, do_sample: bool,
                   temperature: float, top_k: int, generator, clock: _Clock, finished: Callable[[int, float], None]
                   ) -> torch.Tensor:
@@ -182,7 +216,6 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
     from transformers import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput
 
-    from .students import _pad
 
     model, device = student.model, student.device
     pad, eos = student.tokenizer.pad_token_id, student.tokenizer.eos_token_id
@@ -208,14 +241,8 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
 
             logits = forward(step_ids)
         else:
-            input_ids, mask = _pad(rows, pad, left=True)
-            input_ids, mask = input_ids.to(device), mask.to(device)
-            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            cache = DynamicCache()
+            logits, cache, mask, positions = _prefill(student, rows, cache_name)
             use_mask = not bool(mask.all())  # as generate: no mask at all when nothing is padded
-            extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-            logits = model(input_ids=input_ids, attention_mask=mask if use_mask else None, position_ids=positions,
-                           use_cache=True, **{cache_name: cache}, **extra).logits[:, -1]
             positions = positions[:, -1:]
             if n > 1:
                 logits = logits.repeat_interleave(n, dim=0)
