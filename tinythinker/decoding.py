@@ -45,7 +45,8 @@ _PLAIN_ONLY = ("forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", 
 CPU_MEMORY_BUDGET = 1 << 30  # bytes per generation batch on a CPU
 CUDA_MEMORY_FRACTION = 0.4  # of the device's free memory at the start of a call
 MAX_ROWS = 4096  # sequences per batch at most, however small the model
-ENCODER_CHUNK_TOKENS = 4096  # padded prompt tokens per encoder call (seq2seq; see _encode)
+ENCODER_CHUNK_TOKENS = 4096  # padded prompt tokens per encoder call or causal prefill (see _encode, _prefill)
+COMPACT_AT = 0.25  # finished rows leave the batch (a copy of its cache) once they are this share of its rows
 
 
 def plain_only(model) -> str | None:
@@ -173,12 +174,12 @@ def _encode(student, rows: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(states), torch.cat(masks)
 
 
-def _prefill(student, rows: list[Sequence[int]], cache_name: str):
+def _prefill(student, rows: list[Sequence[int]], cache_name: str, max_new_tokens: int):
     """Causal prompts (longest first) through the model in chunks of :data:`ENCODER_CHUNK_TOKENS`
     padded tokens (attention is quadratic in the width), each left-padded to its own longest; the
-    chunks' caches are then left-padded (masked) to the batch's width and joined into one
-    ``DynamicCache``. Returns the last position's logits, the cache, the attention mask and the
-    position ids, as ``generate``'s prefill would (position = count of real tokens before, pads 0)."""
+    chunks' caches are then left-padded (masked) to the batch's width and copied into one cache with
+    room for ``max_new_tokens`` more. Returns the last position's logits, the cache, the attention
+    mask and the last position ids, as ``generate``'s prefill would (count of real tokens before; pads 0)."""
     from transformers import DynamicCache
 
     from .students import _pad
@@ -186,7 +187,8 @@ def _prefill(student, rows: list[Sequence[int]], cache_name: str):
     model, device, pad = student.model, student.device, student.tokenizer.pad_token_id
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     width = max(1, max(len(row) for row in rows))
-    logits, masks, positions, layers = [], [], [], []
+    logits, masks, positions = [], [], []
+    joined = _buffered_cache(max_new_tokens)
     for part in _chunks([max(1, len(row)) for row in rows], ENCODER_CHUNK_TOKENS):
         input_ids, mask = _pad(rows[part], pad, left=True)
         input_ids, mask = input_ids.to(device), mask.to(device)
@@ -194,17 +196,103 @@ def _prefill(student, rows: list[Sequence[int]], cache_name: str):
         cache = DynamicCache()
         logits.append(model(input_ids=input_ids, attention_mask=None if bool(mask.all()) else mask, position_ids=position,
                             use_cache=True, **{cache_name: cache}, **extra).logits[:, -1])
-        extra_width = width - mask.shape[1]
-        masks.append(torch.nn.functional.pad(mask, (extra_width, 0)))
+        masks.append(torch.nn.functional.pad(mask, (width - mask.shape[1], 0)))
         positions.append(position[:, -1:])
-        layers.append([(layer.keys, layer.values) if not extra_width else
-                       (torch.nn.functional.pad(layer.keys, (0, 0, extra_width, 0)),
-                        torch.nn.functional.pad(layer.values, (0, 0, extra_width, 0))) for layer in cache.layers])
-    if len(logits) == 1:
-        return logits[0], cache, masks[0], positions[0]
-    joined = [(torch.cat([chunk[i][0] for chunk in layers]), torch.cat([chunk[i][1] for chunk in layers]))
-              for i in range(len(layers[0]))]
-    return torch.cat(logits), DynamicCache(joined), torch.cat(masks), torch.cat(positions)
+        for index, layer in enumerate(cache.layers):
+            while len(joined.layers) <= index:
+                joined.layers.append(joined.layer_class_to_replicate())
+            joined.layers[index].place(layer.keys, layer.values, part, len(rows), width)
+    return torch.cat(logits), joined, torch.cat(masks), torch.cat(positions)
+
+
+def _buffered_layer_class():
+    """A ``DynamicLayer`` whose keys and values live in a buffer with room for ``room`` more tokens, so
+    a decoding step writes one column instead of concatenating (copying) the whole cache, as
+    ``DynamicLayer.update`` does; ``keys`` / ``values`` are views of the filled part."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        def __init__(self, room: int):
+            super().__init__()
+            self.room, self.length, self.key_buffer, self.value_buffer = room, 0, None, None
+
+        def _views(self):
+            self.keys = self.key_buffer[:, :, : self.length]
+            self.values = self.value_buffer[:, :, : self.length]
+
+        def _allocate(self, like: torch.Tensor, batch: int, length: int):
+            shape = (batch, like.shape[1], length + self.room, like.shape[3])
+            self.key_buffer = like.new_zeros(shape)
+            self.value_buffer = like.new_zeros(shape)
+            self.device, self.is_initialized = like.device, True
+
+        def place(self, keys, values, rows: slice, batch: int, width: int):
+            """Copy one prefill chunk's keys and values into rows ``rows``, right-aligned at ``width``."""
+            if self.key_buffer is None:
+                self._allocate(keys, batch, width)
+            self.key_buffer[rows, :, width - keys.shape[2] : width] = keys
+            self.value_buffer[rows, :, width - values.shape[2] : width] = values
+            self.length = width
+            self._views()
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            new = key_states.shape[2]
+            if self.key_buffer is None:
+                self._allocate(key_states, key_states.shape[0], new)
+            if self.length + new > self.key_buffer.shape[2]:  # out of room: grow (never in a decoding loop)
+                grown = (self.key_buffer.shape[0], self.key_buffer.shape[1], self.length + new + self.room, self.key_buffer.shape[3])
+                keys, values = self.key_buffer.new_zeros(grown), self.value_buffer.new_zeros(grown)
+                keys[:, :, : self.length] = self.key_buffer[:, :, : self.length]
+                values[:, :, : self.length] = self.value_buffer[:, :, : self.length]
+                self.key_buffer, self.value_buffer = keys, values
+            self.key_buffer[:, :, self.length : self.length + new] = key_states
+            self.value_buffer[:, :, self.length : self.length + new] = value_states
+            self.length += new
+            self._views()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_select_indices(self, indices):
+            if self.key_buffer is not None:
+                self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+                self._views()
+
+        def batch_repeat_interleave(self, repeats: int):
+            if self.key_buffer is not None:
+                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+                self._views()
+
+        def reorder_cache(self, beam_idx):
+            self.batch_select_indices(beam_idx)
+
+        def crop(self, tokens_to_remove: int):
+            raise NotImplementedError("the engine's cache is never cropped")
+
+        def reset(self):
+            self.length = 0
+            if self.key_buffer is not None:
+                self._views()
+
+    return BufferedLayer
+
+
+_BUFFERED = []
+
+
+def _buffered_cache(room: int):
+    """A ``DynamicCache`` whose layers keep their keys and values in buffers with ``room`` free columns."""
+    from functools import partial
+
+    from transformers import DynamicCache
+
+    if not _BUFFERED:
+        _BUFFERED.append(_buffered_layer_class())
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = partial(_BUFFERED[0], room)
+    return cache
 
 
 def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens: int, do_sample: bool,
@@ -213,9 +301,8 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
     """Decode one batch; returns [len(rows) * n, max_new_tokens] token ids (pad after eos), rows in
     order, ``n`` consecutive sequences per prompt. ``finished(prompt_position, seconds)`` follows
     each prompt whose ``n`` sequences are all done."""
-    from transformers import DynamicCache, EncoderDecoderCache
+    from transformers import EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput
-
 
     model, device = student.model, student.device
     pad, eos = student.tokenizer.pad_token_id, student.tokenizer.eos_token_id
@@ -229,7 +316,7 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
             encoded, mask = _encode(student, rows)
             if n > 1:
                 encoded, mask = encoded.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            cache = EncoderDecoderCache(_buffered_cache(max_new_tokens), _buffered_cache(0))
             start = model.generation_config.decoder_start_token_id
             if start is None:
                 start = model.config.decoder_start_token_id
@@ -239,51 +326,59 @@ def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens:
                 return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=mask,
                              decoder_input_ids=step_ids, use_cache=True, **{cache_name: cache}).logits[:, -1]
 
+            def select(keep):
+                nonlocal encoded, mask
+                encoded, mask = encoded[keep], mask[keep]
+
             logits = forward(step_ids)
         else:
-            logits, cache, mask, positions = _prefill(student, rows, cache_name)
+            logits, cache, mask, positions = _prefill(student, rows, cache_name, max_new_tokens)
             use_mask = not bool(mask.all())  # as generate: no mask at all when nothing is padded
-            positions = positions[:, -1:]
+            width = mask.shape[1]
+            mask = torch.nn.functional.pad(mask, (0, max_new_tokens), value=1)  # columns of the new tokens
             if n > 1:
                 logits = logits.repeat_interleave(n, dim=0)
                 positions, mask = positions.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
                 cache.batch_repeat_interleave(n)
 
             def forward(step_ids):
-                nonlocal mask, positions
-                positions = positions + 1
-                if use_mask:
-                    mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-                return model(input_ids=step_ids, attention_mask=mask if use_mask else None, position_ids=positions,
+                nonlocal positions, width
+                positions, width = positions + 1, width + 1
+                return model(input_ids=step_ids, attention_mask=mask[:, :width] if use_mask else None, position_ids=positions,
                              use_cache=True, **{cache_name: cache}).logits[:, -1]
 
-        active = torch.arange(total, device=device)  # which output rows the batch's rows are
+            def select(keep):
+                nonlocal positions, mask
+                positions, mask = positions[keep], mask[keep]
+
+        active = torch.arange(total, device=device)  # the output row of each row of the batch
+        alive = torch.ones(total, dtype=torch.bool, device=device)  # rows still generating (the rest wait for compaction)
+        dead = 0
         for step in range(max_new_tokens):
             tokens = _choose(logits, do_sample, temperature, top_k, generator)
-            out[active, step] = tokens
-            done = tokens == eos
-            if step + 1 == max_new_tokens:
-                done = torch.ones_like(done)
-            running = active.shape[0]
+            out[active, step] = torch.where(alive, tokens, pad)
+            done = (tokens == eos) & alive if step + 1 < max_new_tokens else alive
+            running = active.shape[0] - dead
             if bool(done.any()):
                 ended = active[done].tolist()
-                keep = (~done).nonzero().squeeze(1)
                 clock.tick(running)
                 for row in ended:
                     prompt = row // n
                     remaining[prompt] -= 1
                     if remaining[prompt] == 0:
                         finished(prompt, clock.share - started[prompt])
-                if keep.numel() == 0:
+                running -= len(ended)
+                if running == 0:
                     break
-                active, tokens = active[keep], tokens[keep]
-                cache.batch_select_indices(keep)
-                if student.is_seq2seq:
-                    encoded, mask = encoded[keep], mask[keep]
-                else:
-                    positions, mask = positions[keep], mask[keep]
+                alive &= ~done
+                dead += len(ended)
+                if dead >= COMPACT_AT * active.shape[0]:  # drop the finished rows from the batch and its cache
+                    keep = alive.nonzero().squeeze(1)
+                    active, tokens, alive, dead = active[keep], tokens[keep], alive[keep], 0
+                    cache.batch_select_indices(keep)
+                    select(keep)
             logits = forward(tokens[:, None])
-            clock.tick(active.shape[0])
+            clock.tick(running)
     return out
 
 
