@@ -144,3 +144,17 @@ def test_plain_path_and_checkpoints_it_needs(trained):
         assert trained.generate_ids(ids, max_new_tokens=20) == plain_generate_ids(trained, ids, max_new_tokens=20)
     finally:
         trained.model.generation_config.forced_eos_token_id = None
+
+
+def test_sampling_draws_from_the_tempered_top_k_softmax():
+    from tinythinker.decoding import _choose
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 3.0]]).repeat(40000, 1)
+    generator = torch.Generator().manual_seed(0)
+    draws = _choose(logits, True, 0.5, 0, generator)
+    frequencies = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert torch.allclose(frequencies, torch.softmax(logits[0] / 0.5, -1), atol=0.01)
+    draws = _choose(logits, True, 1.0, 2, generator)  # top-k 2: only the two best tokens, in their odds
+    assert set(draws.tolist()) == {0, 4}
+    assert (draws == 4).float().mean().item() == pytest.approx(torch.softmax(torch.tensor([2.0, 3.0]), -1)[1].item(), abs=0.01)
+    assert torch.equal(_choose(logits[:3], False, 1.0, 0, None), torch.tensor([4, 4, 4]))
