@@ -158,3 +158,21 @@ def test_sampling_draws_from_the_tempered_top_k_softmax():
     assert set(draws.tolist()) == {0, 4}
     assert (draws == 4).float().mean().item() == pytest.approx(torch.softmax(torch.tensor([2.0, 3.0]), -1)[1].item(), abs=0.01)
     assert torch.equal(_choose(logits[:3], False, 1.0, 0, None), torch.tensor([4, 4, 4]))
+
+
+def test_causal_analyze_prompts_share_their_prefix_and_keep_their_texts(trained, monkeypatch):
+    import tinythinker.decoding as decoding
+
+    prompts = [protocol.analyze_prompt(q.text, x, q.recall) for q in TOY_QUESTIONS for x in q.letters]
+    ids = trained.tokenize_prompts(prompts)
+    rows = sorted(ids, key=len, reverse=True)
+    if not trained.is_seq2seq:
+        assert decoding.shared_suffix(rows) == len(trained.tokenizer(" A,", add_special_tokens=False)["input_ids"])
+    assert decoding.shared_suffix(sorted(trained.tokenize_prompts([q.text for q in TOY_QUESTIONS]), key=len, reverse=True)) == 0
+    plain = plain_generate_ids(trained, ids, max_new_tokens=30)
+    assert generate_ids(trained, ids, max_new_tokens=30) == plain
+    monkeypatch.setattr(decoding, "SHARE_PREFIXES", False)
+    assert generate_ids(trained, ids, max_new_tokens=30) == plain
+    sampled = dict(max_new_tokens=30, do_sample=True, num_return_sequences=2, seed=4)
+    monkeypatch.setattr(decoding, "SHARE_PREFIXES", True)
+    assert generate_ids(trained, ids, **sampled) == generate_ids(trained, ids, **sampled)

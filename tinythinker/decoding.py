@@ -47,6 +47,7 @@ CPU_MEMORY_BUDGET = 1 << 30  # bytes per generation batch on a CPU
 CUDA_MEMORY_FRACTION = 0.4  # of the device's free memory at the start of a call
 MAX_ROWS = 4096  # sequences per batch at most, however small the model
 ENCODER_CHUNK_TOKENS = 4096  # padded prompt tokens per encoder call or causal prefill (see _encode, _prefill)
+SHARE_PREFIXES = True  # causal: prompts that differ only in their last tokens share their prefix's prefill
 COMPACT_AT = 0.25  # finished rows leave the batch (a copy of its cache) once they are this share of its rows
 
 
@@ -179,7 +180,48 @@ def _encode(student, rows: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(states), torch.cat(masks)
 
 
+def shared_suffix(rows: Sequence[Sequence[int]], longest: int = 8) -> int:
+    """How many last tokens to split off so that prompts sharing the rest can share its prefill: the
+    largest difference (at most ``longest`` tokens) at the end of neighbouring prompts of equal length
+    that are otherwise equal (a question's analyze prompts differ only in ``For option X,``); 0 when
+    no prompts pair up or too few would share (under a third of the rows)."""
+    suffix = 0
+    for a, b in zip(rows, rows[1:]):
+        if len(a) == len(b) and a != b:
+            for k in range(1, min(longest, len(a) - 1) + 1):
+                if a[: len(a) - k] == b[: len(b) - k]:
+                    suffix = max(suffix, k)
+                    break
+    if not suffix or any(len(row) <= suffix for row in rows):
+        return 0
+    distinct = len({tuple(row[: len(row) - suffix]) for row in rows})
+    return suffix if distinct <= len(rows) * 2 / 3 else 0
+
+
 def _prefill(student, rows: list[Sequence[int]], cache_name: str, max_new_tokens: int):
+    """Causal prompts through the model, as ``generate``'s prefill (see :func:`_prefill_rows`); when
+    prompts differ only in their last few tokens (:func:`shared_suffix`, with :data:`SHARE_PREFIXES`),
+    each distinct prefix is computed once, its cache copied to the prompts that share it, and the last
+    tokens run as one more step over all rows."""
+    suffix = shared_suffix(rows) if SHARE_PREFIXES else 0
+    if not suffix:
+        return _prefill_rows(student, rows, cache_name, max_new_tokens)
+    model, device = student.model, student.device
+    heads = {}
+    index = [heads.setdefault(tuple(row[: len(row) - suffix]), len(heads)) for row in rows]
+    _, cache, mask, positions = _prefill_rows(student, [list(head) for head in heads], cache_name, max_new_tokens + suffix)
+    index = torch.tensor(index, device=device)
+    cache.batch_select_indices(index)
+    mask = torch.nn.functional.pad(mask[index], (0, suffix), value=1)
+    positions = positions[index] + torch.arange(1, suffix + 1, device=device)
+    tails = torch.tensor([list(row[len(row) - suffix :]) for row in rows], dtype=torch.long, device=device)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    logits = model(input_ids=tails, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
+                   use_cache=True, **{cache_name: cache}, **extra).logits[:, -1]
+    return logits, cache, mask, positions[:, -1:]
+
+
+def _prefill_rows(student, rows: list[Sequence[int]], cache_name: str, max_new_tokens: int):
     """Causal prompts (longest first) through the model in chunks of :data:`ENCODER_CHUNK_TOKENS`
     padded tokens (attention is quadratic in the width), each left-padded to its own longest; the
     chunks' caches are then left-padded (masked) to the batch's width and copied into one cache with
@@ -227,16 +269,20 @@ def _buffered_layer_class():
 
         def _allocate(self, like: torch.Tensor, batch: int, length: int):
             shape = (batch, like.shape[1], length + self.room, like.shape[3])
-            self.key_buffer = like.new_zeros(shape)
-            self.value_buffer = like.new_zeros(shape)
+            self.key_buffer = like.new_empty(shape)  # unfilled columns are never read (views end at length)
+            self.value_buffer = like.new_empty(shape)
             self.device, self.is_initialized = like.device, True
 
         def place(self, keys, values, rows: slice, batch: int, width: int):
             """Copy one prefill chunk's keys and values into rows ``rows``, right-aligned at ``width``."""
             if self.key_buffer is None:
                 self._allocate(keys, batch, width)
-            self.key_buffer[rows, :, width - keys.shape[2] : width] = keys
-            self.value_buffer[rows, :, width - values.shape[2] : width] = values
+            start = width - keys.shape[2]
+            self.key_buffer[rows, :, start:width] = keys
+            self.value_buffer[rows, :, start:width] = values
+            if start:  # masked columns, but zeros: 0 x garbage could be NaN in attention
+                self.key_buffer[rows, :, :start] = 0
+                self.value_buffer[rows, :, :start] = 0
             self.length = width
             self._views()
 
@@ -246,7 +292,7 @@ def _buffered_layer_class():
                 self._allocate(key_states, key_states.shape[0], new)
             if self.length + new > self.key_buffer.shape[2]:  # out of room: grow (never in a decoding loop)
                 grown = (self.key_buffer.shape[0], self.key_buffer.shape[1], self.length + new + self.room, self.key_buffer.shape[3])
-                keys, values = self.key_buffer.new_zeros(grown), self.value_buffer.new_zeros(grown)
+                keys, values = self.key_buffer.new_empty(grown), self.value_buffer.new_empty(grown)
                 keys[:, :, : self.length] = self.key_buffer[:, :, : self.length]
                 values[:, :, : self.length] = self.value_buffer[:, :, : self.length]
                 self.key_buffer, self.value_buffer = keys, values
