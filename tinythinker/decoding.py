@@ -1,21 +1,25 @@
 """The generation engine behind :meth:`tinythinker.students.Student.generate_ids`.
 
-A lean decoding loop on the model's own forward (seq2seq: encoder once, then the decoder step by step
-with an ``EncoderDecoderCache``; causal: one prefill, then one token per step with a ``DynamicCache``),
+A lean decoding loop on the model's own forward (seq2seq: the encoder, then the decoder step by step
+with an ``EncoderDecoderCache``; causal: a prefill, then one token per step with a ``DynamicCache``),
 instead of one ``model.generate`` call per batch. What it does differently from ``generate``:
 
 * **Batches sized by a memory budget**, not a fixed count: the rows of a batch fit ``memory_budget``
-  bytes of cache, logits and activations (estimated from the model's config), so a tiny student runs
-  hundreds of sequences per batch and a large one stays within memory. An explicit ``batch_size``
-  still caps the sequences per batch.
-* **Finished rows leave the batch**: a row that emits eos (or reaches ``max_new_tokens``) is removed
-  from the batch and its cache at once, so the remaining steps cost only what is still running
-  (``generate`` keeps computing finished rows until the longest one ends).
-* **Less per-step overhead**: no logits processors, stopping criteria or growing ``input_ids``; one
-  forward, one argmax (or temperature / top-k sampling) and a row check per step. For a tiny student
-  on a CPU the per-step Python work of ``generate`` costs more than its forward.
-* **The prompt is encoded once** per ``num_return_sequences`` (causal: its prefill cache is repeated
-  for the samples).
+  bytes of cache, logits and activations (estimated from the model's config), so a tiny student
+  decodes thousands of sequences per batch and a large one stays within memory. An explicit
+  ``batch_size`` caps the sequences per batch instead.
+* **Prompts in chunks, decoding in bulk**: the encoder (causal: the prefill) runs over chunks of
+  similar lengths (:data:`ENCODER_CHUNK_TOKENS`), since attention over the prompt is quadratic in its
+  padded width; the decoder steps run over the whole batch.
+* **Finished rows leave the batch**: a row that emits eos (or reaches ``max_new_tokens``) stops
+  counting at once and, once such rows are :data:`COMPACT_AT` of the batch, is removed from the
+  batch and its cache (``generate`` computes every row until the longest one ends).
+* **Less copying and per-step overhead**: keys and values live in preallocated buffers (a step writes
+  one column; ``DynamicCache`` concatenates, i.e. copies, the whole cache every step); no logits
+  processors, stopping criteria or growing ``input_ids``.
+* **Shared prompt work**: a prompt is encoded once for all its ``num_return_sequences``; causal
+  prompts that differ only in their last tokens (a question's analyze prompts) share the prefill of
+  their common prefix (:func:`shared_suffix`).
 
 Greedy texts equal ``model.generate``'s (same forward calls, argmax on float32 logits); only batch
 composition differs, which can move float rounding in the last bits (the benchmark checks every text).
@@ -44,7 +48,7 @@ _PLAIN_ONLY = ("forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", 
                "forced_decoder_ids", "stop_strings", "max_time")
 
 CPU_MEMORY_BUDGET = 1 << 30  # bytes per generation batch on a CPU
-CUDA_MEMORY_FRACTION = 0.4  # of the device's free memory at the start of a call
+CUDA_MEMORY_FRACTION = 0.25  # of the device's memory (the weights and other work need the rest)
 MAX_ROWS = 4096  # sequences per batch at most, however small the model
 ENCODER_CHUNK_TOKENS = 4096  # padded prompt tokens per encoder call or causal prefill (see _encode, _prefill)
 SHARE_PREFIXES = True  # causal: prompts that differ only in their last tokens share their prefix's prefill
@@ -63,8 +67,8 @@ def plain_only(model) -> str | None:
 
 def bytes_per_row(model, prompt_len: int, max_new_tokens: int) -> int:
     """Rough bytes one generated sequence holds during decoding: its KV cache (self-attention over
-    prompt and continuation; seq2seq also the cross-attention over the prompt), one step's logits and
-    their float32 copies, and the widest activation of a prompt pass."""
+    prompt and continuation; seq2seq also the cross-attention over the prompt and the encoder's
+    outputs), one step's logits and their float32 copies, and the widest activation of a prompt pass."""
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     hidden = getattr(config, "d_model", None) or getattr(config, "hidden_size", 512)
     layers = getattr(config, "num_decoder_layers", None) or getattr(config, "num_layers", None) \
@@ -79,13 +83,13 @@ def bytes_per_row(model, prompt_len: int, max_new_tokens: int) -> int:
     if model.config.is_encoder_decoder:
         cached += prompt_len  # cross-attention keys and values
     prompt_pass = prompt_len * (wide + heads * prompt_len) * 4  # feed-forward or attention scores of one layer
-    return per_token * cached + 4 * vocab * 4 + prompt_pass
+    states = prompt_len * hidden * 4 if model.config.is_encoder_decoder else 0  # encoder outputs, kept while decoding
+    return per_token * cached + 4 * vocab * 4 + prompt_pass + states
 
 
 def _memory_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * CUDA_MEMORY_FRACTION)
+    if device.type == "cuda":  # of the total, not the free memory: the same batches (and samples) on every run
+        return int(torch.cuda.get_device_properties(device).total_memory * CUDA_MEMORY_FRACTION)
     return CPU_MEMORY_BUDGET
 
 
@@ -446,7 +450,7 @@ def generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int =
     """Stripped continuations of token-id prompts, ``num_return_sequences`` per prompt, in prompt order.
 
     ``batch_size``: most sequences per batch (None: as many as ``memory_budget`` bytes hold; default
-    1 GiB on a CPU, 40% of the free memory on CUDA). ``on_batch(prompt_indices, seconds)`` follows
+    1 GiB on a CPU, a quarter of the device's memory on CUDA). ``on_batch(prompt_indices, seconds)`` follows
     each prompt as soon as all its sequences are done (``seconds``: its share of the time of the
     steps it ran in); the seconds of all calls sum to the time spent. ``plain=True``: one
     ``model.generate`` per fixed batch (:func:`plain_generate_ids`)."""
