@@ -4,7 +4,7 @@ Both run the same student on the same CSQA questions with greedy decoding and th
 ``max_new_tokens`` and batch size. The straightforward pipeline is what one writes first: for each
 stage, its prompts in file order (questions, then options in label order), fixed batches of
 ``--batch-size``, each batch re-tokenised from text with ``padding=True`` and passed to one
-``model.generate`` call. The engine is :func:`tinythinker.pipeline.run_pipeline`.
+``model.generate`` call. The engine is :func:`tinythinker.evaluate.engine.run_pipeline`.
 
 Default student: google-t5/t5-small's shape (d_model 512, 6+6 layers, 8 heads, d_ff 2048, vocab
 32128) with random weights and a tokenizer trained on the benchmark's questions. A random model never
@@ -41,8 +41,9 @@ from pathlib import Path
 import torch
 
 from tinythinker import protocol
-from tinythinker.pipeline import Item, run_pipeline
-from tinythinker.sources import load_questions
+from tinythinker.data.splits import Item
+from tinythinker.evaluate.engine import run_pipeline
+from tinythinker.data.sources import load_questions
 from tinythinker.students import Student, make_tiny_student
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinythinker.errors import TinyThinkerError
-from tinythinker.sources import Question, check_no_leakage, load_questions
+from tinythinker.data.sources import Question, check_no_leakage, load_questions
 
 
 def test_csqa_sizes_and_seeded_validation(raw_dir):

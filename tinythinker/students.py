@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .errors import TinyThinkerError
-from .settings import REFERENCE_MAX_LENGTH
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import REFERENCE_MAX_LENGTH
 
 IGNORE_INDEX = -100  # label value that transformers' losses skip
 
@@ -31,6 +31,18 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def distributed_on_cpus() -> bool:
+    """Several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without accelerators:
+    tell accelerate to use the CPUs (gloo); it would otherwise fall back to one process each."""
+    import os
+
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
@@ -73,7 +85,7 @@ class Student:
         by its config."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from .hub import hub_error, is_hub_id, pin
+        from tinythinker.hub import hub_error, is_hub_id, pin
 
         source = str(name_or_path)
         local = Path(source)

@@ -16,9 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
-from .errors import TinyThinkerError, where
-from .hub import is_hub_id
-from .protocol import letters_for, render_question
+from tinythinker.errors import TinyThinkerError, where
+from tinythinker.hub import is_hub_id
+from tinythinker.protocol import letters_for, render_question
 
 SPLITS = ("train", "validation", "test")
 
@@ -212,7 +212,7 @@ def _hub_official(name: str, hub_id: str, revision: str | None) -> tuple[dict[st
     which the source revision names."""
     import datasets
 
-    from .hub import pin
+    from tinythinker.hub import pin
 
     spec = DATASETS[name]
     config = "main" if name == "obqa" else None
