@@ -188,6 +188,35 @@ def generate_summaries(student, units: list[tuple[Item, str | None, dict[str, st
 
 # --- the whole pipeline --------------------------------------------------------------------------
 
+def _analyze_runs(student, items, runs, recall_of, given_analyses, *, samples, sampling, seed, max_new_tokens, batch_size,
+                  progress) -> tuple[list[dict[str, str]], list[float]]:
+    """The analyses of every (item, sample) run, and the seconds spent on each: generated, or the
+    teacher's where ``given_analyses`` has the question. ``recall_of`` (per run) is None without a
+    recall stage: then a question's samples share their prompts and are drawn ``samples`` at once."""
+    analyses_of: list[dict[str, str] | None] = [None] * len(runs)
+    seconds = [0.0] * len(runs)
+    todo_runs = [r for r, (i, _) in enumerate(runs) if items[i].id not in given_analyses]
+    if recall_of is not None:  # each sample has its own recall: one prompt set per run
+        units = [(items[runs[r][0]], recall_of[r]) for r in todo_runs]
+        results, spent = _analyses(student, units, 1, sampling, seed, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, progress=progress)
+        for r, result, t in zip(todo_runs, results, spent):
+            analyses_of[r], seconds[r] = result[0], t
+    else:
+        todo_items = list(dict.fromkeys(runs[r][0] for r in todo_runs))
+        results, spent = _analyses(student, [(items[i], None) for i in todo_items], samples, sampling, seed,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        by_item = {i: (result, t / samples) for i, result, t in zip(todo_items, results, spent)}
+        for r in todo_runs:
+            i, s = runs[r]
+            analyses_of[r], seconds[r] = by_item[i][0][s], by_item[i][1]
+    for r, (i, _) in enumerate(runs):
+        if analyses_of[r] is None:
+            given = given_analyses[items[i].id]
+            analyses_of[r] = {x: protocol.ensure_period(given[x]) for x in items[i].letters if x in given}
+    return analyses_of, seconds
+
+
 def run_pipeline(
     student,
     items: Sequence[Item],
@@ -236,27 +265,9 @@ def run_pipeline(
                     recall_of[r] = protocol.ensure_period(given_recalls[items[i].id])
 
         if ANALYZE in stages:
-            todo_runs = [r for r, (i, _) in enumerate(runs) if items[i].id not in given_analyses]
-            if RECALL in stages:  # each sample has its own recall: one prompt set per run
-                units = [(items[runs[r][0]], recall_of[r]) for r in todo_runs]
-                results, spent = _analyses(student, units, 1, sampling, seed + 1, max_new_tokens=caps[ANALYZE],
-                                           batch_size=batch_size, progress=bar)
-                for r, result, t in zip(todo_runs, results, spent):
-                    analyses_of[r] = result[0]
-                    seconds[ANALYZE][r] = t
-            else:  # no recall: a question's samples share their prompts, drawn n at once
-                todo_items = list(dict.fromkeys(runs[r][0] for r in todo_runs))
-                results, spent = _analyses(student, [(items[i], None) for i in todo_items], samples, sampling, seed + 1,
-                                           max_new_tokens=caps[ANALYZE], batch_size=batch_size, progress=bar)
-                by_item = {i: (result, t / samples) for i, result, t in zip(todo_items, results, spent)}
-                for r in todo_runs:
-                    i, s = runs[r]
-                    analyses_of[r] = by_item[i][0][s]
-                    seconds[ANALYZE][r] = by_item[i][1]
-            for r, (i, _) in enumerate(runs):
-                if analyses_of[r] is None:
-                    given = given_analyses[items[i].id]
-                    analyses_of[r] = {x: protocol.ensure_period(given[x]) for x in items[i].letters if x in given}
+            analyses_of, seconds[ANALYZE] = _analyze_runs(
+                student, items, runs, recall_of if RECALL in stages else None, given_analyses, samples=samples,
+                sampling=sampling, seed=seed + 1, max_new_tokens=caps[ANALYZE], batch_size=batch_size, progress=bar)
 
         results, spent = _summaries(student, [(items[i], recall_of[r], analyses_of[r]) for r, (i, _) in enumerate(runs)],
                                     max_new_tokens=caps[SUMMARIZE], batch_size=batch_size, progress=bar)
