@@ -37,8 +37,8 @@ def _phrase(rng: random.Random, n: int) -> str:
 
 def write_inputs(folder: Path, n_train: int, n_dev: int, samples: int, seed: int = 0) -> tuple[Path, Path]:
     """A raw CSQA folder and a reference-format responses file for its train-file questions."""
-    from tinythinker.sources import Question
-    from tinythinker.teacher.requests import build_request
+    from tinythinker.data.sources import Question
+    from tinythinker.data.teacher.requests import build_request
 
     rng = random.Random(seed)
     raw = folder / "raw"
@@ -85,7 +85,7 @@ def write_inputs(folder: Path, n_train: int, n_dev: int, samples: int, seed: int
 def _child(raw: str, responses: str, out: str) -> None:
     """The timed part, alone in its process so that peak memory is the build's own."""
     start = time.perf_counter()
-    from dataset_builders.build import build_dataset
+    from tinythinker.data.build import build_dataset
 
     result = build_dataset("csqa", raw, [responses], out, seed=42, overwrite=True)
     wall = time.perf_counter() - start

@@ -6,7 +6,7 @@ Pairs have the lengths of real ones: recall and analyze pairs made from the pack
 exemplars (prompt = question (+ recall), chosen = the teacher's text, rejected = another text of the
 same kind), repeated to ``--pairs``.
 
-Both modes run the real training step of :class:`tinythinker.dpo.DPORun` (encode, one forward pass
+Both modes run the real training step of :class:`tinythinker.train.dpo.DPORun` (encode, one forward pass
 over chosen + rejected, DPO + NLL loss, backward, clip, AdamW, cosine schedule):
 
 * ``cached``: the reference log-probabilities were computed once before training (what
@@ -70,7 +70,7 @@ def main() -> None:
     from accelerate import Accelerator
     from transformers.utils import logging as transformers_logging
 
-    from tinythinker.dpo import DPORun, DPOSettings, encode_pairs, pair_logprobs, reference_logprobs
+    from tinythinker.train.dpo import DPORun, DPOSettings, encode_pairs, pair_logprobs, reference_logprobs
     from tinythinker.students import Student, make_tiny_student
 
     transformers_logging.disable_progress_bar()

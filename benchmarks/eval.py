@@ -8,15 +8,15 @@ The questions are the data set's real test questions (``../shared/data/raw``, wh
 repo) or else the questions of its generated world (``tinythinker world``, seed 42), written as a stage
 data set folder (full config, test split). Without ``--student`` a tiny seq2seq student is trained for
 ``--steps`` steps on the records of the data set's generated world (built once into the user cache,
-see :func:`tinythinker.evaluation.world_folder`), so that it writes recalls and analyses of realistic
+see :func:`tinythinker.data.splits.world_folder`), so that it writes recalls and analyses of realistic
 length.
 
 Measured (seconds, the minimum over ``--repeat`` alternating runs, model already loaded), both as
 wall time and as this process's CPU time (``*_cpu_s``: robust when other jobs share the machine):
 
-* ``engine_s``: :func:`tinythinker.pipeline.run_pipeline` on the questions;
+* ``engine_s``: :func:`tinythinker.evaluate.engine.run_pipeline` on the questions;
 * ``lm_eval_s``: what `tinythinker eval` does around the loaded model
-  (:func:`tinythinker.evaluation.evaluate_tasks`): its task index (``TaskManager(include_defaults=False)``
+  (:func:`tinythinker.evaluate.harness.evaluate_tasks`): its task index (``TaskManager(include_defaults=False)``
   over our tasks; ``lm_eval_task_index_s``) + ``simple_evaluate`` of ``tinythinker_<dataset>`` with the
   ``tinythinker`` model (requests, the engine, process_results, aggregation, the environment report
   lm-eval records) + lm-eval's ``EvaluationTracker`` writing the results and the per-question samples;
@@ -34,7 +34,7 @@ and CPU time of the command with its subprocesses), as a user runs them:
 eval_tasks/tinythinker_<dataset>.yaml --model tinythinker --model_args pretrained=...`` (no
 ``--batch_size``: lm-eval's default of 1); target for the latter: <= 1.3 x infer + 15 s.
 The environment report lm-eval records (``pip list`` and a dozen other subprocesses) is cached per
-environment after the first evaluation (:func:`tinythinker.evaluation.environment_report`);
+environment after the first evaluation (:func:`tinythinker.evaluate.harness.environment_report`);
 ``--cold-env-report`` deletes that cache before every lm-eval run, to measure first runs. ``--threads 1``
 on a busy machine: torch's threads spin-wait when other jobs hold the cores.
 ``--processes N`` (with ``--cli``) also runs that plain call data parallel, ``accelerate launch
@@ -63,9 +63,9 @@ def questions_folder(dataset: str, n: int, out: Path) -> tuple[Path, str]:
     """A stage data set folder whose ``{dataset}-full`` test split holds ``n`` questions."""
     from tinythinker.artifacts import configs_metadata, write_card, write_split
     from tinythinker.protocol import recall_prompt, summarize_target
-    from tinythinker.records import FEATURES
-    from tinythinker.sources import load_questions
-    from tinythinker.world import write_world
+    from tinythinker.data.records import FEATURES
+    from tinythinker.data.sources import load_questions
+    from tinythinker.data.world import write_world
 
     source = RAW / dataset
     if not source.exists():
@@ -87,7 +87,7 @@ def quick_student(dataset: str, out: Path, steps: int, shape: str = "tiny") -> s
 
     import torch
 
-    from tinythinker.evaluation import load_split
+    from tinythinker.data.splits import load_split
     from tinythinker.students import Student, make_tiny_student
 
     records = [(row["input"], row["target"]) for split in ("recall", "analyze", "summarize")
@@ -130,9 +130,11 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from lm_eval.tasks import TaskManager
 
-    from tinythinker.evaluation import evaluate_tasks, resolve_tasks, tasks_folder
-    from tinythinker.lm_eval_model import TinyThinkerLM
-    from tinythinker.pipeline import items_from_dataset, run_pipeline
+    from tinythinker.evaluate.harness import evaluate_tasks, resolve_tasks
+    from tinythinker.evaluate.tasks import tasks_folder
+    from tinythinker.evaluate.lm_eval_model import TinyThinkerLM
+    from tinythinker.data.splits import items_from_dataset
+    from tinythinker.evaluate.engine import run_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="tinythinker-bench-eval-"))
     data, origin = questions_folder(args.dataset, args.questions, work / "data")
@@ -214,7 +216,7 @@ def cold_env_report(args) -> None:
     if args.cold_env_report:
         import shutil
 
-        from tinythinker.evaluation import _user_cache
+        from tinythinker.evaluate.harness import _user_cache
 
         shutil.rmtree(_user_cache() / "env-report", ignore_errors=True)
 

@@ -4,7 +4,7 @@ Both run the same student on the same CSQA questions with greedy decoding and th
 ``max_new_tokens`` and batch size. The straightforward pipeline is what one writes first: for each
 stage, its prompts in file order (questions, then options in label order), fixed batches of
 ``--batch-size``, each batch re-tokenised from text with ``padding=True`` and passed to one
-``model.generate`` call. The engine is :func:`tinythinker.pipeline.run_pipeline`.
+``model.generate`` call. The engine is :func:`tinythinker.evaluate.engine.run_pipeline`.
 
 Two kinds of student:
 
@@ -44,8 +44,9 @@ from pathlib import Path
 import torch
 
 from tinythinker import protocol
-from tinythinker.pipeline import MAX_NEW_TOKENS, Item, items_from_dataset, run_pipeline
-from tinythinker.sources import load_questions
+from tinythinker.data.sources import load_questions
+from tinythinker.data.splits import Item, items_from_dataset
+from tinythinker.evaluate.engine import MAX_NEW_TOKENS, run_pipeline
 from tinythinker.students import Student, make_tiny_student
 
 REPO = Path(__file__).resolve().parents[1]

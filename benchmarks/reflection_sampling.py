@@ -5,7 +5,7 @@ every chosen recall, ``--samples`` analyses per option (temperature 0.7, top-k o
 timed here on a trained student's training questions (the data set's ``recall_single`` split, as
 reflection reads them), with the student's greedy recall standing in for the chosen one:
 
-* engine: :func:`tinythinker.pipeline.generate_recalls` / :func:`generate_analyses` with ``n``
+* engine: :func:`tinythinker.evaluate.engine.generate_recalls` / :func:`generate_analyses` with ``n``
   samples per prompt (batches sized by memory, finished rows leaving the batch);
 * plain: per stage, prompts in file order, ``--batch-size`` sequences per batch (64: 6 prompts x 10),
   each batch re-tokenised and passed to one ``model.generate(do_sample=True, temperature=0.7,
@@ -28,7 +28,8 @@ import time
 import torch
 
 from tinythinker import protocol
-from tinythinker.pipeline import GREEDY, MAX_NEW_TOKENS, Sampling, generate_analyses, generate_recalls, items_from_dataset
+from tinythinker.data.splits import items_from_dataset
+from tinythinker.evaluate.engine import GREEDY, MAX_NEW_TOKENS, Sampling, generate_analyses, generate_recalls
 from tinythinker.students import Student
 
 

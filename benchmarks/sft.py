@@ -3,7 +3,7 @@
 Same model, same records, same batch size, max length, precision, optimizer (AdamW), cosine schedule
 with 10% warm-up and gradient clipping at 1.0:
 
-* ``ours``: :func:`tinythinker.sft.train_sft` (the stage-interleaved schedule, one epoch, no
+* ``ours``: :func:`tinythinker.train.sft.train_sft` (the stage-interleaved schedule, one epoch, no
   validation), timed from its metrics log (one line per step);
 * ``seq2seq_trainer``: ``transformers.Seq2SeqTrainer`` over the same records pre-tokenised with the
   same tokenizer, ``DataCollatorForSeq2Seq``, timed by a callback at the end of every step.
@@ -42,10 +42,10 @@ def batch_tokens(batch) -> int:
 
 def make_data(root: Path, steps: int, batch_size: int) -> Path:
     """A csqa-full folder holding the first rows of each stage of the generated world: ``steps`` full batches."""
-    from dataset_builders.build import build_dataset
+    from tinythinker.data.build import build_dataset
     from tinythinker.artifacts import configs_metadata, write_card, write_split
-    from tinythinker.pipeline import load_stage_split
-    from tinythinker.world import write_world
+    from tinythinker.data.splits import load_stage_split
+    from tinythinker.data.world import write_world
 
     world = write_world("csqa", root / "world")
     build_dataset("csqa", world / "raw", [world / "teacher.jsonl"], root / "built")
@@ -62,7 +62,7 @@ def make_data(root: Path, steps: int, batch_size: int) -> Path:
 
 
 def run_ours(args) -> dict:
-    from tinythinker.sft import SFTSettings, train_sft
+    from tinythinker.train.sft import SFTSettings, train_sft
 
     settings = SFTSettings(data=args.data, config="csqa-full", student=args.student, interval=10**6, epochs=1, lr=5e-4,
                            batch_size=args.batch_size, max_length=args.max_length, seed=42, bf16=args.bf16, eval_limit=0)
@@ -82,7 +82,7 @@ def run_seq2seq_trainer(args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.student)
     model = AutoModelForSeq2SeqLM.from_pretrained(args.student)
-    from tinythinker.pipeline import load_stage_split
+    from tinythinker.data.splits import load_stage_split
 
     rows = datasets.concatenate_datasets([load_stage_split(args.data, "csqa-full", s) for s in STAGES])
     tokenized = rows.map(lambda b: tokenizer(b["input"], text_target=b["target"], truncation=True, max_length=args.max_length),
@@ -138,7 +138,7 @@ def main() -> None:
 
     import torch
 
-    from tinythinker.pipeline import load_stage_split
+    from tinythinker.data.splits import load_stage_split
     from tinythinker.students import make_tiny_student
 
     with tempfile.TemporaryDirectory() as tmp:

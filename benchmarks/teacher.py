@@ -43,11 +43,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from teacher_helpers import write_tiny_csqa  # noqa: E402
 
-from tinythinker.sources import load_questions  # noqa: E402
-from tinythinker.teacher.client import Limits  # noqa: E402
-from tinythinker.teacher.cost import TokenCounter  # noqa: E402
-from tinythinker.teacher.requests import build_request  # noqa: E402
-from tinythinker.teacher.teach import TeachOptions, estimate, teach  # noqa: E402
+from tinythinker.data.sources import load_questions  # noqa: E402
+from tinythinker.data.teacher.client import Limits  # noqa: E402
+from tinythinker.data.teacher.cost import TokenCounter  # noqa: E402
+from tinythinker.data.teacher.requests import build_request  # noqa: E402
+from tinythinker.data.teacher.teach import TeachOptions, estimate, teach  # noqa: E402
 
 SHARED_RAW = REPO.parent / "shared" / "data" / "raw"
 

@@ -1,10 +1,11 @@
 """Hugging Face `datasets` builders, one per data set, turning teacher rationales into stage configs.
 
-``BUILDERS[name]`` is the builder class of a data set; :func:`dataset_builders.build.build_dataset`
+``BUILDERS[name]`` is the builder class of a data set; :func:`tinythinker.data.build.build_dataset`
 runs them for every variant and writes a folder laid out like a Hub dataset repo.
 """
 
-from .base import StageConfig, TinyThinkerBuilder
+from tinythinker.data.builder import StageConfig, TinyThinkerBuilder
+
 from .csqa import CsqaBuilder
 from .obqa import ObqaBuilder
 from .strategyqa import StrategyqaBuilder

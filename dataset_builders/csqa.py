@@ -1,7 +1,5 @@
 """`datasets` builder for the TinyThinker stage records of CommonsenseQA (5 options)."""
 
-from .base import TinyThinkerBuilder
+from tinythinker.data.builder import builder_class
 
-
-class CsqaBuilder(TinyThinkerBuilder):
-    DATASET = "csqa"
+CsqaBuilder = builder_class("csqa")

@@ -1,7 +1,5 @@
 """`datasets` builder for the TinyThinker stage records of OpenBookQA (4 options)."""
 
-from .base import TinyThinkerBuilder
+from tinythinker.data.builder import builder_class
 
-
-class ObqaBuilder(TinyThinkerBuilder):
-    DATASET = "obqa"
+ObqaBuilder = builder_class("obqa")

@@ -1,7 +1,5 @@
 """`datasets` builder for the TinyThinker stage records of StrategyQA (yes / no)."""
 
-from .base import TinyThinkerBuilder
+from tinythinker.data.builder import builder_class
 
-
-class StrategyqaBuilder(TinyThinkerBuilder):
-    DATASET = "strategyqa"
+StrategyqaBuilder = builder_class("strategyqa")

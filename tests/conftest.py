@@ -87,7 +87,7 @@ def world(tmp_path_factory):
     """``world(dataset)``: the folder of a small world (raw/, teacher.jsonl, world.json), written once
     a session with seed 42, WORLD_QUESTIONS questions and WORLD_DEFECTS defective teacher samples.
     Read only: a test that changes files copies them first."""
-    from tinythinker.world import write_world
+    from tinythinker.data.world import write_world
 
     root = tmp_path_factory.mktemp("worlds")
     made: dict[str, Path] = {}
@@ -104,7 +104,7 @@ def world(tmp_path_factory):
 def world_build(world, tmp_path_factory):
     """``world_build(dataset)``: the BuildResult of ``tinythinker build`` on ``world(dataset)`` (seed 42),
     built once a session. Read only."""
-    from dataset_builders.build import build_dataset
+    from tinythinker.data.build import build_dataset
 
     root = tmp_path_factory.mktemp("world-builds")
     built: dict[str, object] = {}

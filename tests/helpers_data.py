@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tinythinker import protocol, records
+from tinythinker import protocol
+from tinythinker.data import records
 from tinythinker.artifacts import configs_metadata, write_card, write_split
-from tinythinker.sources import Question
+from tinythinker.data.sources import Question
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ TOY_CAPS = {"recall": 24, "analyze": 24, "summarize": 12}  # max_new_tokens that
 
 
 def toy_items(questions: Sequence[ToyQuestion] = TOY_QUESTIONS):
-    from tinythinker.pipeline import Item
+    from tinythinker.data.splits import Item
 
     return [Item(q.id, q.text, q.letters, q.answer) for q in questions]
 
@@ -122,7 +123,7 @@ def overfit_student(kind: str, folder: str):
     reproduces every stage text and answers all toy questions right. Cached: each test process trains each kind once."""
     import torch
 
-    from tinythinker.pipeline import accuracy, run_pipeline
+    from tinythinker.evaluate.engine import accuracy, run_pipeline
     from tinythinker.students import Student, make_tiny_student
 
     torch.set_num_threads(1)  # the machine is shared: one thread is faster than two contended ones

@@ -5,7 +5,7 @@ Information: ...`` / ``Explanations: X is correct. Because ...``), written from 
 the gold letter and the other options come from the user message, the wording from one of the
 few-shot exemplars in the system message, so ``tinythinker build`` parses them like a real
 teacher's. ``usage`` is counted with the model's real tokenizer when one is installed offline
-(see ``tinythinker.teacher.cost``), else with the project's calibrated estimate (``usage="auto"``),
+(see ``tinythinker.data.teacher.cost``), else with the project's calibrated estimate (``usage="auto"``),
 or cheaply as characters / 4 (``usage="chars"``, for throughput benchmarks).
 
 Faults, each deterministic (every k-th request or sample, counted from the start):
@@ -240,7 +240,7 @@ class FakeOpenAI:
 
     def _counter(self, model: str):
         if model not in self._counter_cache:
-            from tinythinker.teacher.cost import TokenCounter
+            from tinythinker.data.teacher.cost import TokenCounter
 
             self._counter_cache[model] = TokenCounter(model)
         return self._counter_cache[model]

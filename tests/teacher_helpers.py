@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from tinythinker.teacher.cache import iter_output_lines
+from tinythinker.data.teacher.cache import iter_output_lines
 
 _THINGS = ["kettle", "violin", "harbor", "glacier", "lantern", "orchard", "compass", "meadow", "anvil", "satchel",
            "beehive", "canyon", "ledger", "quarry", "thimble", "workshop", "lighthouse", "pantry", "tram", "easel"]

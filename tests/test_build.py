@@ -19,13 +19,13 @@ import pytest
 
 from dataset_builders import BUILDERS
 from hermetic import cache_env
-from dataset_builders.build import build_dataset
+from tinythinker.data.build import build_dataset
 from tinythinker.artifacts import read_card_metadata, split_path, staged_folder
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import VARIANTS
-from tinythinker.records import FEATURES, all_configs
-from tinythinker.sources import get_spec
-from tinythinker.world import DEFECTS, WORLD_TEACHER
+from tinythinker.data.records import FEATURES, all_configs
+from tinythinker.data.sources import get_spec
+from tinythinker.data.world import DEFECTS, WORLD_TEACHER
 
 REPO = Path(__file__).resolve().parents[1]
 

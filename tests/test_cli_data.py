@@ -87,7 +87,7 @@ def test_missing_raw_file(tmp_path, csqa_raw, csqa_responses):
 def test_unreadable_raw_file(tmp_path, csqa_raw, csqa_responses):
     (csqa_raw / "dev_rand_split.jsonl").write_bytes(b"\x80\x81 not utf-8\n")
     result = cli_in_process(*build_args(csqa_raw, csqa_responses, tmp_path / "out"))
-    assert_one_line_error(result, "dev_rand_split.jsonl: cannot read raw file (UnicodeDecodeError)")
+    assert_one_line_error(result, "dev_rand_split.jsonl: raw file is not UTF-8 text")
 
 
 def test_raw_line_not_json(tmp_path, csqa_raw, csqa_responses):

@@ -37,7 +37,7 @@ def built(world_build):
 
 
 def test_student_init_on_world_data_then_oracle_infer(built, tmp_path):
-    from tinythinker.pipeline import items_from_dataset, oracles_from_dataset
+    from tinythinker.data.splits import items_from_dataset, oracles_from_dataset
     from tinythinker.students import Student
 
     out = tmp_path / "tiny"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tinythinker.dpo import (
+from tinythinker.train.dpo import (
     chosen_token_count,
     data_fingerprint,
     dpo_loss,
@@ -17,7 +17,7 @@ from tinythinker.dpo import (
     reference_logprobs,
 )
 from tinythinker.students import IGNORE_INDEX, Student, make_tiny_student
-from tinythinker.train_loop import read_last, read_rows
+from tinythinker.train.loop import read_last, read_rows
 
 TEXTS = [
     "What do people use to cut paper?\n(A) scissors (B) spoon (C) cup\nRecall: Scissors have blades that cut paper.",
@@ -179,7 +179,7 @@ def test_reference_logprobs_are_cached_by_model_and_data_fingerprint(checkpoints
 
 
 def test_dpo_schedule_alternates_whole_passes_of_recall_and_analyze_pairs():
-    from tinythinker.dpo import dpo_schedule
+    from tinythinker.train.dpo import dpo_schedule
 
     plan = dpo_schedule({"recall": 10, "analyze": 45}, batch_size=4, cycles=3, seed=1)
     steps = list(plan.steps())
@@ -205,7 +205,7 @@ def test_dpo_schedule_alternates_whole_passes_of_recall_and_analyze_pairs():
 
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind, tmp_path):
-    from tinythinker.dpo import DPORun, DPOSettings
+    from tinythinker.train.dpo import DPORun, DPOSettings
 
     reference_path, _ = checkpoints[kind]
     reference = Student.load(reference_path, device="cpu")
@@ -232,8 +232,8 @@ def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind,
 STOPPING_RUN = """
 import os, signal, sys
 import torch
-from tinythinker.dpo import DPORun
-from tinythinker.settings import DPOSettings
+from tinythinker.train.dpo import DPORun
+from tinythinker.train.settings import DPOSettings
 
 start, out, inputs, stop_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(1)
@@ -265,7 +265,7 @@ def test_a_mid_cycle_resume_under_two_processes_logs_what_an_uninterrupted_run_l
 
     from safetensors.torch import load_file
 
-    from tinythinker.dpo import DPORun, DPOSettings
+    from tinythinker.train.dpo import DPORun, DPOSettings
 
     reference_path, policy_path = checkpoints["seq2seq"]  # starting off the reference: rewards far from 0 (no ties) from step 1
     reference = Student.load(reference_path, device="cpu")

@@ -76,7 +76,7 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    from tinythinker.preferences import PairSet, write_preference_config
+    from tinythinker.data.preferences import PairSet, write_preference_config
     from tinythinker.students import make_tiny_student
 
     root = tmp_path_factory.mktemp("hub-roundtrip")
@@ -318,7 +318,8 @@ def test_eval_pins_data_and_student_commits(tmp_path):
     """What `tinythinker eval` hands lm-eval, and which commit the tasks read when the data set comes
     from the student's card (no --data)."""
     from tinythinker.artifacts import write_card
-    from tinythinker.evaluation import data_revision, data_source, lm_eval_argv
+    from tinythinker.evaluate.harness import lm_eval_argv
+    from tinythinker.evaluate.tasks import data_revision, data_source
 
     student = tmp_path / "student"
     student.mkdir()

@@ -23,11 +23,12 @@ import sys
 
 import pytest
 
-from dataset_builders.build import build_dataset
-from tinythinker.pipeline import accuracy, items_from_dataset, oracles_from_dataset, run_pipeline
-from tinythinker.sft import SFTSettings, train_sft
+from tinythinker.data.build import build_dataset
+from tinythinker.data.splits import items_from_dataset, oracles_from_dataset
+from tinythinker.evaluate.engine import accuracy, run_pipeline
+from tinythinker.train.sft import SFTSettings, train_sft
 from tinythinker.students import Student
-from tinythinker.world import write_world
+from tinythinker.data.world import write_world
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ One tiny seq2seq student, trained for a few dozen steps on the toy stage data (s
 questions right and some wrong), is evaluated by ``python -m lm_eval`` with ``--model tinythinker``
 (in one process, and data parallel in two under ``accelerate launch``), by lm-eval's stock
 ``--model hf`` on the summarize-oracle task, and by ``tinythinker eval``; every per-question trace
-must equal what :func:`tinythinker.pipeline.run_pipeline` makes on the same questions.
+must equal what :func:`tinythinker.evaluate.engine.run_pipeline` makes on the same questions.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def toy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def direct(toy):
     """The engine called directly: greedy full run, both oracles, and 3 sampled runs per question."""
-    from tinythinker.pipeline import Sampling, items_from_dataset, oracles_from_dataset, run_pipeline
+    from tinythinker.data.splits import items_from_dataset, oracles_from_dataset
+    from tinythinker.evaluate.engine import Sampling, run_pipeline
     from tinythinker.students import Student
 
     _, data, path = toy
@@ -119,8 +120,8 @@ def cli_run(toy) -> Path:
 
 
 def test_lm_eval_cli_runs_the_engine(cli_run, direct):
-    from tinythinker import evaluation as ev
-    from tinythinker.pipeline import vote
+    from tinythinker.evaluate import metrics as ev_metrics
+    from tinythinker.evaluate.engine import vote
 
     out = cli_run
     metrics = results(out)
@@ -160,9 +161,9 @@ def test_lm_eval_cli_runs_the_engine(cli_run, direct):
         assert sc[q.id]["acc"] == float(voted[q.id] == q.answer)
 
     # attribution from the logged samples equals attribution from the engine's own runs
-    from_samples = ev.attribution(*({qid: bool(row["acc"]) for qid, row in samples(out, f"tinythinker_csqa{suffix}").items()}
+    from_samples = ev_metrics.attribution(*({qid: bool(row["acc"]) for qid, row in samples(out, f"tinythinker_csqa{suffix}").items()}
                                     for suffix in ("", "_analyze_oracle", "_summarize_oracle")))
-    from_engine = ev.attribution(*({t.id: t.correct for t in direct[kind]} for kind in ("full", "analyze_oracle", "summarize_oracle")))
+    from_engine = ev_metrics.attribution(*({t.id: t.correct for t in direct[kind]} for kind in ("full", "analyze_oracle", "summarize_oracle")))
     assert from_samples == from_engine
 
 
@@ -175,7 +176,7 @@ def test_two_processes_answer_their_share_with_one_process_verdicts(toy, cli_run
 
     from sqlitedict import SqliteDict
 
-    from tinythinker import evaluation as ev
+    from tinythinker.evaluate import metrics as ev_metrics
 
     root, data, student = toy
     out = root / "two"
@@ -209,14 +210,14 @@ def test_two_processes_answer_their_share_with_one_process_verdicts(toy, cli_run
         assert results(out)[task]["acc,none"] == pytest.approx(sum(one[q]["acc"] for q in questions) / 3)
     # the same attribution; sampled tasks are seeded per engine call, so their samples depend on which
     # questions share a process: each question's 3 samples (the padded request: repeated in order) vote
-    attributed = [ev.attribution(*({q: bool(rows[q]["acc"]) for q in questions}
+    attributed = [ev_metrics.attribution(*({q: bool(rows[q]["acc"]) for q in questions}
                                    for rows in (samples(run, f"tinythinker_csqa{suffix}") for suffix in ("", "_analyze_oracle", "_summarize_oracle"))))
                   for run in (cli_run, out)]
     assert attributed[0] == attributed[1]
     for qid, row in samples(out, "toy_csqa_sc3").items():
         responses = row["filtered_resps"][0]
         assert len(responses) % 3 == 0 and responses == responses[:3] * (len(responses) // 3)
-        assert row["acc"] == ev.vote_metrics([json.loads(r) for r in responses[:3]], row["doc"])["acc"]
+        assert row["acc"] == ev_metrics.vote_metrics([json.loads(r) for r in responses[:3]], row["doc"])["acc"]
 
 
 def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(toy, tmp_path, monkeypatch):
@@ -225,14 +226,15 @@ def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(t
     generation batch, and writes lm-eval's own files (results JSON, per-task samples JSONL)."""
     import lm_eval.tasks
 
-    from tinythinker import evaluation as ev
-    from tinythinker import pipeline
+    from tinythinker.evaluate import harness as ev_harness
+    from tinythinker.evaluate import tasks as ev_tasks
+    from tinythinker.evaluate import engine as inference
     from tinythinker.errors import TinyThinkerError
-    from tinythinker.lm_eval_model import TinyThinkerLM
+    from tinythinker.evaluate.lm_eval_model import TinyThinkerLM
 
     root, data, student = toy
     managers, batches = [], []
-    real_manager, real_pipeline = lm_eval.tasks.TaskManager, pipeline.run_pipeline
+    real_manager, real_pipeline = lm_eval.tasks.TaskManager, inference.run_pipeline
 
     def manager(*args, **kwargs):
         managers.append(kwargs.get("include_defaults", True))
@@ -243,17 +245,17 @@ def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(t
         return real_pipeline(*args, **kwargs)
 
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", manager)
-    monkeypatch.setattr(pipeline, "run_pipeline", engine)
+    monkeypatch.setattr(inference, "run_pipeline", engine)
     out = tmp_path / "eval"
-    argv = ev.lm_eval_argv(["--model_args", "max_new_tokens=24", "progress=false"], student=str(student), data=str(data),
+    argv = ev_harness.lm_eval_argv(["--model_args", "max_new_tokens=24", "progress=false"], student=str(student), data=str(data),
                            config="csqa-full", output_path=str(out), limit=2, batch_size=5, device="cpu")
-    got = ev.run_lm_eval(argv)
+    got = ev_harness.run_lm_eval(argv)
     assert managers == [False] and batches == [5, 5]  # the full task and the analyze oracle ran the engine
     assert got["config"]["tinythinker_gen_batch_size"] == 5 and "PyTorch version" in got["pretty_env_info"]
     [path] = list(out.rglob("results_*.json"))  # OUT/<model name>/results_<date>.json, as lm_eval writes it
     assert path.parent.parent == out and path.parent.name == json.loads(path.read_text())["model_name_sanitized"]
     folder, stamp = path.parent, path.stem.removeprefix("results_")
-    for task in ev.task_names("csqa-full"):
+    for task in ev_tasks.task_names("csqa-full"):
         assert (folder / f"samples_{task}_{stamp}.jsonl").is_file()
         assert got["results"][task]["sample_len"] == 2
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 
-from dataset_builders.build import build_dataset
+from tinythinker.data.build import build_dataset
 from helpers_data import TOY_QUESTIONS, write_stage_data
 from tinythinker.artifacts import card_data_files, split_file, split_path, staged_folder, write_split
-from tinythinker.pipeline import load_stage_split
-from tinythinker.preferences import PairSet, config_name, write_preference_config
-from tinythinker.records import FEATURES, all_configs
+from tinythinker.data.splits import load_stage_split
+from tinythinker.data.preferences import PairSet, config_name, write_preference_config
+from tinythinker.data.records import FEATURES, all_configs
 
 
 def file_rows(folder: Path, config: str, split: str) -> list[dict]:
@@ -159,7 +159,7 @@ def test_datasets_caches_under_the_sessions_own_folder(hermetic_caches, tmp_path
 
 def test_subprocesses_get_the_sessions_caches(hermetic_caches):
     code = ("import json, datasets.config as d, huggingface_hub.constants as h, transformers.utils.hub as t, "
-            "lm_eval.caching.cache as l, tinythinker.teacher.cache as c; "
+            "lm_eval.caching.cache as l, tinythinker.data.teacher.cache as c; "
             "print(json.dumps([str(d.HF_DATASETS_CACHE), str(d.HF_MODULES_CACHE), h.HF_HOME, h.HF_HUB_CACHE, "
             "h.HF_XET_CACHE, h.HF_TOKEN_PATH, t.HF_MODULES_CACHE, l.PATH, str(c.default_cache_dir())]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

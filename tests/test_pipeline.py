@@ -10,19 +10,8 @@ import torch
 from helpers_data import TOY_CAPS, TOY_QUESTIONS, all_texts, overfit_student, toy_items, write_stage_data
 from tinythinker import protocol
 from tinythinker.errors import TinyThinkerError
-from tinythinker.pipeline import (
-    Item,
-    Sampling,
-    Trace,
-    accuracy,
-    generate_analyses,
-    generate_recalls,
-    generate_summaries,
-    items_from_dataset,
-    oracles_from_dataset,
-    run_pipeline,
-    vote,
-)
+from tinythinker.data.splits import Item, items_from_dataset, oracles_from_dataset
+from tinythinker.evaluate.engine import Sampling, Trace, accuracy, generate_analyses, generate_recalls, generate_summaries, run_pipeline, vote
 from tinythinker.students import Student, make_tiny_student
 
 KINDS = ("seq2seq", "causal")

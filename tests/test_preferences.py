@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from tinythinker.artifacts import read_card_metadata, split_path
-from tinythinker.pipeline import Item, Trace
-from tinythinker.preferences import (
+from tinythinker.data.splits import Item
+from tinythinker.evaluate.engine import Trace
+from tinythinker.data.preferences import (
     ANALYZE_RULES,
     PairSet,
     RECALL_RULES,

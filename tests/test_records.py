@@ -10,11 +10,11 @@ from collections import Counter
 import pytest
 
 from tinythinker import protocol
-from tinythinker.records import COLUMNS, FEATURES, build_split, variant_splits
-from tinythinker.sources import Question, QuestionSet, load_questions
-from tinythinker.teacher.requests import build_request
-from tinythinker.teacher.responses import read_responses
-from tinythinker.teacher.select import Rationale, Selection, SelectionCounts, select_rationales
+from tinythinker.data.records import COLUMNS, FEATURES, build_split, variant_splits
+from tinythinker.data.sources import Question, QuestionSet, load_questions
+from tinythinker.data.teacher.requests import build_request
+from tinythinker.data.teacher.responses import read_responses
+from tinythinker.data.teacher.select import Rationale, Selection, SelectionCounts, select_rationales
 
 Q1 = Question("q1", "Where do fish live?", ("water", "trees, mostly", "deserts"), "A")
 Q2 = Question("q2", "What cuts paper?", ("spoon", "scissors", "soap"), "B")

@@ -21,7 +21,7 @@ from helpers_data import all_texts, stage_records, write_stage_data
 from tinythinker.artifacts import read_card_metadata
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import summarize_target
-from tinythinker.reflect import ReflectSettings, reflect
+from tinythinker.train.reflect import ReflectSettings, reflect
 from tinythinker.students import Student, make_tiny_student
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import pytest
 
 from test_lm_eval import REPO, cli_run, direct, toy  # noqa: F401  (session fixtures: one lm-eval run)
 
-from tinythinker import evaluation as ev
-from tinythinker import report as rp
+from tinythinker.evaluate import metrics as ev_metrics
+from tinythinker.evaluate import report as rp
 from tinythinker.errors import TinyThinkerError
 
 
@@ -42,7 +42,7 @@ def test_report_reads_real_lm_eval_output(cli_run, direct):
 
     # attribution: the engine's own oracle runs give the same split of the errors
     [row] = report.attribution
-    expected = ev.attribution_summary(ev.attribution(*({t.id: t.correct for t in direct[kind]}
+    expected = ev_metrics.attribution_summary(ev_metrics.attribution(*({t.id: t.correct for t in direct[kind]}
                                                         for kind in ("full", "analyze_oracle", "summarize_oracle"))))
     assert {k: row[k] for k in expected} == expected
     assert row["correct"] + row["recall"] + row["analyze"] + row["summarize"] + row["unattributed"] == 4

@@ -7,9 +7,9 @@ import random
 import string
 
 from tinythinker.protocol import majority
-from tinythinker.sources import Question, QuestionSet
-from tinythinker.teacher.responses import QuestionResponses, TeacherResponses, TeacherSample
-from tinythinker.teacher.select import (
+from tinythinker.data.sources import Question, QuestionSet
+from tinythinker.data.teacher.responses import QuestionResponses, TeacherResponses, TeacherSample
+from tinythinker.data.teacher.select import (
     RoundNeed,
     choose_diverse,
     next_round_requests,

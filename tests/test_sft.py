@@ -1,4 +1,4 @@
-"""The SFT trainer (tinythinker.sft, `tinythinker train sft`) on a tiny student and a tiny stage data set.
+"""The SFT trainer (tinythinker.train.sft, `tinythinker train sft`) on a tiny student and a tiny stage data set.
 
 The data set folder is written here the way `tinythinker build` lays it out (the HELPERS contract:
 configs {dataset}-{variant}, splits per variant, the shared columns), from a handful of questions
@@ -22,7 +22,7 @@ import torch
 from tinythinker import protocol
 from tinythinker.artifacts import configs_metadata, write_card, write_split
 from tinythinker.protocol import VARIANT_STAGES, VARIANTS
-from tinythinker.train_loop import read_last
+from tinythinker.train.loop import read_last
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def make_student(folder: Path, *, d_model: int = 128, kind: str = "seq2seq") -> 
 # --- training in-process ----------------------------------------------------------------------------
 
 def train(data, student, out, **settings):
-    from tinythinker.sft import SFTSettings, train_sft
+    from tinythinker.train.sft import SFTSettings, train_sft
 
     options = dict(interval=2, epochs=30, lr=1e-3, batch_size=8, seed=0)
     run_options = {k: settings.pop(k) for k in ("micro_batch_size", "log_every", "overwrite") if k in settings}
@@ -154,7 +154,8 @@ def trained(zoo, tmp_path_factory):
 
 def test_a_tiny_student_learns_to_answer_its_training_questions(zoo, trained):
     from tinythinker.artifacts import read_card_metadata
-    from tinythinker.pipeline import items_from_dataset, run_pipeline
+    from tinythinker.data.splits import items_from_dataset
+    from tinythinker.evaluate.engine import run_pipeline
     from tinythinker.students import Student
 
     data, _ = zoo
@@ -195,7 +196,8 @@ def test_a_tiny_causal_student_learns_with_the_same_trainer(zoo, tmp_path):
     """Decoder-only students go through the same trainer (prompt masked out of the loss); they learn
     more slowly than T5 at this size, hence the higher learning rate and more epochs."""
     from tinythinker.artifacts import read_card_metadata
-    from tinythinker.pipeline import items_from_dataset, run_pipeline
+    from tinythinker.data.splits import items_from_dataset
+    from tinythinker.evaluate.engine import run_pipeline
     from tinythinker.students import Student
 
     data, _ = zoo

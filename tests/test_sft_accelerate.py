@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from test_sft import REPO, make_student, one_thread, read_metrics, train, weights, write_stage_data  # noqa: F401
-from tinythinker.train_loop import read_last
+from tinythinker.train.loop import read_last
 
 
 def free_port() -> int:

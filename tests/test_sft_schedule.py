@@ -1,4 +1,4 @@
-"""The block-interleaved stage schedule of REFERENCE 7 (tinythinker.sft.StageSchedule): pure, no model."""
+"""The block-interleaved stage schedule of REFERENCE 7 (tinythinker.train.sft.StageSchedule): pure, no model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tinythinker.protocol import VARIANT_STAGES, VARIANTS
-from tinythinker.sft import StageSchedule, block_lengths
+from tinythinker.train.sft import StageSchedule, block_lengths
 
 LETTER = {"recall": "R", "analyze": "A", "summarize": "S"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tinythinker.errors import TinyThinkerError
-from tinythinker.sources import Question, check_no_leakage, load_questions
+from tinythinker.data.sources import Question, check_no_leakage, load_questions
 
 
 def test_csqa_sizes_and_seeded_validation(raw_dir):
@@ -112,7 +112,7 @@ def test_missing_raw_file(tmp_path):
 def test_unreadable_raw_file(tmp_path, csqa_raw):
     folder = _csqa_folder(tmp_path, [_row(csqa_raw)], csqa_raw)
     (folder / "train_rand_split.jsonl").write_bytes(b'{"id": "\xff\xfe"}\n')
-    assert "cannot read raw file (UnicodeDecodeError)" in _error("csqa", folder)
+    assert "train_rand_split.jsonl: raw file is not UTF-8 text" in _error("csqa", folder)
 
 
 def test_raw_line_not_json(tmp_path, csqa_raw):

@@ -16,9 +16,9 @@ import pytest
 
 from openai_server import serve
 from teacher_helpers import read_output_lines, write_tiny_csqa
-from tinythinker.sources import load_questions
-from tinythinker.teacher.cache import ResponseCache, request_hash
-from tinythinker.teacher.requests import build_request
+from tinythinker.data.sources import load_questions
+from tinythinker.data.teacher.cache import ResponseCache, request_hash
+from tinythinker.data.teacher.requests import build_request
 
 SECRET = "sk-test-5ecret-never-written-0123456789"
 TRAIN = 30  # write_tiny_csqa(train=40, dev=10): 30 train, 10 validation, 10 test questions
@@ -143,8 +143,8 @@ def test_run_through_faults_then_rerun_sends_nothing(raw, tmp_path, env):
     no_secret_anywhere(tmp_path, result.stdout, result.stderr)
 
     # the output is what `build` reads (issue 2's reader and selection)
-    from tinythinker.teacher.responses import read_responses
-    from tinythinker.teacher.select import select_rationales
+    from tinythinker.data.teacher.responses import read_responses
+    from tinythinker.data.teacher.select import select_rationales
 
     questions = load_questions("csqa", raw)
     responses = read_responses([out], questions)

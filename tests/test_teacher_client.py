@@ -14,8 +14,8 @@ import pytest
 from openai_server import serve
 from teacher_helpers import read_output_lines, write_tiny_csqa
 from tinythinker.errors import TinyThinkerError
-from tinythinker.sources import load_questions
-from tinythinker.teacher.cache import (
+from tinythinker.data.sources import load_questions
+from tinythinker.data.teacher.cache import (
     ResponseCache,
     ResponsesFile,
     encode_response,
@@ -23,9 +23,9 @@ from tinythinker.teacher.cache import (
     output_line_text,
     request_hash,
 )
-from tinythinker.teacher.client import Endpoint, Limits, TeacherClient, TeacherServerError, parse_duration, retry_after_seconds
-from tinythinker.teacher.cost import TokenCounter, estimate_tokens, load_prices, price_for, reservation_tokens
-from tinythinker.teacher.requests import build_request, exemplars, instruction, render_exemplar
+from tinythinker.data.teacher.client import Endpoint, Limits, TeacherClient, TeacherServerError, parse_duration, retry_after_seconds
+from tinythinker.data.teacher.cost import TokenCounter, estimate_tokens, load_prices, price_for, reservation_tokens
+from tinythinker.data.teacher.requests import build_request, exemplars, instruction, render_exemplar
 
 FAST = dict(backoff_base=0.01, backoff_max=0.05, max_retries=8)  # rpm / tpm: the server's headers (the default)
 
@@ -398,7 +398,7 @@ def test_output_file_appends_once_cuts_torn_tail_and_locks(tmp_path, requests_cs
 
 
 def test_import_batch_rejects_bad_files_with_file_and_line(tmp_path, requests_csqa):
-    from tinythinker.teacher.teach import import_batch
+    from tinythinker.data.teacher.teach import import_batch
 
     requests = tmp_path / "in.jsonl"
     requests.write_text("".join(json.dumps(r) + "\n" for r in requests_csqa[:2]))

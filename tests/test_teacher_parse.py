@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tinythinker.errors import TinyThinkerError
-from tinythinker.sources import Question, QuestionSet
-from tinythinker.teacher.requests import build_request, match_key, question_match_key, user_message
-from tinythinker.teacher.responses import read_responses
+from tinythinker.data.sources import Question, QuestionSet
+from tinythinker.data.teacher.requests import build_request, match_key, question_match_key, user_message
+from tinythinker.data.teacher.responses import read_responses
 
 QUESTIONS = [
     Question("q1", "Where do fish live?", ("water", "trees, mostly", "deserts", "caves", "clouds"), "A"),

@@ -1,4 +1,4 @@
-"""The learnable world (``tinythinker.world``, ``tinythinker world``): reproducible, in the release
+"""The learnable world (``tinythinker.data.world``, ``tinythinker world``): reproducible, in the release
 formats, balanced, without shortcuts, every fact taught and no combination asked twice; the CLI; a
 world builds for every data set.
 
@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from tinythinker.cli import main
 from tinythinker.protocol import letters_for
-from tinythinker.sources import check_no_leakage, get_spec, load_questions
-from tinythinker.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, TRAIN_VARIANTS, World, world_files
+from tinythinker.data.sources import check_no_leakage, get_spec, load_questions
+from tinythinker.data.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, TRAIN_VARIANTS, World, world_files
 
 DATASETS = ("csqa", "obqa", "strategyqa")
 SMALL = MIN_ENTITIES * len(RELATIONS)  # the minimum, 80

@@ -1,5 +1,5 @@
 """`python -m tinythinker ...` (what `accelerate launch -m tinythinker ...` runs)."""
 
-from .cli import main
+from tinythinker.cli import main
 
 main(prog_name="tinythinker")

@@ -27,7 +27,7 @@ from typing import Iterator, Mapping, Sequence
 
 import yaml
 
-from .errors import TinyThinkerError, where
+from tinythinker.errors import TinyThinkerError, where
 
 PARTIAL_MARK = ".partial-"
 
@@ -202,6 +202,17 @@ def read_card_metadata(folder: str | Path) -> dict:
         return {}
     end = text.find("\n---", 4)
     return yaml.safe_load(text[4:end]) or {} if end != -1 else {}
+
+
+def checkpoint_provenance(student) -> dict:
+    """The ``tinythinker`` section of a local checkpoint's card (how it was trained); {} for a Hub id,
+    a folder without one, or a card that cannot be read (a missing record only loses a default)."""
+    path = Path(str(student or ""))
+    try:
+        info = read_card_metadata(path).get("tinythinker") if student and path.is_dir() else None
+    except Exception:  # noqa: BLE001 - any unreadable card counts as none
+        info = None
+    return info if isinstance(info, dict) else {}
 
 
 def iter_jsonl(path: str | Path, *, what: str) -> Iterator[tuple[int, dict]]:

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .errors import TinyThinkerError
+from tinythinker.errors import TinyThinkerError
 
 # command name -> "module:attribute" under tinythinker.commands
 COMMANDS = {

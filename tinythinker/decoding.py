@@ -55,6 +55,20 @@ SHARE_PREFIXES = True  # causal: prompts that differ only in their last tokens s
 COMPACT_AT = 0.5  # finished rows leave the batch (a copy of its cache) once they are this share of its rows (measured: docs/students.md)
 
 
+def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows as one [n, longest] tensor padded with ``value`` (on the left: every row ends at the
+    last column, where a causal continuation starts), and the attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+    return ids, mask
+
+
 def plain_only(model) -> str | None:
     """Why the lean loop cannot decode ``model`` (its generation config asks for more), else None."""
     config = getattr(model, "generation_config", None)
@@ -164,13 +178,11 @@ def _encode(student, rows: list[Sequence[int]]) -> tuple[torch.Tensor, torch.Ten
     runs in chunks of :data:`ENCODER_CHUNK_TOKENS` padded tokens: its attention is quadratic in the
     width, so a chunk of similar lengths wastes little on padding and keeps its score tensors small,
     while the decoder still runs all rows at once."""
-    from .students import _pad
-
     encoder, device, pad = student.model.get_encoder(), student.device, student.tokenizer.pad_token_id
     width = max(1, max(len(row) for row in rows))
     states, masks = [], []
     for part in _chunks([max(1, len(row)) for row in rows], ENCODER_CHUNK_TOKENS):
-        input_ids, mask = _pad(rows[part], pad)
+        input_ids, mask = pad_rows(rows[part], pad)
         input_ids, mask = input_ids.to(device), mask.to(device)
         hidden = encoder(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
         extra = width - hidden.shape[1]
@@ -233,15 +245,13 @@ def _prefill_rows(student, rows: list[Sequence[int]], cache_name: str, max_new_t
     mask and the last position ids, as ``generate``'s prefill would (count of real tokens before; pads 0)."""
     from transformers import DynamicCache
 
-    from .students import _pad
-
     model, device, pad = student.model, student.device, student.tokenizer.pad_token_id
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     width = max(1, max(len(row) for row in rows))
     logits, masks, positions = [], [], []
     joined = _buffered_cache(max_new_tokens)
     for part in _chunks([max(1, len(row)) for row in rows], ENCODER_CHUNK_TOKENS):
-        input_ids, mask = _pad(rows[part], pad, left=True)
+        input_ids, mask = pad_rows(rows[part], pad, left=True)
         input_ids, mask = input_ids.to(device), mask.to(device)
         position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache()

@@ -29,6 +29,8 @@ VARIANT_STAGES: dict[str, tuple[str, ...]] = {
 }
 VARIANTS = tuple(VARIANT_STAGES)
 
+REFERENCE_MAX_LENGTH = 200  # the reference's token cap (SFT targets, DPO prompts and responses)
+
 
 def config_name(dataset: str, variant: str) -> str:
     """The data set config of a variant: ``csqa``, ``no_recall`` -> ``csqa-no_recall``."""

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import atomic_write_text
-from .errors import TinyThinkerError
-from .protocol import VARIANTS, config_name
-from .settings import ReflectSettings, SFTSettings, defaults
-from .sources import get_spec
-from .tracking import REPORT_TO, check_report_to
+from tinythinker.artifacts import atomic_write_text
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import VARIANTS, config_name
+from tinythinker.train.settings import ReflectSettings, SFTSettings, defaults
+from tinythinker.data.sources import get_spec
+from tinythinker.train.tracking import REPORT_TO, check_report_to
 
-# Recipe keys and their defaults (REFERENCE section 3; the SFT and reflection hyperparameters are those of tinythinker.settings).
+# Recipe keys and their defaults (REFERENCE section 3; the SFT and reflection hyperparameters are those of tinythinker.train.settings).
 DEFAULTS: dict = {
     "name": None,
     "dataset": None,
@@ -285,7 +285,7 @@ def execute(run: Plan, *, console=None, env: dict | None = None) -> dict:
         "run_dir": str(run.run_dir),
         "steps": [{"name": s.name, "output": str(s.output), "seconds": timings.get(s.name)} for s in run.steps],
     }
-    from .report import JSON_FILE
+    from tinythinker.evaluate.report import JSON_FILE
 
     report_json = run.run_dir / "report" / JSON_FILE
     if report_json.exists():

@@ -20,8 +20,10 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .errors import TinyThinkerError
-from .settings import REFERENCE_MAX_LENGTH
+from tinythinker.decoding import generate_ids as _decode
+from tinythinker.decoding import pad_rows as _pad
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import REFERENCE_MAX_LENGTH
 
 IGNORE_INDEX = -100  # label value that transformers' losses skip
 
@@ -30,6 +32,18 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def distributed_on_cpus() -> bool:
+    """Several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without accelerators:
+    tell accelerate to use the CPUs (gloo); it would otherwise fall back to one process each."""
+    import os
+
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
@@ -72,7 +86,7 @@ class Student:
         by its config."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from .hub import hub_error, is_hub_id, pin
+        from tinythinker.hub import hub_error, is_hub_id, pin
 
         source = str(name_or_path)
         local = Path(source)
@@ -232,11 +246,9 @@ class Student:
                      **engine) -> list[list[str]]:
         """:meth:`generate` on prompts already tokenised (by :meth:`tokenize_prompts`), through the
         engine of :mod:`tinythinker.decoding` (``engine``: its ``memory_budget`` and ``plain``)."""
-        from .decoding import generate_ids
-
-        return generate_ids(self, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                            top_k=top_k, num_return_sequences=num_return_sequences, seed=seed, batch_size=batch_size,
-                            on_batch=on_batch, **engine)
+        return _decode(self, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                       top_k=top_k, num_return_sequences=num_return_sequences, seed=seed, batch_size=batch_size,
+                       on_batch=on_batch, **engine)
 
     def _generation_config(self, max_new_tokens, do_sample, temperature, top_k, num_return_sequences):
         from transformers import GenerationConfig
@@ -272,20 +284,6 @@ class Student:
             generated = generated[:, input_ids.shape[1] :]
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return [text.strip() for text in texts]
-
-
-def _pad(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows as one [n, longest] tensor padded with ``value`` (on the left: every row ends at the
-    last column, where a causal continuation starts), and the attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-    return ids, mask
 
 
 # --- tiny students for tests, demos and benchmarks -----------------------------------------------

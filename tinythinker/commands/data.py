@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import TinyThinkerError
-from ..protocol import config_name
-from ..sources import DATASETS
-from . import options
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import config_name
+from tinythinker.data.sources import DATASETS
+from tinythinker.commands import options
 
 console = Console(stderr=True)
 # Tables are wider than 80 columns: give pipes and files room instead of truncating the names.
@@ -26,7 +26,7 @@ out_console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def _progress(enabled: bool = True):
-    from ..progress import progress_bar
+    from tinythinker.progress import progress_bar
 
     # transient (and off when stderr is not a terminal): an error stays the single line on stderr
     return progress_bar(console=console, enabled=enabled and console.is_terminal, transient=True)
@@ -97,7 +97,7 @@ def _selection_table(selection: dict[str, dict]) -> Table:
 def build(dataset, raw, revision, responses, out, seed, overwrite, reference_order, next_round, progress):
     """Turn teacher responses into the stage data set of DATASET (configs DATASET-full, -no_recall,
     -no_analyze, -summarize_only)."""
-    from dataset_builders.build import build_dataset
+    from tinythinker.data.build import build_dataset
 
     with _progress(progress) as bar:
         result = build_dataset(dataset, raw, responses, out, seed=seed, revision=revision, overwrite=overwrite,
@@ -126,7 +126,7 @@ def inspect(folder, examples):
     """Summarise a data set folder: configs, split sizes, rejection reasons, a few examples."""
     import pyarrow.parquet as pq
 
-    from ..artifacts import read_card_metadata
+    from tinythinker.artifacts import read_card_metadata
 
     if not folder.is_dir():
         raise TinyThinkerError(f"{folder}: no such folder; pass a folder written by `tinythinker build`")
@@ -182,7 +182,7 @@ def inspect(folder, examples):
 @options.progress
 def push(folder, repo, private, dry_run, progress):
     """Upload an artifact folder (data set, preference set or checkpoint) to the Hugging Face Hub."""
-    from ..hub import plan_push, push_folder
+    from tinythinker.hub import plan_push, push_folder
 
     plan = plan_push(folder, repo, private=private)
     if dry_run:
@@ -223,7 +223,7 @@ def world(dataset, out, seed, questions, defects, letters, overwrite):
     Build it with: tinythinker build DATASET --raw OUT/raw --responses OUT/teacher.jsonl --out ..."""
     import json
 
-    from ..world import DEFAULT_DEFECTS, DEFAULT_QUESTIONS, write_world
+    from tinythinker.data.world import DEFAULT_DEFECTS, DEFAULT_QUESTIONS, write_world
 
     folder = write_world(dataset, out, seed=seed, questions=questions or DEFAULT_QUESTIONS,
                          defects=DEFAULT_DEFECTS if defects is None else defects, letters=letters, overwrite=overwrite)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import options
+from tinythinker.commands import options
 
 
 @click.command(
@@ -37,9 +37,9 @@ def eval_command(ctx, student, student_revision, data, revision, config, split, 
     """Evaluate with lm-eval: `tinythinker eval LM_EVAL_ARGS...` is `lm_eval run LM_EVAL_ARGS...` that also
     knows --model tinythinker and the TinyThinker tasks (eval_tasks/), without indexing lm-eval's
     ~14,000 built-in task files (only when a task is none of the included ones). Same output files."""
-    from ..errors import TinyThinkerError
-    from ..evaluation import lm_eval_argv, run_lm_eval
-    from ..hub import pin
+    from tinythinker.errors import TinyThinkerError
+    from tinythinker.evaluate.harness import lm_eval_argv, run_lm_eval
+    from tinythinker.hub import pin
 
     if revision is not None and (not data or data in ("demo", "world")):
         raise TinyThinkerError("--revision pins the Hub data set given with --data; pass --data ORG/NAME too")
@@ -76,8 +76,8 @@ def report(results, compare, out, as_json, plots, markdown):
     the students (their metrics.jsonl), or run folders given directly, add training curves (--out)."""
     from rich.console import Console
 
-    from ..artifacts import atomic_write_text
-    from ..report import JSON_FILE, MARKDOWN_FILE, build_report, render_markdown, render_plots, render_tables, to_json
+    from tinythinker.artifacts import atomic_write_text
+    from tinythinker.evaluate.report import JSON_FILE, MARKDOWN_FILE, build_report, render_markdown, render_plots, render_tables, to_json
 
     for old, given in (("--plots DIR", plots), ("--markdown FILE", markdown), ("--json FILE", as_json not in (None, "-"))):
         if given:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from . import options
+from tinythinker.commands import options
 
 
 def _show_headline(rows: list[dict], console) -> None:
     """The run's result in one table: each student's test accuracy and per-stage figures."""
     from rich.table import Table
 
-    from ..recipe import HEADLINE
+    from tinythinker.recipe import HEADLINE
 
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     short = {"accuracy": "acc", "with teacher recall": "acc [1]", "with teacher recall+analyses": "acc [2]",
@@ -62,7 +62,7 @@ def quickstart(run_dir: Path, dataset: str, seed: int, progress: bool):
     """A generated learnable world -> build -> tiny student SFT -> 1 DPO iteration -> lm-eval -> report (no network, no key)."""
     from rich.console import Console
 
-    from ..recipe import builtin_recipe, execute, plan
+    from tinythinker.recipe import builtin_recipe, execute, plan
 
     recipe = builtin_recipe("quickstart")
     recipe["dataset"] = dataset
@@ -89,7 +89,7 @@ def run(recipe_file: Path, run_dir: Path | None, dry_run: bool, progress: bool):
 
     from rich.console import Console
 
-    from ..recipe import execute, load_recipe, plan
+    from tinythinker.recipe import execute, load_recipe, plan
 
     console = Console(stderr=True)
     steps = plan(load_recipe(recipe_file), run_dir, progress=progress)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..settings import LoopOptions, ReflectSettings
-from ..tracking import REPORT_TO
-from . import options
+from tinythinker.train.settings import LoopOptions, ReflectSettings
+from tinythinker.train.tracking import REPORT_TO
+from tinythinker.commands import options
 
 
 def _stages(value: str) -> tuple[str, ...]:
@@ -67,7 +67,7 @@ def reflect(student, data, revision, config, out, iterations, stages, samples, t
     from rich.console import Console
     from transformers.utils import logging as transformers_logging
 
-    from ..reflect import reflect as run_reflection
+    from tinythinker.train.reflect import reflect as run_reflection
 
     transformers_logging.disable_progress_bar()  # checkpoint load/save bars would break through the run's own
     console = Console(stderr=True)

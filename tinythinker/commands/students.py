@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import TinyThinkerError
-from ..protocol import VARIANTS, config_parts
-from . import options
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import VARIANTS, config_parts
+from tinythinker.commands import options
 
 CHUNK_QUESTIONS = 256  # questions per resumable chunk of `infer` (each chunk is batched across stages)
 
@@ -51,10 +51,10 @@ def init(kind, data, revision, config, shape, seed, out, overwrite):
     if out.exists() and not overwrite:  # before any slow work (staged_folder checks again)
         raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
-    from ..artifacts import staged_folder, write_card
-    from ..hub import pin
-    from ..pipeline import load_stage_split, stage_configs
-    from ..students import make_tiny_student
+    from tinythinker.artifacts import staged_folder, write_card
+    from tinythinker.hub import pin
+    from tinythinker.data.splits import load_stage_split, stage_configs
+    from tinythinker.students import make_tiny_student
 
     commit = pin(data, revision)
     configs = stage_configs(data, commit)
@@ -142,10 +142,11 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
     if out.exists() and not overwrite:
         raise TinyThinkerError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
-    from ..artifacts import atomic_write_text
-    from ..hub import pin
-    from ..pipeline import Sampling, Trace, accuracy, items_from_dataset, oracles_from_dataset, run_pipeline
-    from ..students import Student
+    from tinythinker.artifacts import atomic_write_text
+    from tinythinker.hub import pin
+    from tinythinker.data.splits import items_from_dataset, oracles_from_dataset
+    from tinythinker.evaluate.engine import Sampling, Trace, accuracy, run_pipeline
+    from tinythinker.students import Student
 
     data_commit = pin(data, revision)
     student_commit = pin(student_name, student_revision, repo_type="model")

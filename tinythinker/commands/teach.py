@@ -17,9 +17,9 @@ from pathlib import Path
 
 import click
 
-from ..errors import TinyThinkerError
-from ..sources import DATASETS
-from . import options
+from tinythinker.errors import TinyThinkerError
+from tinythinker.data.sources import DATASETS
+from tinythinker.commands import options
 
 
 class DefaultGroup(click.Group):
@@ -49,7 +49,7 @@ def teach():
 
 
 def _default_base_url() -> str:
-    from ..teacher.client import DEFAULT_BASE_URL
+    from tinythinker.data.teacher.client import DEFAULT_BASE_URL
 
     return os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
@@ -86,8 +86,8 @@ def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit
     from rich.console import Console
     from rich.markup import escape
 
-    from ..teacher.client import Limits
-    from ..teacher.teach import LiveProgress, TeachOptions, batch_limits_warning, parse_splits, teach as run_teach
+    from tinythinker.data.teacher.client import Limits
+    from tinythinker.data.teacher.teach import LiveProgress, TeachOptions, batch_limits_warning, parse_splits, teach as run_teach
 
     base_url = base_url or _default_base_url()
     options = TeachOptions(
@@ -141,7 +141,7 @@ def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit
 
 
 def _print_dry_run(console, options, result, as_json: bool) -> None:
-    from ..teacher.client import describe_limits
+    from tinythinker.data.teacher.client import describe_limits
 
     estimate = result.estimate
     limits = describe_limits(options.limits)
@@ -229,7 +229,7 @@ def _print_summary(console, options, result) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def import_batch_command(batch_output, requests_path, out, round_index, cache_dir, as_json):
     """Check OpenAI Batch output file(s) and append their answers to --out (and the cache)."""
-    from ..teacher.teach import import_batch
+    from tinythinker.data.teacher.teach import import_batch
 
     if round_index is None:
         found = re.search(r"\.round(\d+)\.batch-input", requests_path.name)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..protocol import VARIANTS
-from ..settings import SCHEDULES, LoopOptions, SFTSettings
-from ..tracking import REPORT_TO
-from . import options
+from tinythinker.protocol import VARIANTS
+from tinythinker.train.settings import SCHEDULES, LoopOptions, SFTSettings
+from tinythinker.train.tracking import REPORT_TO
+from tinythinker.commands import options
 
 
 @click.group()
@@ -65,7 +65,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
     For several GPUs or processes: accelerate launch -m tinythinker train sft ..."""
     from rich.console import Console
 
-    from ..sft import train_sft
+    from tinythinker.train.sft import train_sft
 
     console = Console(stderr=True, soft_wrap=True)
     settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,

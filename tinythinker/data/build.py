@@ -22,13 +22,15 @@ from typing import Iterator, Sequence
 from tinythinker import __version__
 from tinythinker.artifacts import configs_metadata, place_split, staged_folder, write_card
 from tinythinker.cards import render_card
+from tinythinker.data.builder import CITATION, builder_class
 from tinythinker.errors import TinyThinkerError
+from tinythinker.progress import progress_bar
 from tinythinker.protocol import REJECT_REASONS, config_name
-from tinythinker.records import all_configs
-from tinythinker.sources import QuestionSet, get_spec, load_questions
-from tinythinker.teacher.requests import prompt_hash
-from tinythinker.teacher.responses import TeacherResponses, read_responses
-from tinythinker.teacher.select import (
+from tinythinker.data.records import all_configs
+from tinythinker.data.sources import QuestionSet, get_spec, load_questions
+from tinythinker.data.teacher.requests import prompt_hash
+from tinythinker.data.teacher.responses import TeacherResponses, read_responses
+from tinythinker.data.teacher.select import (
     FAILED_REQUEST,
     NO_ACCEPTED_SAMPLE,
     NO_RESPONSE,
@@ -39,8 +41,6 @@ from tinythinker.teacher.select import (
     write_request_file,
 )
 
-from . import BUILDERS
-from .base import CITATION
 
 SPLIT_RULES = {
     "csqa": "train = official train minus a random {validation} questions (the size of the official dev set), "
@@ -58,16 +58,6 @@ class BuildResult:
     selection: Selection
     counts: dict[str, dict[str, int]]  # config -> split -> rows
     next_round_file: Path | None = None
-
-
-class _NoProgress:
-    """Stand-in for a rich Progress when the caller shows none."""
-
-    def add_task(self, description, total=None):
-        return 0
-
-    def advance(self, task, advance=1):
-        pass
 
 
 @contextlib.contextmanager
@@ -88,15 +78,15 @@ def write_configs(
     folder: Path, questions: QuestionSet, selection: Selection, *, reference_order: bool = False, progress=None
 ) -> dict[str, dict[str, int]]:
     """Run the data set's builder for every variant into ``folder`` (Hub layout); -> row counts."""
-    progress = progress or _NoProgress()
-    builder_class = BUILDERS[questions.dataset]
+    progress = progress or progress_bar(enabled=False)
+    make_builder = builder_class(questions.dataset)
     work = folder / ".build"
     counts: dict[str, dict[str, int]] = {}
     configs = all_configs(questions.dataset)
     task = progress.add_task("writing configs", total=sum(map(len, configs.values())))
     with _quiet_datasets():
         for config, splits in configs.items():
-            builder = builder_class(
+            builder = make_builder(
                 questions=questions,
                 selection=selection,
                 reference_order=reference_order,
@@ -112,6 +102,17 @@ def write_configs(
                 progress.advance(task)
     shutil.rmtree(work)
     return counts
+
+
+def _teacher_provenance(dataset: str, responses: TeacherResponses, selection: Selection) -> dict:
+    """The card's record of the teacher: model(s), sampling settings (one value, or counts of each), prompt, files."""
+    sampling = {
+        key: dict(sorted(counter.items())) if len(counter) > 1 else next(iter(counter), None)
+        for key, counter in (("temperature", responses.temperatures), ("max_tokens", responses.max_tokens), ("n", responses.n))
+    }
+    return {"model": selection.teacher_model, "models": dict(sorted(responses.models.items())), "sampling": sampling,
+            "prompt_hash": prompt_hash(dataset), "response_files": [Path(f).name for f in responses.files],
+            "rounds": responses.rounds}
 
 
 def card_context(
@@ -130,10 +131,8 @@ def card_context(
     # a local path is shortened to its last two parts: the card must not publish the builder's file system
     source_name = "/".join(Path(questions.source).parts[-2:]) if local else questions.source
     source = f"local folder `{source_name}` (original release files)" if local else f"`{questions.source}`"
-    sampling = {
-        key: dict(sorted(counter.items())) if len(counter) > 1 else next(iter(counter), None)
-        for key, counter in (("temperature", responses.temperatures), ("max_tokens", responses.max_tokens), ("n", responses.n))
-    }
+    teacher = _teacher_provenance(questions.dataset, responses, selection)
+    sampling = teacher["sampling"]
     selection_counts = {split: tally.to_dict() for split, tally in selection.counts.items()}
     provenance = {
         "dataset": questions.dataset,
@@ -143,14 +142,7 @@ def card_context(
         "splits": questions.sizes(),
         "raw_counts": questions.raw_counts,
         "merged_duplicates": [list(pair) for pair in questions.merged_duplicates],
-        "teacher": {
-            "model": selection.teacher_model,
-            "models": dict(sorted(responses.models.items())),
-            "sampling": sampling,
-            "prompt_hash": prompt_hash(questions.dataset),
-            "response_files": [Path(f).name for f in responses.files],
-            "rounds": responses.rounds,
-        },
+        "teacher": teacher,
         "reference_order": reference_order,
         "num_augment": selection.num_augment,
         "counts": result_counts,
@@ -192,7 +184,7 @@ def card_context(
         license=spec.license,
         teacher_model=f"`{selection.teacher_model}`" if selection.teacher_model else "not recorded in the responses",
         sampling=", ".join(f"{k} {v}" for k, v in sampling.items() if v is not None) or "not recorded in the responses",
-        prompt_hash=prompt_hash(questions.dataset),
+        prompt_hash=teacher["prompt_hash"],
         response_files=[f"`{Path(f).name}`" for f in responses.files],
         version=__version__,
         citation=CITATION,
@@ -222,7 +214,7 @@ def build_dataset(
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the slow part; staged_folder checks again
         raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
-    progress = progress or _NoProgress()
+    progress = progress or progress_bar(enabled=False)
     questions = load_questions(dataset, raw, seed=seed, revision=revision)
     files = [Path(p) for p in responses]
     read_task = progress.add_task("reading responses", total=len(files))

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
-from ..artifacts import atomic_write_text
-from ..errors import TinyThinkerError, where
+from tinythinker.artifacts import atomic_write_text
+from tinythinker.errors import TinyThinkerError, where
 
 try:  # advisory lock on the output file (POSIX); elsewhere runs are simply not locked
     import fcntl

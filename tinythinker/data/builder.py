@@ -1,9 +1,9 @@
 """The shared ``datasets`` builder: teacher rationales -> the stage configs of one data set.
 
 A builder is a ``datasets.ArrowBasedBuilder`` (the shape of the packaged parquet/json builders):
-``_info`` declares the typed :data:`tinythinker.records.FEATURES`, ``_split_generators`` lists
+``_info`` declares the typed :data:`tinythinker.data.records.FEATURES`, ``_split_generators`` lists
 the splits of the variant, ``_generate_tables`` yields each split as one Arrow table made by
-:func:`tinythinker.records.build_split`. Its configs are ``{dataset}-{variant}``.
+:func:`tinythinker.data.records.build_split`. Its configs are ``{dataset}-{variant}``.
 
 The inputs (questions with their splits, selected rationales) are computed once per build and
 handed to each config's builder, so parsing and selection do not run once per config::
@@ -11,18 +11,20 @@ handed to each config's builder, so parsing and selection do not run once per co
     builder = CsqaBuilder(questions=qs, selection=sel, config_name="csqa-full", cache_dir=tmp)
     builder.download_and_prepare(output_dir=tmp / "csqa-full", file_format="parquet")
 
-``tinythinker build`` (``dataset_builders/build.py``) does this for every variant and lays the
+``tinythinker build`` (``tinythinker/data/build.py``) does this for every variant and lays the
 parquet files out like a Hub dataset repo.
 """
 
 from __future__ import annotations
 
+import functools
+
 import datasets
 
 from tinythinker.protocol import VARIANT_STAGES, VARIANTS, config_name
-from tinythinker.records import FEATURES, iter_split, variant_splits
-from tinythinker.sources import QuestionSet, get_spec
-from tinythinker.teacher.select import Selection
+from tinythinker.data.records import FEATURES, iter_split, variant_splits
+from tinythinker.data.sources import QuestionSet, get_spec
+from tinythinker.data.teacher.select import Selection
 
 CITATION = """@inproceedings{piao-park-2025-tinythinker,
   title = {TinyThinker: Distilling Reasoning through Coarse-to-Fine Knowledge Internalization with Self-Reflection},
@@ -95,3 +97,10 @@ class TinyThinkerBuilder(datasets.ArrowBasedBuilder):
         tables = iter_split(self.questions, self.selection, self.config.variant, split, reference_order=self.reference_order)
         for index, table in enumerate(tables):
             yield index, table
+
+
+@functools.lru_cache(maxsize=None)
+def builder_class(dataset: str) -> type[TinyThinkerBuilder]:
+    """The builder of one data set (``CsqaBuilder``, ...: ``dataset_builders`` exports them by name)."""
+    get_spec(dataset)  # an unknown data set is a clear error
+    return type(f"{dataset.capitalize()}Builder", (TinyThinkerBuilder,), {"DATASET": dataset, "__module__": __name__})

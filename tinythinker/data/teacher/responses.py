@@ -8,7 +8,7 @@ Two line shapes are read (a file may mix them; ``.gz`` files are read transparen
     A pair is matched to its question by ``custom_id`` when the request has one that names a
     question; otherwise by its text: the user message's part before ``Key Information:`` (the stem
     and the ``Options: A. x, B. y`` line), whitespace removed, must equal that part of the user
-    message :func:`tinythinker.teacher.requests.user_message` writes for exactly one question.
+    message :func:`tinythinker.data.teacher.requests.user_message` writes for exactly one question.
 (b) OpenAI Batch API output lines ``{custom_id, response: {status_code, body}, error}`` whose
     ``custom_id`` is the question id (what ``teacher/requests.build_request`` writes). The optional
     fields ``round`` and ``max_tokens`` that ``tinythinker teach`` adds to its lines are used.
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
-from ..errors import TinyThinkerError, where
-from ..sources import Question, QuestionSet
-from .requests import match_key, question_match_key
+from tinythinker.errors import TinyThinkerError, where
+from tinythinker.data.sources import Question, QuestionSet
+from tinythinker.data.teacher.requests import match_key, question_match_key
 
 
 class TeacherSample(NamedTuple):  # a tuple: a CSQA-sized build holds ~80k of them

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .errors import TinyThinkerError
+from tinythinker.errors import TinyThinkerError
 
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 TRACKING_DIR = "tracking"  # inside the run folder

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..errors import TinyThinkerError
+from tinythinker.errors import TinyThinkerError
 
 # USD per 1M tokens (OpenAI list prices, standard tier). Batch API requests cost half.
 BUILTIN_PRICES: dict[str, tuple[float, float]] = {

@@ -20,7 +20,7 @@ computes them once and caches them on disk under a key made of the model's and t
 fingerprints: a rerun (a resumed iteration) reads them back instead of recomputing.
 
 :class:`DPORun` trains one self-reflection iteration on the one training loop
-(:mod:`tinythinker.train_loop`): recall-pair and analyze-pair blocks alternate on the SFT trainer's
+(:mod:`tinythinker.train.loop`): recall-pair and analyze-pair blocks alternate on the SFT trainer's
 schedule (:func:`dpo_schedule`), validation of the whole pipeline after every cycle keeps the best
 checkpoint, and ``last/`` resumes exactly.
 """
@@ -39,10 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .settings import REFERENCE_MAX_LENGTH, DPOSettings
-from .sft import StageSchedule
-from .students import Student
-from .train_loop import METRICS_FILE, TrainLoop, chunks, read_rows
+from tinythinker.protocol import REFERENCE_MAX_LENGTH
+from tinythinker.train.settings import DPOSettings
+from tinythinker.train.sft import StageSchedule
+from tinythinker.students import Student
+from tinythinker.train.loop import METRICS_FILE, TrainLoop, chunks, read_rows
 
 
 def encode_pairs(student: Student, pairs: Sequence[Mapping[str, str]], max_length: int = REFERENCE_MAX_LENGTH) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import random
 from functools import lru_cache
 from importlib import resources
 
-from ..sources import DatasetSpec, Question, get_spec
+from tinythinker.data.sources import DatasetSpec, Question, get_spec
 
 TEMPERATURE = 0.8
 MAX_TOKENS = 256

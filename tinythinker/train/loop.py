@@ -1,4 +1,4 @@
-"""The one training loop of SFT (:mod:`tinythinker.sft`) and DPO (:mod:`tinythinker.dpo`), on accelerate.
+"""The one training loop of SFT (:mod:`tinythinker.train.sft`) and DPO (:mod:`tinythinker.train.dpo`), on accelerate.
 
 A phase subclasses :class:`TrainLoop`, sets ``self.schedule`` (a :class:`sft.StageSchedule`) and gives
 what differs: how a step's rows become micro-batches (:meth:`~TrainLoop.batches`), what a micro-batch's
@@ -34,9 +34,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import TinyThinkerError
-from .settings import LoopOptions
-from .tracking import TRACKING_DIR, check_report_to, restart_at, scalars
+from tinythinker.errors import TinyThinkerError
+from tinythinker.students import distributed_on_cpus
+from tinythinker.train.settings import LoopOptions
+from tinythinker.train.tracking import TRACKING_DIR, check_report_to, restart_at, scalars
 
 BEST, LAST, METRICS_FILE = "best", "last", "metrics.jsonl"
 COUNTERS_FILE = "custom_checkpoint_0.pkl"  # accelerate numbers registered objects; the counters come first
@@ -46,7 +47,7 @@ COUNTERS_FILE = "custom_checkpoint_0.pkl"  # accelerate numbers registered objec
 
 def make_accelerator(bf16: bool, report_to: str | None = None, out: Path | None = None):
     """The run's ``accelerate`` state: bf16 autocast or not; several launched processes on a machine
-    without accelerators train on the CPUs; ``report_to`` a tracker (:mod:`tinythinker.tracking`)
+    without accelerators train on the CPUs; ``report_to`` a tracker (:mod:`tinythinker.train.tracking`)
     writing into the run folder ``out``."""
     from accelerate import Accelerator
 
@@ -58,21 +59,9 @@ def make_accelerator(bf16: bool, report_to: str | None = None, out: Path | None 
         raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
 
 
-def distributed_on_cpus() -> bool:
-    """Several processes (torchrun, `accelerate launch --multi_gpu`) on a machine without accelerators:
-    tell accelerate to use the CPUs (gloo); it would otherwise fall back to one process each."""
-    import os
-
-    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    return not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
-
-
 def validate(accelerator, student, items: Sequence, *, variant: str, batch_size: int, seed: int) -> dict:
     """Greedy accuracy of the whole pipeline on ``items``, shared out between processes."""
-    from .pipeline import run_pipeline
+    from tinythinker.evaluate.engine import run_pipeline
 
     with accelerator.split_between_processes(list(items)) as shard:
         traces = run_pipeline(student, list(shard), variant=variant, batch_size=batch_size, seed=seed,
@@ -272,7 +261,7 @@ class TrainLoop:
         from accelerate.utils import set_seed
         from transformers import get_cosine_schedule_with_warmup
 
-        from .students import Student
+        from tinythinker.students import Student
 
         s, acc, total = self.settings, self.accelerator, self.schedule.total_steps
         self.counters.total_steps = total
@@ -353,7 +342,7 @@ class TrainLoop:
         return point
 
     def _save_best(self) -> None:
-        from .artifacts import staged_folder
+        from tinythinker.artifacts import staged_folder
 
         if self.is_main:
             with staged_folder(self.out / BEST, overwrite=True) as tmp:
@@ -370,7 +359,7 @@ class TrainLoop:
         """``OUT/last``, written into a temporary folder beside it and renamed into place."""
         from accelerate.utils import broadcast_object_list
 
-        from .artifacts import staged_folder
+        from tinythinker.artifacts import staged_folder
 
         acc = self.accelerator
         if self.is_main:
@@ -398,7 +387,7 @@ class TrainLoop:
     def _progress(self):
         from rich.progress import TextColumn
 
-        from .progress import progress_bar
+        from tinythinker.progress import progress_bar
 
         return progress_bar(TextColumn("{task.fields[info]}"), console=self.console, enabled=self.progress_enabled and self.is_main)
 

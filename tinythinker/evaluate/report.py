@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .artifacts import iter_jsonl, umask_mode
-from .errors import TinyThinkerError
-from .evaluation import OUTCOMES, attribution, attribution_summary
-from .protocol import config_parts
+from tinythinker.artifacts import checkpoint_provenance, iter_jsonl, umask_mode
+from tinythinker.errors import TinyThinkerError
+from tinythinker.evaluate.metrics import OUTCOMES, attribution, attribution_summary
+from tinythinker.protocol import config_parts
 
 TASK_RE = re.compile(r"^tinythinker_(?P<dataset>[a-z]+?)(?:_(?P<kind>analyze_oracle|summarize_oracle|sc))?$")
 REFLECT_METRICS = "metrics.jsonl"  # the metrics log of a training run, SFT or self-reflection
@@ -121,17 +121,6 @@ def _read_json(path: Path) -> dict:
         raise TinyThinkerError(f"{path}: cannot read lm-eval results ({error.__class__.__name__}); delete or fix the file") from None
 
 
-def _student_card(student: str) -> dict:
-    from .artifacts import read_card_metadata
-
-    path = Path(student)
-    try:
-        info = read_card_metadata(path).get("tinythinker") if path.is_dir() else None
-    except Exception:  # noqa: BLE001 - a card we cannot read only loses the iteration column
-        info = None
-    return info if isinstance(info, dict) else {}
-
-
 def _metrics(task_results: dict) -> dict[str, float]:
     """``{"acc": 0.5, ...}`` from lm-eval's ``{"acc,none": 0.5, "acc_stderr,none": ...}``."""
     out = {}
@@ -178,7 +167,7 @@ def load_results(root: Path, *, prefix: bool = False) -> list[TaskResult]:
         if isinstance(model_args, str):
             model_args = dict(part.split("=", 1) for part in model_args.split(",") if "=" in part)
         student = str(model_args.get("pretrained", config.get("model", "?")))
-        card = _student_card(student)
+        card = checkpoint_provenance(student)
         method = card.get("method")
         iteration = 0 if method == "sft" else card.get("iteration")
         label = _label(root, path, data.get("model_name_sanitized"), prefix)
@@ -420,7 +409,7 @@ def render_markdown(report: Report, plots: Path | None = None, markdown: Path | 
     training curves, linked relative to where the ``markdown`` file goes."""
     import os
 
-    from .cards import render_card
+    from tinythinker.cards import render_card
 
     curves = []
     for run in report.training if plots is not None else ():

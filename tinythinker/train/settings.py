@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .protocol import ANALYZE, RECALL
+from tinythinker.protocol import ANALYZE, RECALL, REFERENCE_MAX_LENGTH
 
-REFERENCE_MAX_LENGTH = 200  # the reference's token cap (SFT targets, DPO prompts and responses)
 SCHEDULES = ("blocks", "mixed")  # SFT's: one stage per block (REFERENCE 7), or every batch from all stages
 
 
@@ -100,14 +99,14 @@ class ReflectSettings:
 
     def resolved(self) -> "ReflectSettings":
         """Local paths made absolute (a rerun from elsewhere matches); stages in pipeline order."""
-        from .preferences import PAIR_STAGES
+        from tinythinker.data.preferences import PAIR_STAGES
 
         stages = tuple(stage for stage in PAIR_STAGES if stage in self.stages)
         return replace(self, student=absolute(self.student), data=absolute(self.data), stages=stages)
 
     def check(self) -> None:
-        from .errors import TinyThinkerError
-        from .preferences import PAIR_STAGES
+        from tinythinker.errors import TinyThinkerError
+        from tinythinker.data.preferences import PAIR_STAGES
 
         unknown = [s for s in self.stages if s not in PAIR_STAGES]
         if unknown or not self.stages:

@@ -32,11 +32,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 from rich.progress import Progress, ProgressColumn
 from rich.text import Text
 
-from ..artifacts import iter_jsonl
-from ..errors import TinyThinkerError, where
-from ..progress import progress_bar
-from ..sources import SPLITS, QuestionSet, load_questions
-from .cache import (
+from tinythinker.artifacts import iter_jsonl
+from tinythinker.errors import TinyThinkerError, where
+from tinythinker.progress import progress_bar
+from tinythinker.data.sources import SPLITS, QuestionSet, load_questions
+from tinythinker.data.teacher.cache import (
     ResponseCache,
     ResponsesFile,
     default_cache_dir,
@@ -48,9 +48,9 @@ from .cache import (
     round_of,
     write_jsonl,
 )
-from .client import DEFAULT_BASE_URL, Endpoint, Limits, Reply, RequestFailed, Stats, TeacherClient, check_completion
-from .cost import Estimate, TokenCounter, completion_forecast, estimate_requests, load_prices, price_for
-from .requests import build_request, exemplars
+from tinythinker.data.teacher.client import DEFAULT_BASE_URL, Endpoint, Limits, Reply, RequestFailed, Stats, TeacherClient, check_completion
+from tinythinker.data.teacher.cost import Estimate, TokenCounter, completion_forecast, estimate_requests, load_prices, price_for
+from tinythinker.data.teacher.requests import build_request, exemplars
 
 # OpenAI Batch API input limits (per file).
 BATCH_MAX_REQUESTS = 50_000
@@ -139,8 +139,8 @@ def first_round_requests(questions: QuestionSet, options: TeachOptions) -> list[
 
 def later_round_requests(questions: QuestionSet, options: TeachOptions, done_rounds: Mapping, round_index: int) -> list[dict]:
     """Requests of round ``round_index`` > 1 from the answers of the earlier rounds in the output file."""
-    from .responses import read_responses
-    from .select import next_round_requests, select_rationales
+    from tinythinker.data.teacher.responses import read_responses
+    from tinythinker.data.teacher.select import next_round_requests, select_rationales
 
     asked = {q.id for q in questions.all()}
     with _lines_before(options.out, round_index, asked, done_rounds) as path:

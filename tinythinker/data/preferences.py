@@ -36,9 +36,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from .artifacts import configs_metadata, read_card_metadata, split_path, staged_folder, write_card, write_split
-from .cards import render_card
-from .protocol import ANALYZE, RECALL, analyze_prompt, recall_prompt
+from tinythinker.artifacts import configs_metadata, read_card_metadata, split_path, staged_folder, write_card, write_split
+from tinythinker.cards import render_card
+from tinythinker.protocol import ANALYZE, RECALL, analyze_prompt, recall_prompt
 
 PAIR_COLUMNS = ("id", "stage", "prompt", "chosen", "rejected")
 PAIR_STAGES = (RECALL, ANALYZE)

@@ -35,9 +35,9 @@ from typing import Callable, Iterable, Mapping
 
 import aiohttp
 
-from ..errors import TinyThinkerError
-from .cache import canonical_json
-from .cost import reservation_tokens
+from tinythinker.errors import TinyThinkerError
+from tinythinker.data.teacher.cache import canonical_json
+from tinythinker.data.teacher.cost import reservation_tokens
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))

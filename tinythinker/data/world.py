@@ -45,11 +45,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import atomic_write_text
-from .errors import TinyThinkerError
-from .protocol import letters_for
-from .sources import Question, get_spec
-from .teacher.requests import build_request
+from tinythinker.artifacts import atomic_write_text
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import letters_for
+from tinythinker.data.sources import Question, get_spec
+from tinythinker.data.teacher.requests import build_request
 
 WORLD_TEACHER = "tinythinker-world-teacher"
 DEFAULT_QUESTIONS = 800  # 100 entities x 8 relations: csqa test 300 (3 a entity), train file 1,500 (train 1,200 + validation 300)

@@ -2,9 +2,9 @@
 
 The API that ``tinythinker build`` and ``tinythinker teach --rounds`` call::
 
-    from tinythinker.sources import load_questions
-    from tinythinker.teacher.responses import read_responses
-    from tinythinker.teacher.select import select_rationales, next_round_requests, write_request_file
+    from tinythinker.data.sources import load_questions
+    from tinythinker.data.teacher.responses import read_responses
+    from tinythinker.data.teacher.select import select_rationales, next_round_requests, write_request_file
 
     questions = load_questions("csqa", raw, seed=42)
     responses = read_responses(["round1.jsonl", "round2.jsonl"], questions)
@@ -41,12 +41,12 @@ from typing import Callable, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
-from ..artifacts import atomic_write_text
-from ..errors import TinyThinkerError
-from ..protocol import ParsedSample, REJECT_TRUNCATED, Rejected, majority, parse_teacher_sample
-from ..sources import SPLITS, QuestionSet, get_spec
-from .requests import MAX_TOKENS, build_request
-from .responses import TeacherResponses
+from tinythinker.artifacts import atomic_write_text
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import ParsedSample, REJECT_TRUNCATED, Rejected, majority, parse_teacher_sample
+from tinythinker.data.sources import SPLITS, QuestionSet, get_spec
+from tinythinker.data.teacher.requests import MAX_TOKENS, build_request
+from tinythinker.data.teacher.responses import TeacherResponses
 
 DISTINCT_DISTANCE = 10  # REFERENCE 5.2: distinct means a distance > 10 to every other kept sample
 
@@ -167,6 +167,27 @@ def _next_budget(budgets: list[int], truncated: list[int | None]) -> int:
     return base * 2 if any(t is None or t >= base for t in truncated) else base
 
 
+def _parse_entry(entry, n_options: int, tally: SelectionCounts) -> tuple[list[tuple[ParsedSample, str]], list[int | None]]:
+    """The accepted samples of one question's responses (with their sources), and the token budgets
+    of its truncated ones; counts requests, samples and rejections into ``tally``."""
+    parsed: list[tuple[ParsedSample, str]] = []
+    truncated: list[int | None] = []
+    if entry is None:
+        return parsed, truncated
+    tally.requests += entry.requests
+    tally.failed_requests += entry.failed_requests
+    tally.samples += len(entry.samples)
+    for sample in entry.samples:
+        result = parse_teacher_sample(sample.text, n_options, sample.finish_reason)
+        if isinstance(result, Rejected):
+            _add(tally.rejected, result.reason)
+            if result.reason == REJECT_TRUNCATED:
+                truncated.append(sample.max_tokens)
+        else:
+            parsed.append((result, sample.source))
+    return parsed, truncated
+
+
 def select_rationales(
     questions: QuestionSet,
     responses: TeacherResponses,
@@ -191,20 +212,7 @@ def select_rationales(
         for q in questions.splits.get(split, []):
             tally.questions += 1
             entry = responses.get(q.id)
-            parsed: list[tuple[ParsedSample, str]] = []
-            truncated: list[int | None] = []
-            if entry is not None:
-                tally.requests += entry.requests
-                tally.failed_requests += entry.failed_requests
-                tally.samples += len(entry.samples)
-                for sample in entry.samples:
-                    result = parse_teacher_sample(sample.text, n_options, sample.finish_reason)
-                    if isinstance(result, Rejected):
-                        _add(tally.rejected, result.reason)
-                        if result.reason == REJECT_TRUNCATED:
-                            truncated.append(sample.max_tokens)
-                    else:
-                        parsed.append((result, sample.source))
+            parsed, truncated = _parse_entry(entry, n_options, tally)
             budgets = entry.max_tokens if entry is not None else []
             if on_question is not None:
                 on_question()

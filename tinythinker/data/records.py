@@ -23,10 +23,10 @@ from typing import Iterator
 import datasets
 import pyarrow as pa
 
-from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, first_prompts
-from .protocol import recall_prompt, summarize_prompt, summarize_target
-from .sources import QuestionSet
-from .teacher.select import Selection
+from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, first_prompts
+from tinythinker.protocol import recall_prompt, summarize_prompt, summarize_target
+from tinythinker.data.sources import QuestionSet
+from tinythinker.data.teacher.select import Selection
 
 FEATURES = datasets.Features(
     {

@@ -1,11 +1,11 @@
 """The lm-eval model ``tinythinker``: one ``lm_eval`` run does the whole multi-stage generation.
 
-For a request whose prompt is the first stage input of a question (``{Q}\\nRecall:`` for the full
-pipeline, or another variant's first prompt) it runs the inference engine
-(:func:`tinythinker.pipeline.run_pipeline`) and answers with the whole trace as JSON, which the
-tasks' ``process_results`` score stage by stage. For the analyze-oracle prompt (the teacher's recall
-then ``Analyze: For option A,``) it runs the engine with the teacher's recall given. Any other prompt
-(the summarize-oracle input, or another lm-eval task) is plain generation.
+Every doc of our tasks carries its ``kind`` and ``variant`` (:mod:`tinythinker.evaluate.tasks`). For a
+``full`` or ``sc`` doc it runs the inference engine (:func:`tinythinker.evaluate.engine.run_pipeline`)
+in the doc's variant and answers with the whole trace as JSON, which the tasks' ``process_results``
+score stage by stage; for an ``analyze_oracle`` doc it runs the engine with the teacher's recall
+given. Any other request (the summarize-oracle kind, or another lm-eval task) is plain generation.
+This module owns the trace format (:func:`encode_trace`, :func:`decode_trace`).
 
 All requests of a run arrive in one ``generate_until`` call; they are grouped by what they need
 (pipeline variant, oracle, sampling, samples per question) and every group goes through the engine
@@ -31,9 +31,11 @@ import lm_eval.models  # noqa: F401  (first: lm-eval registers its stock models 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from .errors import TinyThinkerError
-from .evaluation import MODEL_NAME
-from .protocol import VARIANTS, analyze_prompt, first_prompts, letters_for
+from tinythinker.errors import TinyThinkerError
+import json
+
+from tinythinker.evaluate.tasks import MODEL_NAME
+from tinythinker.protocol import VARIANTS, letters_for, parse_answer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ def _accelerator():
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    from .train_loop import distributed_on_cpus
+    from tinythinker.students import distributed_on_cpus
 
     # a process that finished its share waits for the others in lm-eval's barrier and gathers, for as
     # long as their generation takes: no collective timeout (NCCL's default 10 minutes would abort it;
@@ -122,7 +124,7 @@ class TinyThinkerLM(LM):
                  device=None, dtype=None, bf16: bool = False, seed: int = 42, progress: bool = True, max_new_tokens=None,
                  revision=None, **task_args):
         super().__init__()
-        from .students import Student
+        from tinythinker.students import Student
 
         unknown = sorted(k for k in task_args if k not in TASK_ARGS and not k.startswith("data_"))
         if unknown:
@@ -227,7 +229,7 @@ class TinyThinkerLM(LM):
     # --- grouping -------------------------------------------------------------------------------
 
     def _job(self, request, repeats: int) -> _Job:
-        context, gen_kwargs = request.args[0], dict(request.args[1] or {})
+        gen_kwargs = dict(request.args[1] or {})
         do_sample = _as_bool(gen_kwargs.get("do_sample", False))
         until = gen_kwargs.get("until") or []
         # greedy repeats are all the same answer: one sample, and one group whatever the repeats
@@ -236,29 +238,26 @@ class TinyThinkerLM(LM):
                    top_k=int(gen_kwargs.get("top_k", 0) or 0), max_new_tokens=int(gen_kwargs.get("max_gen_toks", 128)),
                    until=tuple([until] if isinstance(until, str) else until))
         doc = request.doc if isinstance(request.doc, dict) else {}
-        if not {"id", "question", "choices"} <= set(doc):
-            return _Job(mode="generate", **job)
-        question, letters = doc["question"], letters_for(len(doc["choices"]))
-        # the model's own variant first: full and no_analyze both start with `Recall:`
-        for variant in (self.variant, *[v for v in VARIANTS if v != self.variant]):
-            if context == first_prompts(question, letters, variant)[0][1]:
-                return _Job(mode="pipeline", **{**job, "variant": variant})
-        if doc.get("teacher_recall") and context == analyze_prompt(question, letters[0], recall=doc["teacher_recall"]):
+        # our tasks' docs say what they are (evaluate/tasks.py); any other request is plain generation
+        kind = doc.get("kind") if {"id", "question", "choices"} <= set(doc) else None
+        if kind in ("full", "sc"):
+            return _Job(mode="pipeline", **{**job, "variant": doc.get("variant") or self.variant})
+        if kind == "analyze_oracle" and doc.get("teacher_recall"):
             return _Job(mode="analyze_oracle", **{**job, "variant": "full"})
         return _Job(mode="generate", **job)
 
     # --- execution ------------------------------------------------------------------------------
 
     def _sampling(self, job: _Job):
-        from .pipeline import Sampling
+        from tinythinker.evaluate.engine import Sampling
 
         if job.do_sample:
             return Sampling(do_sample=True, temperature=job.temperature, top_k=job.top_k)
         return Sampling()
 
     def _run_engine(self, job: _Job, members: list) -> dict[int, list[str]]:
-        from .evaluation import encode_trace
-        from .pipeline import Item, run_pipeline
+        from tinythinker.data.splits import Item
+        from tinythinker.evaluate.engine import run_pipeline
 
         samples = job.samples  # 1 when greedy: repeats would all be the same trace
         out: dict[int, list[str]] = {}
@@ -296,6 +295,40 @@ class TinyThinkerLM(LM):
             out[id(request)] = cut
             self._cache(request, cut, job)
         return out
+
+
+# --- the trace format: one lm-eval response is one whole trace as JSON ------------------------------
+
+def encode_trace(trace) -> str:
+    """One lm-eval response: the whole trace (``Trace`` or its dict) as compact JSON."""
+    data = trace.to_dict() if hasattr(trace, "to_dict") else dict(trace)
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
+def decode_trace(response: str, task: str) -> dict:
+    """The trace in one lm-eval response; a clear error when the model did not run the pipeline."""
+    try:
+        data = json.loads(response)
+    except (TypeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or "summary" not in data or "analyses" not in data:
+        raise TinyThinkerError(
+            f"{task}: the model's response is not a TinyThinker trace ({str(response)[:60]!r}); run this task with "
+            "--model tinythinker (the *_summarize_oracle tasks are the ones any generate_until model can run)"
+        )
+    return data
+
+
+def parse_summary_response(response: str) -> dict:
+    """A summarize-oracle response: plain generated text, or a trace when our model returned one."""
+    try:
+        data = json.loads(response)
+    except (TypeError, json.JSONDecodeError):
+        data = None
+    if isinstance(data, dict) and "summary" in data:
+        return {"summary": data["summary"], "answer": data.get("answer")}
+    summary = (response or "").strip()
+    return {"summary": summary, "answer": parse_answer(summary)}
 
 
 def _unique_id_batches(members: list) -> list[list]:

@@ -10,9 +10,9 @@ Two parts, each readable on its own:
   may be smaller), and the epoch ends when the last stage runs out. The next epoch starts a fresh
   cycle with the first stage (as the reference's trainer did). Stage sizes differ, so a small stage
   simply stops appearing in the last cycles of an epoch.
-* :func:`train_sft` -- :class:`SFTTrainer` on the one training loop (:mod:`tinythinker.train_loop`):
+* :func:`train_sft` -- :class:`SFTTrainer` on the one training loop (:mod:`tinythinker.train.loop`):
   batches of stage records, the mean token NLL of each batch; validation accuracy of the whole
-  pipeline (:mod:`tinythinker.pipeline`) at the end of every cycle, the best checkpoint in
+  pipeline (:mod:`tinythinker.evaluate.engine`) at the end of every cycle, the best checkpoint in
   ``RUN/best`` with a model card, and ``RUN/last`` to resume an interrupted run exactly.
 
 ``--batch-size`` is the batch of one optimizer step over all processes together, and the loss is the
@@ -32,12 +32,13 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import TinyThinkerError
-from .hub import is_hub_id, pin
-from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, config_parts
-from .settings import REFERENCE_MAX_LENGTH, SCHEDULES, SFTSettings, absolute
-from .tracking import tracking
-from .train_loop import TrainLoop, TrainResult, chunks, make_accelerator
+from tinythinker.errors import TinyThinkerError
+from tinythinker.hub import is_hub_id, pin
+from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, config_parts
+from tinythinker.protocol import REFERENCE_MAX_LENGTH
+from tinythinker.train.settings import SCHEDULES, SFTSettings, absolute
+from tinythinker.train.tracking import tracking
+from tinythinker.train.loop import TrainLoop, TrainResult, chunks, make_accelerator
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
 # variant trained with the same seed.
@@ -216,7 +217,7 @@ class StageData:
     ``input`` and ``target``) for the stages of ``variant``, read by :func:`pipeline.load_stage_split`."""
 
     def __init__(self, data: str, config: str, variant: str, revision: str | None = None):
-        from .pipeline import load_stage_split  # the one reader of stage data set splits (one-line errors)
+        from tinythinker.data.splits import load_stage_split  # the one reader of stage data set splits (one-line errors)
 
         self.stages = VARIANT_STAGES[variant]
         self.splits = {}
@@ -288,7 +289,7 @@ class SFTTrainer(TrainLoop):
             self.resume_from_last()
         self.accelerator.wait_for_everyone()
         if self.is_main and not resuming:  # a fresh start: an empty folder with the settings
-            from .artifacts import atomic_write_text
+            from tinythinker.artifacts import atomic_write_text
 
             if out.exists():
                 shutil.rmtree(out)
@@ -298,7 +299,7 @@ class SFTTrainer(TrainLoop):
         self.accelerator.wait_for_everyone()
 
     def setup(self) -> None:
-        from .pipeline import items_from_dataset
+        from tinythinker.data.splits import items_from_dataset
 
         s = self.settings
         with self.accelerator.main_process_first():
@@ -350,9 +351,9 @@ class SFTTrainer(TrainLoop):
     def write_card(self, folder: Path) -> None:
         """README.md of a checkpoint: how it was made (cards/model.md.j2), naming the Hub commits it was
         made from when its data set or base model came from the Hub."""
-        from . import __version__
-        from .artifacts import write_card
-        from .cards import render_card
+        from tinythinker import __version__
+        from tinythinker.artifacts import write_card
+        from tinythinker.cards import render_card
 
         s, schedule, c = self.settings, self.schedule, self.counters
         base_model = s.student if is_hub_id(s.student, "model") else None  # card metadata accepts only Hub ids
@@ -391,10 +392,10 @@ def train_sft(settings: SFTSettings, out, *, overwrite: bool = False, progress: 
               report_to: str | None = None, **options) -> TrainResult:
     """Train (or resume, or return the finished result of) the SFT run in ``out``; see the module docstring.
 
-    ``options`` are :class:`~tinythinker.settings.LoopOptions` fields: ``micro_batch_size`` cuts each
+    ``options`` are :class:`~tinythinker.train.settings.LoopOptions` fields: ``micro_batch_size`` cuts each
     process's share of a batch for memory (gradient accumulation), ``eval_batch_size`` is the validation
     pipeline's batch, ``log_every`` the steps per metrics row. ``report_to`` a tracker that gets the
-    metrics rows too (tensorboard, wandb, trackio; see :mod:`tinythinker.tracking`). Ctrl-C (or
+    metrics rows too (tensorboard, wandb, trackio; see :mod:`tinythinker.train.tracking`). Ctrl-C (or
     SIGTERM) stops after the current step, saves ``out/last`` and raises KeyboardInterrupt; the same
     call continues from there."""
     settings = checked(settings)

@@ -16,9 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
-from .errors import TinyThinkerError, where
-from .hub import is_hub_id
-from .protocol import letters_for, render_question
+from tinythinker.artifacts import iter_jsonl
+from tinythinker.errors import TinyThinkerError, where
+from tinythinker.hub import is_hub_id
+from tinythinker.protocol import letters_for, render_question
 
 SPLITS = ("train", "validation", "test")
 
@@ -107,24 +108,9 @@ class QuestionSet:
 # --- raw record readers (original release formats) ----------------------------------------------
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TinyThinkerError(f"{path}: raw file not found; pass --raw the folder holding the original release files") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TinyThinkerError(f"{path}: cannot read raw file ({error.__class__.__name__}); check its permissions and encoding (UTF-8)") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TinyThinkerError(f"{where(path, number)}: not valid JSON ({error.msg}); each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise TinyThinkerError(f"{where(path, number)}: expected a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
-    return rows
+    if not path.is_file():
+        raise TinyThinkerError(f"{path}: raw file not found; pass --raw the folder holding the original release files")
+    return list(iter_jsonl(path, what="raw file"))
 
 
 def _choice_question(row: dict, origin: str, n_options: int, split: str, *, require_answer: bool = True) -> Question:
@@ -212,7 +198,7 @@ def _hub_official(name: str, hub_id: str, revision: str | None) -> tuple[dict[st
     which the source revision names."""
     import datasets
 
-    from .hub import pin
+    from tinythinker.hub import pin
 
     spec = DATASETS[name]
     config = "main" if name == "obqa" else None

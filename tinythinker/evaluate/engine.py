@@ -14,27 +14,16 @@ It is the engine behind the trainer's validation, self-reflection data and evalu
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import protocol
-from .errors import TinyThinkerError
-from .hub import is_hub_id
-from .protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES
+from tinythinker import protocol
+from tinythinker.data.splits import Item
+from tinythinker.errors import TinyThinkerError
+from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES
 
 # Longest continuation per stage. A trained student stops at eos long before (teacher recalls and
 # analyses are 20-35 words, a summary is `So the answer is option X.`); the caps bound runaway text.
 MAX_NEW_TOKENS = {RECALL: 96, ANALYZE: 96, SUMMARIZE: 16}
-
-
-@dataclass(frozen=True)
-class Item:
-    """One question to answer: its id, rendered question (REFERENCE 2), option letters, gold letter."""
-
-    id: str
-    question: str
-    letters: str
-    gold: str | None
 
 
 @dataclass
@@ -73,106 +62,6 @@ class Trace:
         return cls(**{k: v for k, v in row.items() if k in names})
 
 
-# --- reading questions from a stage data set -----------------------------------------------------
-
-def stage_configs(data, revision: str | None = None) -> dict[str, list[str]]:
-    """{config: [split, ...]} of a stage data set folder (its README.md) or Hub id (at ``revision``)."""
-    from .artifacts import read_card_metadata
-
-    source = str(data)
-    local = Path(source)
-    if local.exists():
-        configs = {entry.get("config_name"): [f.get("split") for f in entry.get("data_files", [])]
-                   for entry in read_card_metadata(local).get("configs", []) if isinstance(entry, dict)}
-        if not configs:
-            raise TinyThinkerError(f"{source}: not a data set folder (no configs in README.md); pass a folder made by `tinythinker build`")
-        return configs
-    if not is_hub_id(source):
-        raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
-    import datasets
-
-    try:
-        return {config: list(datasets.get_dataset_split_names(source, config, revision=revision))
-                for config in datasets.get_dataset_config_names(source, revision=revision)}
-    except Exception as error:  # noqa: BLE001 - Hub/network errors become one user-facing line
-        from .hub import hub_error
-
-        raise hub_error(error, source, revision=revision, doing="list the configs of") from None
-
-
-def _hub_failure(error: BaseException) -> bool:
-    """A missing/hidden repo, an unknown revision or no network (not a bad config or split name)."""
-    from .hub import _chain, _is_network_error
-
-    names = {cls.__name__ for item in _chain(error) for cls in type(item).__mro__}
-    return _is_network_error(error) or bool(names & {"RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError",
-                                                      "DatasetNotFoundError"})
-
-
-def load_stage_split(data, config: str, split: str, revision: str | None = None):
-    """One split of a stage data set (local folder, or Hub id at ``revision``: a branch, tag or commit id,
-    default main) as a ``datasets.Dataset``; a missing config or split is a one-line error naming the choices."""
-    import datasets
-
-    source = str(data)
-    if Path(source).exists():  # check locally first: clearer than the loader's errors
-        if revision is not None:
-            raise TinyThinkerError(f"--revision {revision} names a Hub commit, but {source} is a local folder; leave "
-                                   "--revision out or pass a Hub id (ORG/NAME)")
-        configs = stage_configs(source)
-        if config not in configs:
-            raise TinyThinkerError(f"{source}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
-        if split not in configs[config]:
-            raise TinyThinkerError(f"{source}: config {config!r} has no split {split!r}; choose one of {', '.join(configs[config])}")
-    elif not is_hub_id(source):
-        raise TinyThinkerError(f"{source}: no such data set folder; pass a folder made by `tinythinker build` or a Hub id (org/name)")
-    try:
-        if Path(source).exists():
-            # by file, the one the card lists: only this split is prepared (not the whole config), and
-            # the cache key is the file's path and time (its name also carries its content's digest)
-            from .artifacts import card_data_files
-
-            path = Path(source) / card_data_files(source)[config][split]
-            return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
-        return datasets.load_dataset(source, config, split=split, revision=revision)
-    except Exception as error:  # noqa: BLE001 - Hub/network/format errors become one user-facing line
-        if not Path(source).exists() and _hub_failure(error):
-            from .hub import hub_error
-
-            raise hub_error(error, source, revision=revision) from None
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        at = f" at {revision}" if revision else ""
-        raise TinyThinkerError(f"{source}{at}: cannot load config {config!r} split {split!r} ({error.__class__.__name__}: {message[:200]})") from None
-
-
-def _items(rows) -> list[Item]:
-    seen: dict[str, Item] = {}
-    for row in rows:
-        if row["id"] not in seen:
-            seen[row["id"]] = Item(row["id"], row["question"], protocol.letters_for(len(row["choices"])), row["GT"] or None)
-    return list(seen.values())
-
-
-def items_from_dataset(data, config: str, split: str, revision: str | None = None) -> list[Item]:
-    """One :class:`Item` per question id of a stage data set split, in file order."""
-    return _items(load_stage_split(data, config, split, revision))
-
-
-def oracles_from_dataset(data, config: str, split: str, revision: str | None = None) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-    """The teacher's recall and analyses per question id of a validation/test split, where the
-    data set has them (the ``given_recalls`` / ``given_analyses`` of oracle evaluation)."""
-    rows = load_stage_split(data, config, split, revision)
-    recalls: dict[str, str] = {}
-    analyses: dict[str, dict[str, str]] = {}
-    for row in rows:
-        if row.get("teacher_recall"):
-            recalls.setdefault(row["id"], row["teacher_recall"])
-        texts = row.get("teacher_analyses") or []
-        if texts:
-            analyses.setdefault(row["id"], dict(zip(protocol.letters_for(len(row["choices"])), texts)))
-    return recalls, analyses
-
-
 # --- the stage runner ----------------------------------------------------------------------------
 
 class _Progress:
@@ -183,7 +72,7 @@ class _Progress:
         if enabled:
             from rich.console import Console
 
-            from .progress import progress_bar
+            from tinythinker.progress import progress_bar
 
             self.bar = progress_bar(console=Console(stderr=True))
 
@@ -299,6 +188,35 @@ def generate_summaries(student, units: list[tuple[Item, str | None, dict[str, st
 
 # --- the whole pipeline --------------------------------------------------------------------------
 
+def _analyze_runs(student, items, runs, recall_of, given_analyses, *, samples, sampling, seed, max_new_tokens, batch_size,
+                  progress) -> tuple[list[dict[str, str]], list[float]]:
+    """The analyses of every (item, sample) run, and the seconds spent on each: generated, or the
+    teacher's where ``given_analyses`` has the question. ``recall_of`` (per run) is None without a
+    recall stage: then a question's samples share their prompts and are drawn ``samples`` at once."""
+    analyses_of: list[dict[str, str] | None] = [None] * len(runs)
+    seconds = [0.0] * len(runs)
+    todo_runs = [r for r, (i, _) in enumerate(runs) if items[i].id not in given_analyses]
+    if recall_of is not None:  # each sample has its own recall: one prompt set per run
+        units = [(items[runs[r][0]], recall_of[r]) for r in todo_runs]
+        results, spent = _analyses(student, units, 1, sampling, seed, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, progress=progress)
+        for r, result, t in zip(todo_runs, results, spent):
+            analyses_of[r], seconds[r] = result[0], t
+    else:
+        todo_items = list(dict.fromkeys(runs[r][0] for r in todo_runs))
+        results, spent = _analyses(student, [(items[i], None) for i in todo_items], samples, sampling, seed,
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+        by_item = {i: (result, t / samples) for i, result, t in zip(todo_items, results, spent)}
+        for r in todo_runs:
+            i, s = runs[r]
+            analyses_of[r], seconds[r] = by_item[i][0][s], by_item[i][1]
+    for r, (i, _) in enumerate(runs):
+        if analyses_of[r] is None:
+            given = given_analyses[items[i].id]
+            analyses_of[r] = {x: protocol.ensure_period(given[x]) for x in items[i].letters if x in given}
+    return analyses_of, seconds
+
+
 def run_pipeline(
     student,
     items: Sequence[Item],
@@ -347,27 +265,9 @@ def run_pipeline(
                     recall_of[r] = protocol.ensure_period(given_recalls[items[i].id])
 
         if ANALYZE in stages:
-            todo_runs = [r for r, (i, _) in enumerate(runs) if items[i].id not in given_analyses]
-            if RECALL in stages:  # each sample has its own recall: one prompt set per run
-                units = [(items[runs[r][0]], recall_of[r]) for r in todo_runs]
-                results, spent = _analyses(student, units, 1, sampling, seed + 1, max_new_tokens=caps[ANALYZE],
-                                           batch_size=batch_size, progress=bar)
-                for r, result, t in zip(todo_runs, results, spent):
-                    analyses_of[r] = result[0]
-                    seconds[ANALYZE][r] = t
-            else:  # no recall: a question's samples share their prompts, drawn n at once
-                todo_items = list(dict.fromkeys(runs[r][0] for r in todo_runs))
-                results, spent = _analyses(student, [(items[i], None) for i in todo_items], samples, sampling, seed + 1,
-                                           max_new_tokens=caps[ANALYZE], batch_size=batch_size, progress=bar)
-                by_item = {i: (result, t / samples) for i, result, t in zip(todo_items, results, spent)}
-                for r in todo_runs:
-                    i, s = runs[r]
-                    analyses_of[r] = by_item[i][0][s]
-                    seconds[ANALYZE][r] = by_item[i][1]
-            for r, (i, _) in enumerate(runs):
-                if analyses_of[r] is None:
-                    given = given_analyses[items[i].id]
-                    analyses_of[r] = {x: protocol.ensure_period(given[x]) for x in items[i].letters if x in given}
+            analyses_of, seconds[ANALYZE] = _analyze_runs(
+                student, items, runs, recall_of if RECALL in stages else None, given_analyses, samples=samples,
+                sampling=sampling, seed=seed + 1, max_new_tokens=caps[ANALYZE], batch_size=batch_size, progress=bar)
 
         results, spent = _summaries(student, [(items[i], recall_of[r], analyses_of[r]) for r, (i, _) in enumerate(runs)],
                                     max_new_tokens=caps[SUMMARIZE], batch_size=batch_size, progress=bar)

@@ -7,11 +7,11 @@ iteration's best -- which is also the frozen DPO reference of that iteration. It
    top-k off) and completes each with greedy analyze and summarize; then, for every chosen recall of
    the recall pairs, it samples ``samples`` analysis runs (every option) and summarizes greedily.
    Traces go to ``iter{k}/samples/`` in chunks, so a rerun keeps the finished ones.
-2. **pairs**: :mod:`tinythinker.preferences` turns the traces into recall and analyze pairs, written
+2. **pairs**: :mod:`tinythinker.data.preferences` turns the traces into recall and analyze pairs, written
    as config ``{dataset}-dpo-iter{k}`` of the preference set ``OUT/preferences`` (Hub layout).
 3. **reference**: the start checkpoint's log-probabilities of every pair, cached in
    ``iter{k}/reference/`` by model and data fingerprint.
-4. **dpo**: :class:`tinythinker.dpo.DPORun` trains on the pairs and keeps the checkpoint with the
+4. **dpo**: :class:`tinythinker.train.dpo.DPORun` trains on the pairs and keeps the checkpoint with the
    best validation accuracy in ``iter{k}/best`` (resumable inside the step from ``iter{k}/last``).
 5. **next**: ``OUT/best`` becomes that checkpoint, and iteration k+1 starts from it.
 
@@ -34,10 +34,10 @@ from typing import Callable, Sequence
 import numpy as np
 import polars as pl
 
-from .artifacts import atomic_write_text, staged_folder
-from .dpo import DPORun, model_fingerprint, reference_logprobs
-from .errors import TinyThinkerError
-from .preferences import (
+from tinythinker.artifacts import atomic_write_text, staged_folder
+from tinythinker.train.dpo import DPORun, model_fingerprint, reference_logprobs
+from tinythinker.errors import TinyThinkerError
+from tinythinker.data.preferences import (
     PAIR_STAGES,
     PairSet,
     analyze_pairs,
@@ -49,10 +49,10 @@ from .preferences import (
     teacher_recalls,
     write_preference_config,
 )
-from .protocol import ANALYZE, RECALL, config_parts
-from .settings import DPOSettings, ReflectSettings
-from .tracking import scalars, tracking
-from .train_loop import BEST, LAST, make_accelerator, validate
+from tinythinker.protocol import ANALYZE, RECALL, config_parts
+from tinythinker.train.settings import DPOSettings, ReflectSettings
+from tinythinker.train.tracking import scalars, tracking
+from tinythinker.train.loop import BEST, LAST, make_accelerator, validate
 
 SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
 STEPS = ("sample", "pairs", "reference", "dpo", "next")
@@ -87,7 +87,7 @@ class ReflectData:
     the teacher's recalls and analyses (``recall`` / ``analyze``) and the validation questions."""
 
     def __init__(self, settings: ReflectSettings, revision: str | None = None):
-        from .pipeline import Item, items_from_dataset, load_stage_split, stage_configs  # noqa: F401 - Item types self.items
+        from tinythinker.data.splits import Item, items_from_dataset, load_stage_split, stage_configs  # noqa: F401 - Item types self.items
 
         need = ["recall_single", "recall"] + (["analyze"] if ANALYZE in settings.stages else [])
         if settings.eval_limit != 0:
@@ -129,7 +129,7 @@ CHUNK = 64  # questions (or recalls) per chunk file
 def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_size: int = 64) -> list:
     """``n`` sampled recalls per question, each completed with greedy analyze and summarize
     (distinct recalls of a question are completed once). One trace per (question, sample)."""
-    from .pipeline import GREEDY, Trace, generate_analyses, generate_recalls, generate_summaries
+    from tinythinker.evaluate.engine import GREEDY, Trace, generate_analyses, generate_recalls, generate_summaries
 
     recalls = generate_recalls(student, items, n, sampling, seed, batch_size=batch_size)
     by_id = {item.id: item for item in items}
@@ -150,7 +150,7 @@ def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_s
 def sample_analysis_traces(student, units, n: int, sampling, seed: int, *, batch_size: int = 64) -> list:
     """For every (question, chosen recall): ``n`` sampled analysis runs (every option), each
     summarized greedily. One trace per (unit, run)."""
-    from .pipeline import Trace, generate_analyses, generate_summaries
+    from tinythinker.evaluate.engine import Trace, generate_analyses, generate_summaries
 
     runs = generate_analyses(student, list(units), n, sampling, seed, batch_size=batch_size)
     flat = [(item, recall, run) for (item, recall), unit_runs in zip(units, runs) for run in unit_runs]
@@ -170,7 +170,7 @@ def sample_in_chunks(kind: str, units: Sequence, folder: Path, make: Callable[[S
     """Run ``make(chunk, seed)`` on every chunk of ``units`` that has no file in ``folder`` yet (a
     chunk's file is named by its contents, so a changed unit list never reuses a stale file); chunks
     are shared out between processes. Returns every chunk's traces, in unit order."""
-    from .pipeline import Trace
+    from tinythinker.evaluate.engine import Trace
 
     chunks = [units[i : i + CHUNK] for i in range(0, len(units), CHUNK)]
     paths = [folder / f"{kind}-{c:05d}-{_chunk_key(chunk)}.jsonl" for c, chunk in enumerate(chunks)]
@@ -218,7 +218,7 @@ class Reflection:
     def _data_commit(self, overwrite: bool) -> str | None:
         """The commit of a Hub data set this run reads: the one a run being continued pinned, else
         the one ``settings.revision`` (default main) points at now."""
-        from .hub import pin
+        from tinythinker.hub import pin
 
         settings_file = self.out / SETTINGS_FILE
         if not overwrite and settings_file.exists():
@@ -273,7 +273,7 @@ class Reflection:
         atomic_write_text(self.out / METRICS_FILE, "".join(json.dumps(line) + "\n" for line in lines))
 
     def _progress(self):
-        from .progress import progress_bar
+        from tinythinker.progress import progress_bar
 
         return progress_bar(console=self.console, enabled=self.progress_enabled and self.is_main)
 
@@ -282,7 +282,7 @@ class Reflection:
             self.console.print(text)
 
     def _load(self, path):
-        from .students import Student
+        from tinythinker.students import Student
 
         return Student.load(path, device=self.accelerator.device, bf16=self.settings.bf16)
 
@@ -290,7 +290,7 @@ class Reflection:
 
     def _pairs(self, k: int, student_path: str, timings: dict) -> dict[str, PairSet]:
         """Steps 1-2: sampled traces (resumed chunk by chunk) -> pair sets of the trained stages."""
-        from .pipeline import Sampling
+        from tinythinker.evaluate.engine import Sampling
 
         s, data = self.settings, self.data
         folder = self.out / f"iter{k}" / "samples"
@@ -347,9 +347,9 @@ class Reflection:
         return out
 
     def _card(self, k: int, start: str, sets: dict[str, PairSet]) -> Callable[[Path, DPORun], None]:
-        from . import __version__
-        from .artifacts import write_card
-        from .cards import render_card
+        from tinythinker import __version__
+        from tinythinker.artifacts import write_card
+        from tinythinker.cards import render_card
 
         s = self.settings
 
@@ -515,7 +515,7 @@ def reflect(settings: ReflectSettings, out, *, overwrite: bool = False, progress
     """Run (or continue, or return the finished result of) the self-reflection run in ``out``.
 
     ``micro_batch_size`` cuts each process's share of a DPO batch for memory (same result);
-    ``report_to`` a tracker that gets the metrics lines too (see :mod:`tinythinker.tracking`): the
+    ``report_to`` a tracker that gets the metrics lines too (see :mod:`tinythinker.train.tracking`): the
     DPO iterations one after another on one step axis, the starting student's accuracy at step 0."""
     run = Reflection(settings, out, overwrite=overwrite, progress=progress, console=console, micro_batch_size=micro_batch_size,
                      report_to=report_to)

@@ -1,0 +1,1 @@
+"""Training: one loop (accelerate), three-stage SFT, DPO, and iterative self-reflection."""
