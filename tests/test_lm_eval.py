@@ -125,9 +125,9 @@ def test_lm_eval_cli_runs_the_engine(cli_run, direct):
 
     out = cli_run
     metrics = results(out)
-    # lm-eval's default batch_size of 1 does not reach the engine: it generates 64 sequences per batch
+    # lm-eval's default batch_size of 1 does not reach the engine: it sizes its batches by memory
     [config] = [json.loads(p.read_text())["config"] for p in out.rglob("results_*.json")]
-    assert config["batch_size"] == 1 and config["tinythinker_gen_batch_size"] == 64 and config["tinythinker_processes"] == 1
+    assert config["batch_size"] == 1 and config["tinythinker_gen_batch_size"] == "auto" and config["tinythinker_processes"] == 1
 
     # the full pipeline: the same trace per question as the engine, so the same accuracy
     full = samples(out, "tinythinker_csqa")
@@ -261,9 +261,10 @@ def test_tinythinker_eval_indexes_only_our_tasks_and_batches_by_gen_batch_size(t
 
     # lm-eval's batch_size (the CLI's default 1) never shrinks the engine's batch
     lm = TinyThinkerLM(pretrained=str(student), batch_size=1, device="cpu", progress=False)
-    assert lm.gen_batch_size == 64 and (lm.rank, lm.world_size) == (0, 1)
+    assert lm.gen_batch_size is None and (lm.rank, lm.world_size) == (0, 1)  # None: sized by memory
+    assert TinyThinkerLM(pretrained=str(student), gen_batch_size="auto", device="cpu").gen_batch_size is None
     assert TinyThinkerLM(pretrained=str(student), gen_batch_size="16", device="cpu").gen_batch_size == 16
-    for bad in (0, "0", "auto", "-1"):
+    for bad in (0, "0", "many", "-1", "2.5"):
         with pytest.raises(TinyThinkerError, match="gen_batch_size"):
             TinyThinkerLM(pretrained=str(student), gen_batch_size=bad, device="cpu")
 

@@ -360,62 +360,74 @@ def _buffered_cache(room: int):
     return cache
 
 
+def _seq2seq_start(student, rows, *, n: int, max_new_tokens: int, cache_name: str):
+    """Encode the prompts once (repeated for ``n`` samples): the first step's logits, the decoder
+    cache, ``forward(step_ids)`` for the next steps and ``select(keep)`` to drop rows."""
+    from transformers import EncoderDecoderCache
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model = student.model
+    encoded, mask = _encode(student, rows)
+    if n > 1:
+        encoded, mask = encoded.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+    cache = EncoderDecoderCache(_buffered_cache(max_new_tokens), _buffered_cache(0))
+    start = model.generation_config.decoder_start_token_id
+    if start is None:
+        start = model.config.decoder_start_token_id
+    step_ids = torch.full((encoded.shape[0], 1), start, dtype=torch.long, device=student.device)
+
+    def forward(step_ids):
+        return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=mask,
+                     decoder_input_ids=step_ids, use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+    def select(keep):
+        nonlocal encoded, mask
+        encoded, mask = encoded[keep], mask[keep]
+
+    return forward(step_ids), cache, forward, select
+
+
+def _causal_start(student, rows, *, n: int, max_new_tokens: int, cache_name: str):
+    """Prefill the prompts once (their cache repeated for ``n`` samples): as :func:`_seq2seq_start`."""
+    model = student.model
+    logits, cache, mask, positions = _prefill(student, rows, cache_name, max_new_tokens)
+    use_mask = not bool(mask.all())  # as generate: no mask at all when nothing is padded
+    width = mask.shape[1]
+    mask = torch.nn.functional.pad(mask, (0, max_new_tokens), value=1)  # columns of the new tokens
+    if n > 1:
+        logits = logits.repeat_interleave(n, dim=0)
+        positions, mask = positions.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+        cache.batch_repeat_interleave(n)
+
+    def forward(step_ids):
+        nonlocal positions, width
+        positions, width = positions + 1, width + 1
+        return model(input_ids=step_ids, attention_mask=mask[:, :width] if use_mask else None, position_ids=positions,
+                     use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+    def select(keep):
+        nonlocal positions, mask
+        positions, mask = positions[keep], mask[keep]
+
+    return logits, cache, forward, select
+
+
 def _decode_batch(student, rows: list[Sequence[int]], *, n: int, max_new_tokens: int, do_sample: bool,
                   temperature: float, top_k: int, generator, clock: _Clock, finished: Callable[[int, float], None]
                   ) -> torch.Tensor:
     """Decode one batch; returns [len(rows) * n, max_new_tokens] token ids (pad after eos), rows in
     order, ``n`` consecutive sequences per prompt. ``finished(prompt_position, seconds)`` follows
     each prompt whose ``n`` sequences are all done."""
-    from transformers import EncoderDecoderCache
-    from transformers.modeling_outputs import BaseModelOutput
-
-    model, device = student.model, student.device
+    device = student.device
     pad, eos = student.tokenizer.pad_token_id, student.tokenizer.eos_token_id
-    cache_name = _cache_kwarg(model)
+    cache_name = _cache_kwarg(student.model)
     total = len(rows) * n
     out = torch.full((total, max_new_tokens), pad, dtype=torch.long, device=device)
     started = [clock.share] * len(rows)  # each prompt's share of time so far, at its start
     remaining = [n] * len(rows)  # unfinished sequences per prompt
     with student.autocast():
-        if student.is_seq2seq:
-            encoded, mask = _encode(student, rows)
-            if n > 1:
-                encoded, mask = encoded.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-            cache = EncoderDecoderCache(_buffered_cache(max_new_tokens), _buffered_cache(0))
-            start = model.generation_config.decoder_start_token_id
-            if start is None:
-                start = model.config.decoder_start_token_id
-            step_ids = torch.full((total, 1), start, dtype=torch.long, device=device)
-
-            def forward(step_ids):
-                return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=mask,
-                             decoder_input_ids=step_ids, use_cache=True, **{cache_name: cache}).logits[:, -1]
-
-            def select(keep):
-                nonlocal encoded, mask
-                encoded, mask = encoded[keep], mask[keep]
-
-            logits = forward(step_ids)
-        else:
-            logits, cache, mask, positions = _prefill(student, rows, cache_name, max_new_tokens)
-            use_mask = not bool(mask.all())  # as generate: no mask at all when nothing is padded
-            width = mask.shape[1]
-            mask = torch.nn.functional.pad(mask, (0, max_new_tokens), value=1)  # columns of the new tokens
-            if n > 1:
-                logits = logits.repeat_interleave(n, dim=0)
-                positions, mask = positions.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-                cache.batch_repeat_interleave(n)
-
-            def forward(step_ids):
-                nonlocal positions, width
-                positions, width = positions + 1, width + 1
-                return model(input_ids=step_ids, attention_mask=mask[:, :width] if use_mask else None, position_ids=positions,
-                             use_cache=True, **{cache_name: cache}).logits[:, -1]
-
-            def select(keep):
-                nonlocal positions, mask
-                positions, mask = positions[keep], mask[keep]
-
+        start = _seq2seq_start if student.is_seq2seq else _causal_start
+        logits, cache, forward, select = start(student, rows, n=n, max_new_tokens=max_new_tokens, cache_name=cache_name)
         active = torch.arange(total, device=device)  # the output row of each row of the batch
         alive = torch.ones(total, dtype=torch.bool, device=device)  # rows still generating (the rest wait for compaction)
         dead = 0

@@ -58,7 +58,7 @@ DEFAULTS: dict = {
     # cycles None: not passed, so the command's default (ReflectSettings.cycles) applies
     "reflect": {**defaults(ReflectSettings, "iterations", "samples", "beta", "nll_weight", "lr", "batch_size", "bf16", "eval_limit"),
                 "cycles": None, "train_limit": ReflectSettings.train_limit},
-    "eval": {"split": "test", "limit": None, "batch_size": 64},
+    "eval": {"split": "test", "limit": None, "batch_size": None},
 }
 
 

@@ -26,7 +26,7 @@ from tinythinker.commands import options
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (per-question samples logged; a rerun resumes).")
 @click.option("--limit", type=click.FloatRange(min=0, min_open=True),
               help="Only the first N questions per task (a fraction below 1: that share).")
-@options.gen_batch_size(default=None, help="Sequences per generation batch (default 64): the tinythinker model's gen_batch_size; "
+@options.gen_batch_size(default=None, help="Sequences per generation batch (default: sized by memory): the tinythinker model's gen_batch_size; "
                                            "lm-eval's --batch_size for other models.")
 @click.option("--device", help="cuda, cuda:0, cpu ... (default: cuda when available).")
 @click.option("--self-consistency", is_flag=True, help="Also run the self-consistency task (5 sampled traces, majority vote).")

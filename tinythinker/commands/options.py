@@ -18,8 +18,10 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 progress = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 
 
-def gen_batch_size(param: str = "gen_batch_size", *, default: int | None = 64, help: str = "Sequences per generation batch."):
-    """``--gen-batch-size`` (at least 1), stored as ``param`` (train and reflect keep their ``eval_batch_size``)."""
+def gen_batch_size(param: str = "gen_batch_size", *, default: int | None = None,
+                   help: str = "Sequences per generation batch (default: as many as fit a memory budget)."):
+    """``--gen-batch-size`` (at least 1; None: the engine sizes batches by memory), stored as ``param`` (train and
+    reflect keep their ``eval_batch_size``)."""
     return click.option("--gen-batch-size", param, type=click.IntRange(min=1), default=default, show_default=default is not None,
                         help=help)
 

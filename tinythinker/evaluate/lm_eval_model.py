@@ -9,7 +9,8 @@ This module owns the trace format (:func:`encode_trace`, :func:`decode_trace`).
 
 All requests of a run arrive in one ``generate_until`` call; they are grouped by what they need
 (pipeline variant, oracle, sampling, samples per question) and every group goes through the engine
-in one batched call, in generation batches of ``gen_batch_size`` sequences (default 64). lm-eval's
+in one batched call, in generation batches of ``gen_batch_size`` sequences (default: as many as fit the
+engine's memory budget, :mod:`tinythinker.decoding`). lm-eval's
 own ``batch_size`` (1 unless given) does not reach the engine: lm-eval already hands over every
 request at once, and a batch of 1 would make the engine an order of magnitude slower. Questions
 come from the request's doc (our tasks' columns ``id``, ``question``, ``choices``, ``GT``,
@@ -19,7 +20,7 @@ Data parallel: under ``accelerate launch`` (several processes) the model reports
 and ``world_size`` from accelerate, so lm-eval gives each process every ``world_size``-th doc of each
 task, and gathers the per-question results on rank 0, which writes the results.
 
-    lm_eval --model tinythinker --model_args pretrained=runs/csqa-sft/best[,gen_batch_size=64,variant=full,seed=42,dtype=bfloat16] ...
+    lm_eval --model tinythinker --model_args pretrained=runs/csqa-sft/best[,gen_batch_size=N,variant=full,seed=42,dtype=bfloat16] ...
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Sequences per generation batch (the engine's batch; model_args gen_batch_size=N). Not lm-eval's
 # batch_size: lm-eval defaults that to 1, which would starve the engine.
-DEFAULT_GEN_BATCH_SIZE = 64
+DEFAULT_GEN_BATCH_SIZE = None  # the engine sizes its batches by memory
 # Questions per engine call. After each call its responses go to lm-eval's request cache (when the
 # run has --use_cache), so an interrupted run loses at most one call's work when rerun.
 CHUNK_QUESTIONS = 512
@@ -71,15 +72,15 @@ class _Job:
     until: tuple[str, ...]
 
 
-def _parse_gen_batch_size(value) -> int:
-    if value is None or value == "":
+def _parse_gen_batch_size(value) -> int | None:
+    if value is None or str(value).strip().lower() in ("", "auto"):
         return DEFAULT_GEN_BATCH_SIZE
     try:
         size = int(value)
     except (TypeError, ValueError):
         size = 0
     if size < 1 or str(size) != str(value).strip():
-        raise TinyThinkerError(f"gen_batch_size {value!r}: give a whole number of sequences, at least 1 (default {DEFAULT_GEN_BATCH_SIZE})")
+        raise TinyThinkerError(f"gen_batch_size {value!r}: give a whole number of sequences, at least 1, or auto (the default: sized by memory)")
     return size
 
 
@@ -187,7 +188,7 @@ class TinyThinkerLM(LM):
         return {"tinythinker_student": self.pretrained, "tinythinker_student_revision": self.student.revision,
                 "tinythinker_variant": self.variant,
                 "tinythinker_seq2seq": self.student.is_seq2seq, "tinythinker_seed": self.seed,
-                "tinythinker_max_new_tokens": self.stage_tokens, "tinythinker_gen_batch_size": self.gen_batch_size,
+                "tinythinker_max_new_tokens": self.stage_tokens, "tinythinker_gen_batch_size": self.gen_batch_size or "auto",
                 "tinythinker_processes": self.world_size,
                 "model_num_parameters": sum(p.numel() for p in self.student.model.parameters())}
 
