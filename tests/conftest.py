@@ -116,3 +116,23 @@ def world_build(world, tmp_path_factory):
         return built[dataset]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the tests
+    share two cores with others, and oversubscribed threads crawl; the count is restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=("seq2seq", "causal"))
+def trained(request, tmp_path_factory):
+    """A tiny student of each kind overfitted on the toy stage records (cached per test session)."""
+    from helpers_data import overfit_student
+
+    return overfit_student(request.param, str(tmp_path_factory.getbasetemp()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers_data import TOY_QUESTIONS, all_texts, overfit_student, stage_records
+from helpers_data import TOY_QUESTIONS, all_texts, stage_records
 from tinythinker import protocol
 from tinythinker.decoding import bytes_per_row, generate_ids, plain_generate_ids, plan_batches
 from tinythinker.students import Student, make_tiny_student
@@ -13,14 +13,7 @@ from tinythinker.students import Student, make_tiny_student
 KINDS = ("seq2seq", "causal")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def trained(request, tmp_path_factory) -> Student:
-    return overfit_student(request.param, str(tmp_path_factory.getbasetemp()))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=KINDS)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from helpers_data import TOY_CAPS, TOY_QUESTIONS, all_texts, overfit_student, toy_items, write_stage_data
+from helpers_data import TOY_CAPS, TOY_QUESTIONS, all_texts, toy_items, write_stage_data
 from tinythinker import protocol
 from tinythinker.errors import TinyThinkerError
 from tinythinker.data.splits import Item, items_from_dataset, oracles_from_dataset
@@ -30,14 +29,7 @@ class RecordingStudent(Student):
         return super().tokenize_prompts(prompts)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def trained(request, tmp_path_factory) -> Student:
-    return overfit_student(request.param, str(tmp_path_factory.getbasetemp()))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers_data import TOY_QUESTIONS, all_texts, overfit_student
+from helpers_data import TOY_QUESTIONS, all_texts
 from tinythinker import protocol
 from tinythinker.errors import TinyThinkerError
 from tinythinker.students import IGNORE_INDEX, Student, make_tiny_student
@@ -13,20 +13,13 @@ from tinythinker.students import IGNORE_INDEX, Student, make_tiny_student
 KINDS = ("seq2seq", "causal")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def untrained(request, tmp_path_factory) -> Student:
     folder = make_tiny_student(request.param, all_texts(), tmp_path_factory.mktemp("students") / request.param, seed=1)
     return Student.load(folder, device="cpu")
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def trained(request, tmp_path_factory) -> Student:
-    return overfit_student(request.param, str(tmp_path_factory.getbasetemp()))
 
 
 def test_kind_comes_from_the_config_and_the_checkpoint_reloads(untrained, tmp_path):
