@@ -15,8 +15,10 @@ import sys
 import pytest
 import torch
 
-from test_sft import REPO, make_student, one_thread, read_metrics, train, weights, write_stage_data  # noqa: F401
+from test_sft import REPO, make_student, read_metrics, train, weights, write_stage_data
 from tinythinker.train.loop import read_last
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)
 
 
 def free_port() -> int:
