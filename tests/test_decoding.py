@@ -79,6 +79,12 @@ def test_sampling_is_seeded_and_honours_num_return_sequences(untrained):
     sample(1, batch_size=6)
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random state is untouched
     assert sample(1, batch_size=6) == sample(1, batch_size=6)
+    # no seed: drawn from torch's global generator, so new texts on every call, the same after torch.manual_seed
+    torch.manual_seed(7)
+    unseeded = sample(None)
+    assert sample(None) != unseeded
+    torch.manual_seed(7)
+    assert sample(None) == unseeded
 
 
 def test_top_k_one_and_cold_temperature_are_greedy(trained):

@@ -35,6 +35,7 @@ as does everything when ``plain=True``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from typing import Callable, Sequence
@@ -124,10 +125,20 @@ def plan_batches(lengths: Sequence[int], order: Sequence[int], *, n: int, max_ne
     return batches
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(model_class: type) -> frozenset[str]:
+    """The argument names of a model class's forward (read once per class, not per batch)."""
+    return frozenset(inspect.signature(model_class.forward).parameters)
+
+
 def _cache_kwarg(model) -> str:
     """``cache`` (transformers >= 5.x) or ``past_key_values`` (older): what the forward calls its KV cache."""
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
+
+
+def _last_logits_only(model) -> dict:
+    """``logits_to_keep=1`` where the forward takes it: a prefill needs the last position's logits only."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(type(model)) else {}
 
 
 def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, generator) -> torch.Tensor:
@@ -231,7 +242,7 @@ def _prefill(student, rows: list[Sequence[int]], cache_name: str, max_new_tokens
     mask = torch.nn.functional.pad(mask[index], (0, suffix), value=1)
     positions = positions[index] + torch.arange(1, suffix + 1, device=device)
     tails = torch.tensor([list(row[len(row) - suffix :]) for row in rows], dtype=torch.long, device=device)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = _last_logits_only(model)
     logits = model(input_ids=tails, attention_mask=None if bool(mask.all()) else mask, position_ids=positions,
                    use_cache=True, **{cache_name: cache}, **extra).logits[:, -1]
     return logits, cache, mask, positions[:, -1:]
@@ -246,7 +257,7 @@ def _prefill_rows(student, rows: list[Sequence[int]], cache_name: str, max_new_t
     from transformers import DynamicCache
 
     model, device, pad = student.model, student.device, student.tokenizer.pad_token_id
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = _last_logits_only(model)
     width = max(1, max(len(row) for row in rows))
     logits, masks, positions = [], [], []
     joined = _buffered_cache(max_new_tokens)
@@ -266,6 +277,7 @@ def _prefill_rows(student, rows: list[Sequence[int]], cache_name: str, max_new_t
     return torch.cat(logits), joined, torch.cat(masks), torch.cat(positions)
 
 
+@functools.cache
 def _buffered_layer_class():
     """A ``DynamicLayer`` whose keys and values live in a buffer with room for ``room`` more tokens, so
     a decoding step writes one column instead of concatenating (copying) the whole cache, as
@@ -344,19 +356,14 @@ def _buffered_layer_class():
     return BufferedLayer
 
 
-_BUFFERED = []
-
-
 def _buffered_cache(room: int):
     """A ``DynamicCache`` whose layers keep their keys and values in buffers with ``room`` free columns."""
     from functools import partial
 
     from transformers import DynamicCache
 
-    if not _BUFFERED:
-        _BUFFERED.append(_buffered_layer_class())
     cache = DynamicCache()
-    cache.layer_class_to_replicate = partial(_BUFFERED[0], room)
+    cache.layer_class_to_replicate = partial(_buffered_layer_class(), room)
     return cache
 
 
@@ -465,6 +472,17 @@ def _trimmed(tokens: torch.Tensor, pad: int) -> list[list[int]]:
     return [row[:end] for row, end in zip(tokens.cpu().tolist(), ends.cpu().tolist())]
 
 
+def _check_settings(num_return_sequences: int, do_sample: bool, temperature: float, batch_size: int | None) -> None:
+    if num_return_sequences < 1:
+        raise ValueError("num_return_sequences must be at least 1")
+    if num_return_sequences > 1 and not do_sample:
+        raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
+    if do_sample and temperature <= 0:
+        raise ValueError("temperature must be positive when sampling")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch_size must be at least 1 (or None: sized by memory)")
+
+
 def generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int = 128, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, num_return_sequences: int = 1, seed: int | None = None,
                  batch_size: int | None = None, memory_budget: int | None = None, plain: bool = False,
@@ -476,14 +494,7 @@ def generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int =
     each prompt as soon as all its sequences are done (``seconds``: its share of the time of the
     steps it ran in); the seconds of all calls sum to the time spent. ``plain=True``: one
     ``model.generate`` per fixed batch (:func:`plain_generate_ids`)."""
-    if num_return_sequences < 1:
-        raise ValueError("num_return_sequences must be at least 1")
-    if num_return_sequences > 1 and not do_sample:
-        raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
-    if do_sample and temperature <= 0:
-        raise ValueError("temperature must be positive when sampling")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError("batch_size must be at least 1 (or None: sized by memory)")
+    _check_settings(num_return_sequences, do_sample, temperature, batch_size)
     if plain or plain_only(student.model) is not None:
         return plain_generate_ids(student, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_k=top_k, num_return_sequences=num_return_sequences, seed=seed,
@@ -502,7 +513,8 @@ def generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int =
     generator = None
     if do_sample:
         generator = torch.Generator(device=student.device)
-        generator.manual_seed(seed if seed is not None else torch.initial_seed())
+        # no seed: one drawn from torch's global generator (reproducible under torch.manual_seed, new on every call)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
     decode = student.tokenizer.batch_decode
     was_training = student.model.training
     student.model.eval()
@@ -532,14 +544,11 @@ def plain_generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens:
     """The previous engine: prompts sorted by length, fixed batches of ``batch_size`` sequences, one
     ``model.generate`` each; sampling from the global generator seeded with ``seed`` (forked, so the
     caller's random state is untouched). ``on_batch(prompt_indices, seconds)`` follows each batch."""
-    if num_return_sequences < 1:
-        raise ValueError("num_return_sequences must be at least 1")
-    if num_return_sequences > 1 and not do_sample:
-        raise ValueError("several sequences per prompt need do_sample=True (greedy would repeat one text)")
+    _check_settings(num_return_sequences, do_sample, temperature, batch_size)
     out: list[list[str]] = [[] for _ in ids]
     if not ids:
         return out
-    config = student._generation_config(max_new_tokens, do_sample, temperature, top_k, num_return_sequences)
+    config = _generation_config(student, max_new_tokens, do_sample, temperature, top_k, num_return_sequences)
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     per_batch = max(1, batch_size // num_return_sequences)
     was_training = student.model.training
@@ -553,7 +562,7 @@ def plain_generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens:
             for start in range(0, len(order), per_batch):
                 chosen = order[start : start + per_batch]
                 began = time.perf_counter()
-                texts = student._generate_batch([ids[i] for i in chosen], config)
+                texts = _generate_batch(student, [ids[i] for i in chosen], config)
                 for k, i in enumerate(chosen):
                     out[i] = texts[k * num_return_sequences : (k + 1) * num_return_sequences]
                 if on_batch is not None:
@@ -563,3 +572,38 @@ def plain_generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens:
     return out
 
 
+def _generation_config(student, max_new_tokens, do_sample, temperature, top_k, num_return_sequences):
+    """``model.generate``'s settings for the plain path: plain greedy or sampling, nothing else."""
+    from transformers import GenerationConfig
+
+    base = student.model.generation_config
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_beams=1,
+        num_return_sequences=num_return_sequences,
+        pad_token_id=student.tokenizer.pad_token_id,
+        eos_token_id=student.tokenizer.eos_token_id,
+        decoder_start_token_id=getattr(base, "decoder_start_token_id", None),
+        bos_token_id=getattr(base, "bos_token_id", None),
+    )
+    # every logits processor stated: a value left None is filled from transformers' global defaults
+    # (top_k 50) or from the checkpoint's own generation_config, and would change what is sampled
+    settings.update(repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+    if do_sample:  # (greedy runs no sampling warpers; naming them there only draws warnings)
+        settings.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=None, typical_p=1.0)
+    return GenerationConfig(**settings)
+
+
+def _generate_batch(student, rows: list[Sequence[int]], config) -> list[str]:
+    """One ``model.generate`` call on a batch of token-id prompts; the stripped texts."""
+    pad = student.tokenizer.pad_token_id
+    # causal prompts are left-padded: every prompt ends where its continuation starts
+    input_ids, attention_mask = pad_rows(rows, pad, left=not student.is_seq2seq)
+    input_ids, attention_mask = input_ids.to(student.device), attention_mask.to(student.device)
+    with student.autocast():
+        generated = student.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    if not student.is_seq2seq:
+        generated = generated[:, input_ids.shape[1] :]
+    texts = student.tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return [text.strip() for text in texts]

@@ -250,40 +250,6 @@ class Student:
                        top_k=top_k, num_return_sequences=num_return_sequences, seed=seed, batch_size=batch_size,
                        on_batch=on_batch, **engine)
 
-    def _generation_config(self, max_new_tokens, do_sample, temperature, top_k, num_return_sequences):
-        from transformers import GenerationConfig
-
-        base = self.model.generation_config
-        settings = dict(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            num_beams=1,
-            num_return_sequences=num_return_sequences,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            decoder_start_token_id=getattr(base, "decoder_start_token_id", None),
-            bos_token_id=getattr(base, "bos_token_id", None),
-        )
-        if do_sample and temperature <= 0:
-            raise ValueError("temperature must be positive when sampling")
-        # every logits processor stated: a value left None is filled from transformers' global defaults
-        # (top_k 50) or from the checkpoint's own generation_config, and would change what is sampled
-        settings.update(repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
-        if do_sample:  # (greedy runs no sampling warpers; naming them there only draws warnings)
-            settings.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=None, typical_p=1.0)
-        return GenerationConfig(**settings)
-
-    def _generate_batch(self, rows: list[Sequence[int]], config) -> list[str]:
-        pad = self.tokenizer.pad_token_id
-        # causal prompts are left-padded: every prompt ends where its continuation starts
-        input_ids, attention_mask = _pad(rows, pad, left=not self.is_seq2seq)
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        with self.autocast():
-            generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-        if not self.is_seq2seq:
-            generated = generated[:, input_ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return [text.strip() for text in texts]
 
 
 # --- tiny students for tests, demos and benchmarks -----------------------------------------------
