@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from test_sft import REPO, make_student, read_metrics, train, weights, write_stage_data
-from tinythinker.train.loop import read_last
+from tinythinker.train.loop import read_last, read_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)
 
@@ -53,7 +53,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert [m["questions"] for m in two if m["kind"] == "eval"] == [6, 6]  # validation split over both processes
     a, b = weights(tmp_path / "one" / "best"), weights(out / "best")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-    ranks = [torch.load(out / "last" / f"random_states_{rank}.pkl", weights_only=False) for rank in (0, 1)]
-    assert not torch.equal(ranks[0]["torch_manual_seed"], ranks[1]["torch_manual_seed"])  # each process its own RNG
+    ranks = read_state(out / "last")["ranks"]  # JSON + safetensors: what each process resumes from
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])  # each process its own RNG
     assert read_last(out / "last")["step"] == single.total_steps
     assert (out / "best" / "README.md").read_text().count("| processes | 2 |") == 1

@@ -13,9 +13,11 @@ the rest:
 * ``OUT/metrics.jsonl``: a train row every ``log_every`` steps and at the end of every block, an eval
   row after every validation; :meth:`TrainLoop.write_row` writes every row;
 * after every cycle: validation of the whole pipeline (:func:`validate`), the best checkpoint in
-  ``OUT/best`` and the resume point ``OUT/last`` (``accelerator.save_state``: the model as a checkpoint
-  folder ``last/model``, the optimizer, every process's RNG, and the registered scheduler, schedule,
-  :class:`Counters` and :class:`Window`). A rerun continues from it bit for bit;
+  ``OUT/best`` and the resume point ``OUT/last`` (:func:`write_state`: the model as a checkpoint folder
+  ``last/model``, and in ``resume.json`` + ``resume.safetensors`` the optimizer, the lr scheduler, the
+  schedule, :class:`Counters`, and every process's RNG states and :class:`Window`). A rerun continues
+  from it bit for bit. It is data only, never a pickle: a run folder is copied and shared, and
+  unpickling a file can run any code (an old pickled ``last/`` is refused, :func:`read_last`);
 * Ctrl-C or SIGTERM: every process stops after the same step (``set_trigger`` / ``check_trigger``),
   saves ``OUT/last`` and raises KeyboardInterrupt; a second signal acts at once.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +43,10 @@ from tinythinker.train.settings import LoopOptions
 from tinythinker.train.tracking import TRACKING_DIR, check_report_to, restart_at, scalars
 
 BEST, LAST, METRICS_FILE = "best", "last", "metrics.jsonl"
-COUNTERS_FILE = "custom_checkpoint_0.pkl"  # accelerate numbers registered objects; the counters come first
+STATE_FILE, TENSORS_FILE = "resume.json", "resume.safetensors"  # OUT/last besides model/
+# what accelerate's save_state wrote (and torch.save writes): pickles, which are never read from a run folder
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
+TENSOR = "__tensor__"  # {TENSOR: name} stands in resume.json for the tensor ``name`` of resume.safetensors
 
 
 # --- accelerate ------------------------------------------------------------------------------------
@@ -119,26 +125,97 @@ class Window:
         return dict(zip(self.names, self.accelerator.reduce(values, reduction="sum").tolist()))
 
     def state_dict(self) -> dict:
-        from accelerate.utils import gather_object
-
-        # every process calls this in save_state, and only the main process writes: gather them all
-        mine = {"sums": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.sums.items()}, "steps": self.steps}
-        return {"ranks": gather_object([mine])}
+        """This process's sums (the checkpoint keeps every process's)."""
+        return {"sums": {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.sums.items()}, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = state["ranks"][self.accelerator.process_index]
-        self.sums = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in mine["sums"].items()}
-        self.steps = mine["steps"]
+        self.sums = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in state["sums"].items()}
+        self.steps = state["steps"]
+
+
+# --- the resume point OUT/last: JSON and safetensors, never a pickle ---------------------------------
+
+def rng_state() -> dict:
+    """This process's random generators, as accelerate's save_state kept them: python, numpy, torch's CPU and CUDA ones."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]  # JSON made the tuples lists
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def load_optimizer(optimizer, saved: dict) -> None:
+    """``optimizer`` continued from its state_dict as :func:`read_state` gives it back."""
+    # JSON keys are strings and its lists were tuples (AdamW's betas): give the state_dict its own types again
+    groups = [{k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in group.items()}
+              for group, mine in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": {int(k): v for k, v in saved["state"].items()}, "param_groups": groups})
+
+
+def _split(value, name: str, tensors: dict):
+    """``value`` with every tensor moved into ``tensors`` (named by its path) and a {TENSOR: name} in its place."""
+    if torch.is_tensor(value):
+        tensors[name] = value.detach().cpu().contiguous()
+        return {TENSOR: name}
+    if isinstance(value, dict):
+        return {str(k): _split(v, f"{name}/{k}" if name else str(k), tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_split(v, f"{name}/{i}" if name else str(i), tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _join(value, tensors: dict):
+    """The inverse of :func:`_split`."""
+    if isinstance(value, dict):
+        return tensors[value[TENSOR]] if value.keys() == {TENSOR} else {k: _join(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join(v, tensors) for v in value]
+    return value
+
+
+def write_state(folder: Path, state: dict) -> None:
+    """``state`` (plain values and tensors, nested) as ``folder/resume.json`` and ``folder/resume.safetensors``."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    plain = _split(state, "", tensors)
+    save_file(tensors, folder / TENSORS_FILE)
+    (folder / STATE_FILE).write_text(json.dumps(plain), encoding="utf-8")
+
+
+def read_state(folder: Path) -> dict:
+    """What :func:`write_state` wrote (JSON and safetensors: reading them runs no code)."""
+    from safetensors.torch import load_file
+
+    return _join(json.loads((folder / STATE_FILE).read_text(encoding="utf-8")), load_file(folder / TENSORS_FILE))
 
 
 def read_last(folder: Path) -> dict | None:
-    """The :class:`Counters` of the checkpoint in ``folder``, read without loading it (None: no checkpoint)."""
+    """The :class:`Counters` of the checkpoint in ``folder``, read without loading it (None: no checkpoint).
+
+    A ``last/`` holding pickles (accelerate's save_state, or older) is refused unread: unpickling runs code."""
     if not folder.exists():
         return None
-    if not (folder / COUNTERS_FILE).exists():  # written before the loop saved through accelerate
+    pickles = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise TinyThinkerError(f"{folder}: the resume point of an older TinyThinker version, in a pickle format ({pickles[0]}) "
+                               f"that is not read for safety (a pickle can run any code); delete {folder} to restart "
+                               "the run from its beginning, or pass --overwrite to start over")
+    if not (folder / STATE_FILE).exists():
         raise TinyThinkerError(f"{folder}: a checkpoint of an older TinyThinker version, which this one cannot resume; "
                                f"delete {folder} to restart the run from its beginning")
-    return torch.load(folder / COUNTERS_FILE, map_location="cpu", weights_only=True)
+    return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))["counters"]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -274,15 +351,29 @@ class TrainLoop:
         # not prepared: accelerate would step it once per process; this loop steps it once per optimizer step
         self.scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(s.warmup_ratio * total), total)
         self.model, self.optimizer = acc.prepare(self.student.model, optimizer)
-        acc.register_for_checkpointing(self.counters, self.window, self.schedule, self.scheduler)
-        # the model goes to last/model as a checkpoint folder (loadable on its own) and was loaded from there above
-        acc.register_save_state_pre_hook(self._save_model)
-        acc.register_load_state_pre_hook(lambda models, folder: models.clear())
-        if self.resume:
+        if self.resume:  # the model was loaded from last/model above
             try:
-                acc.load_state(str(self.out / LAST))
+                self._restore(read_state(self.out / LAST))
             except TinyThinkerError as error:  # the schedule refuses another data set
                 raise TinyThinkerError(f"{self.out}: {error}; pass --overwrite to start over or another --out") from None
+
+    def _state(self, ranks: list[dict]) -> dict:
+        """What ``OUT/last`` holds besides the model; ``ranks``: every process's :meth:`_rank_state`."""
+        return {"counters": self.counters.state_dict(), "schedule": self.schedule.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "optimizer": self.optimizer.state_dict(), "ranks": ranks}
+
+    def _rank_state(self) -> dict:
+        return {"rng": rng_state(), "window": self.window.state_dict()}
+
+    def _restore(self, state: dict) -> None:
+        """The run continued from :meth:`_state` (every process reads it and takes its own rank's part)."""
+        self.schedule.load_state_dict(state["schedule"])  # first: it refuses another data set
+        self.counters.load_state_dict(state["counters"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer(self.optimizer, state["optimizer"])
+        mine = state["ranks"][self.accelerator.process_index]
+        self.window.load_state_dict(mine["window"])
+        set_rng_state(mine["rng"])
 
     # .. one optimizer step ..
 
@@ -350,25 +441,19 @@ class TrainLoop:
                 self.write_card(tmp)
         self.accelerator.wait_for_everyone()
 
-    def _save_model(self, models, weights, folder) -> None:
-        if self.is_main:
-            self.student.save(Path(folder) / "model")
-        weights.clear()
-
     def _save_last(self) -> None:
-        """``OUT/last``, written into a temporary folder beside it and renamed into place."""
-        from accelerate.utils import broadcast_object_list
+        """``OUT/last``, written by the main process into a temporary folder beside it and renamed into place."""
+        from accelerate.utils import gather_object
 
         from tinythinker.artifacts import staged_folder
 
-        acc = self.accelerator
+        ranks = gather_object([self._rank_state()])  # every process's RNG and window sums, for the main process to write
         if self.is_main:
             self.counters.metrics_bytes = (self.out / METRICS_FILE).stat().st_size
-        with staged_folder(self.out / LAST, overwrite=True) if self.is_main else contextlib.nullcontext() as tmp:
-            [tmp] = broadcast_object_list([tmp])  # every process writes its own RNG state into the main process's folder
-            acc.save_state(str(tmp))
-            acc.wait_for_everyone()
-        acc.wait_for_everyone()
+            with staged_folder(self.out / LAST, overwrite=True) as tmp:
+                self.student.save(tmp / "model")  # a checkpoint folder, loadable on its own
+                write_state(tmp, self._state(ranks))
+        self.accelerator.wait_for_everyone()
         self.after_checkpoint()
 
     def result(self) -> TrainResult:
