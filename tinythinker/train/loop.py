@@ -286,7 +286,7 @@ class TrainLoop:
         self.out, self.settings, self.start, self.revision = Path(out), settings, str(start), revision
         self.items, self.options = list(items), LoopOptions(**options)
         self.progress_enabled, self.console = progress, console
-        # an accelerator of its own by default: a checkpoint saves every object registered on it
+        # an accelerator of its own unless the phase gives one (SFT's carries its tracker)
         self.accelerator = accelerator or make_accelerator(settings.bf16)
         self.tracker, self.tracker_offset = tracker or self.accelerator, tracker_offset
         self.is_main = self.accelerator.is_main_process

@@ -167,7 +167,7 @@ class StageSchedule:
         return " · ".join(f"{stage} {self.lengths[stage]}" for stage in self.stages) + " batches per cycle"
 
     def state_dict(self) -> dict:
-        """What the schedule is: a resumed run must walk the same one (registered for checkpointing)."""
+        """What the schedule is: a resumed run must walk the same one (kept in ``OUT/last``)."""
         return {"sizes": self.sizes, "n_options": self.n_options, "interval": self.interval, "batch_size": self.batch_size,
                 "epochs": self.epochs, "seed": self.seed, "mixed": self.mixed}
 
