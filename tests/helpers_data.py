@@ -116,19 +116,34 @@ def toy_items(questions: Sequence[ToyQuestion] = TOY_QUESTIONS):
     return [Item(q.id, q.text, q.letters, q.answer) for q in questions]
 
 
+def mislabelled(questions: Sequence[ToyQuestion], wrong: Sequence[str]) -> tuple[ToyQuestion, ...]:
+    """``questions`` with the answer of each id in ``wrong`` moved to the next letter: a student taught
+    them answers those questions wrong, and only those, by construction."""
+    import dataclasses
+
+    def moved(q: ToyQuestion) -> ToyQuestion:
+        return dataclasses.replace(q, answer=q.letters[(q.letters.index(q.answer) + 1) % len(q.letters)])
+
+    return tuple(moved(q) if q.id in wrong else q for q in questions)
+
+
 @functools.lru_cache(maxsize=None)
-def overfit_student(kind: str, folder: str):
+def overfit_student(kind: str, folder: str, wrong: tuple[str, ...] = ()):
     """A tiny ``kind`` student (saved under ``folder``, reloaded like any checkpoint) trained with a
     plain loop on Student.encode batches of every full-variant record until the greedy pipeline
-    reproduces every stage text and answers all toy questions right. Cached: each test process trains each kind once."""
+    reproduces every stage text and answers all toy questions as taught: right, except the ids in
+    ``wrong``, whose summary it was taught to give another letter (:func:`mislabelled`); their recall
+    and analyses stay the teacher's. Cached: each test process trains each kind once."""
     import torch
 
     from tinythinker.evaluate.engine import accuracy, run_pipeline
     from tinythinker.students import Student, make_tiny_student
 
+    taught = mislabelled(TOY_QUESTIONS, wrong)
     torch.set_num_threads(1)  # the machine is shared: one thread is faster than two contended ones
-    student = Student.load(make_tiny_student(kind, all_texts(), Path(folder) / f"toy-{kind}", seed=0), device="cpu")
-    records = stage_records()
+    name = f"toy-{kind}" + "".join(f"-{qid}" for qid in wrong)
+    student = Student.load(make_tiny_student(kind, all_texts(), Path(folder) / name, seed=0), device="cpu")
+    records = stage_records(taught)
     batch = student.encode([p for p, _ in records], [t for _, t in records])
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(student.model.parameters(), lr=1e-2)
@@ -139,8 +154,8 @@ def overfit_student(kind: str, folder: str):
         optimizer.step()
         optimizer.zero_grad()
         if loss.item() < 0.2 and step % 10 == 0:
-            traces = run_pipeline(student, toy_items(), progress=False, max_new_tokens=TOY_CAPS)
-            learned = all(t.recall == q.recall and t.analyses == q.analysis_map for t, q in zip(traces, TOY_QUESTIONS))
+            traces = run_pipeline(student, toy_items(taught), progress=False, max_new_tokens=TOY_CAPS)
+            learned = all(t.recall == q.recall and t.analyses == q.analysis_map for t, q in zip(traces, taught))
             if learned and accuracy(traces)["accuracy"] == 1.0:
                 student.model.eval()
                 return student

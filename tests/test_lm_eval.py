@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers_data import TOY_QUESTIONS, all_texts, stage_records, write_stage_data
+from helpers_data import TOY_QUESTIONS, write_stage_data
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "eval_tasks"
-CAPS = {"recall": 24, "analyze": 24}  # --model_args max_new_tokens=24: a half-trained student rambles
+CAPS = {"recall": 24, "analyze": 24}  # --model_args max_new_tokens=24: fits every toy text
+WRONG = ("q3",)  # the question the toy student was taught to answer wrong
 
 
 def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -53,28 +54,18 @@ def results(out: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
-    """Toy stage data (as data set "csqa") and a tiny student trained briefly on its records, with
-    the card an SFT run writes (the report reads method and data from it)."""
-    import torch
+    """Toy stage data (as data set "csqa") and a tiny student overfitted on its records, taught a wrong
+    summary for q3: it answers q1, q2 and q4 right and q3 wrong by construction (even with the teacher's
+    recall and analyses given), so equal accuracies mean something. It carries the card an SFT run
+    writes (the report reads method and data from it)."""
+    from helpers_data import overfit_student
 
     from tinythinker.artifacts import write_card
-    from tinythinker.students import Student, make_tiny_student
 
     root = tmp_path_factory.mktemp("lm_eval")
     data = write_stage_data(root / "data", dataset="csqa")
-    path = make_tiny_student("seq2seq", all_texts(), root / "student", seed=0, d_model=32, layers=1, heads=2, d_ff=64, vocab_size=400)
-    torch.set_num_threads(2)
-    student = Student.load(path, device="cpu")
-    prompts, targets = zip(*stage_records())
-    optimizer = torch.optim.AdamW(student.model.parameters(), lr=1e-2)
-    student.model.train()
-    torch.manual_seed(0)
-    for _ in range(60):
-        loss = student.model(**student.encode(list(prompts), list(targets))).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    student.save(path)
+    path = root / "student"
+    overfit_student("seq2seq", str(tmp_path_factory.getbasetemp()), WRONG).save(path)
     write_card(path, {"tinythinker": {"method": "sft", "data": str(data), "config": "csqa-full", "seed": 0}}, "# toy student")
     return root, data, path
 
@@ -139,8 +130,8 @@ def test_lm_eval_cli_runs_the_engine(cli_run, direct):
         assert full[trace.id]["acc"] == float(trace.correct)
     accuracy = sum(t.correct for t in direct["full"]) / len(direct["full"])
     assert metrics["tinythinker_csqa"]["acc,none"] == pytest.approx(accuracy)
-    assert 0 < sum(t.correct for t in direct["full"] + direct["summarize_oracle"])  # the student is not hopeless ...
-    assert not all(t.correct for t in direct["full"] + direct["summarize_oracle"])  # ... nor perfect: equality means something
+    # neither hopeless nor perfect, by construction (the toy fixture): equality means something
+    assert {t.id for t in direct["full"] if not t.correct} == {t.id for t in direct["summarize_oracle"] if not t.correct} == set(WRONG)
 
     # the oracles: the teacher's text replaces the student's, as run_pipeline(given_*) does
     for kind in ("analyze_oracle", "summarize_oracle"):

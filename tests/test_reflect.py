@@ -261,7 +261,12 @@ def test_recall_pairs_only_without_validation_in_process(toy, tmp_path):
 def test_two_processes_give_the_pairs_and_training_of_one(finished, toy, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): sampling chunks, validation and DPO batches are
     shared out, the pairs are the same bytes, and the batch-level loss normalisation gives the same
-    training (up to float rounding)."""
+    training (up to float rounding).
+
+    One iteration, compared with the first of the single-process run: what must hold. A second
+    iteration samples from a student trained under other float rounding (1e-7), and a uniform draw that
+    falls that close to a token's boundary in the CDF takes the next token, so its pairs may differ by
+    a text (seen: one more recall pair file in one run of three)."""
     import socket
 
     from safetensors.torch import load_file
@@ -271,16 +276,20 @@ def test_two_processes_give_the_pairs_and_training_of_one(finished, toy, tmp_pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "two"
+    argv = reflect_argv(toy, out)
+    argv[argv.index("--iterations") + 1] = "1"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-               "-m", "tinythinker", *reflect_argv(toy, out), "--micro-batch-size", "1"]
+               "-m", "tinythinker", *argv, "--micro-batch-size", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stderr and done.stderr.count("best student:") == 1  # the main process reports
     one, two = outcome(single), outcome(out)
-    assert two["parquet"] == one["parquet"] and two["samples"] == one["samples"]
-    losses = [[m["loss"] for m in run["metrics"] if m["kind"] == "train"] for run in (one, two)]
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    a, b = load_file(single / "best" / "model.safetensors"), load_file(out / "best" / "model.safetensors")
+    first = lambda files: {name: data for name, data in files.items() if "iter1" in name}  # noqa: E731
+    assert first(one["parquet"]) and first(two["parquet"]) == first(one["parquet"])
+    assert first(one["samples"]) and first(two["samples"]) == first(one["samples"])
+    losses = [[m["loss"] for m in run["metrics"] if m["kind"] == "train" and m["iteration"] == 1] for run in (one, two)]
+    assert losses[0] and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    a, b = (load_file(run / "iter1" / "best" / "model.safetensors") for run in (single, out))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
