@@ -48,6 +48,9 @@ SPLIT_RULES = {
     "obqa": "the official train / dev / test splits",
     "strategyqa": "the de-duplicated official train questions shuffled and cut 80 / 10 / 10",
 }
+# csqa whose train file marks its validation questions (the generated world: sources.SPLIT_KEY)
+MARKED_VALIDATION_RULE = ("train = the train file minus the {validation} questions it marks as validation (the generated "
+                          "world's held-out pairs; real data draws them at random), which become validation; test = the dev file")
 
 
 @dataclass
@@ -174,7 +177,7 @@ def card_context(
         selection=selection.counts,
         question_counts=questions.sizes(),
         seed=questions.seed,
-        split_rule=SPLIT_RULES[questions.dataset].format(**questions.sizes()),
+        split_rule=(MARKED_VALIDATION_RULE if questions.marked_validation else SPLIT_RULES[questions.dataset]).format(**questions.sizes()),
         merged=questions.merged_duplicates,
         reasons=reasons + sorted({r for t in selection.counts.values() for r in t.rejected} - set(reasons)),
         missing_reasons=[NO_RESPONSE, FAILED_REQUEST, NO_ACCEPTED_SAMPLE],
