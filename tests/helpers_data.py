@@ -55,6 +55,9 @@ def _row(q: ToyQuestion, stage: str, option: str, input_: str, target: str, *, e
 def train_rows(q: ToyQuestion, variant: str, split: str) -> list[dict]:
     """The REFERENCE-6 training records of one question for one split of a variant."""
     recall = q.recall if variant in ("full", "no_analyze") else None
+    if split in protocol.ONE_PASS_TEXTS:  # the baselines' cot, label and rationale records
+        target = protocol.one_pass_target(split, q.recall, q.analysis_map, q.answer)
+        return [_row(q, split, "", protocol.one_pass_prompt(q.text, split), target, eval_row=False)]
     if split in ("recall", "recall_single"):
         return [_row(q, "recall", "", protocol.recall_prompt(q.text), q.recall, eval_row=False)]
     if split == "analyze":
@@ -101,8 +104,10 @@ def stage_records(questions: Sequence[ToyQuestion] = TOY_QUESTIONS, variant: str
 
 
 def all_texts(questions: Sequence[ToyQuestion] = TOY_QUESTIONS) -> list[str]:
-    """Every text a student sees in any variant (to train its tokenizer on)."""
-    return [text for variant in records.VARIANTS for pair in stage_records(questions, variant) for text in pair]
+    """Every text a student sees in any stage variant (to train its tokenizer on; the baselines' texts
+    are left out, so the toy students' tokenizers stay as they were)."""
+    return [text for variant in records.VARIANTS if variant not in protocol.BASELINES
+            for pair in stage_records(questions, variant) for text in pair]
 
 
 # --- tiny students trained to answer the toy questions (shared by the students/pipeline tests) ----

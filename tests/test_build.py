@@ -104,7 +104,7 @@ def test_same_inputs_same_bytes(world, world_build, tmp_path):
     first = world_build("csqa").out
     again = build_dataset("csqa", *_inputs(world, "csqa"), tmp_path / "csqa").out
     files = sorted(p.relative_to(first) for p in first.rglob("*.parquet"))
-    assert files == sorted(p.relative_to(again) for p in again.rglob("*.parquet")) and len(files) == 18
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*.parquet")) and len(files) == 18 + 3 + 4  # stage configs, cot, dsbs
     for rel in files:
         assert (first / rel).read_bytes() == (again / rel).read_bytes(), rel
     assert (first / "README.md").read_text() == (again / "README.md").read_text()

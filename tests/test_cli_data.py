@@ -74,7 +74,7 @@ def test_build_inspect_and_dry_run(tmp_path, csqa_world, csqa_responses):
     for text in ("csqa-full", "recall_single", "rejected: bad_explanation_prefix", "Recall:", "So the answer is option"):
         assert text in shown.stdout
     dry = cli("push", out, "--repo", "me/tt-csqa", "--dry-run")
-    assert dry.returncode == 0 and "would upload 19 files" in dry.stdout
+    assert dry.returncode == 0 and "would upload 26 files" in dry.stdout  # README + 18 stage-config files + cot 3 + dsbs 4
 
 
 def test_missing_raw_file(tmp_path, csqa_raw, csqa_responses):

@@ -69,12 +69,14 @@ def test_every_variant_sends_the_protocol_prompts(untrained, variant):
     traces = run_pipeline(student, items, variant=variant, progress=False, max_new_tokens={"recall": 4, "analyze": 4, "summarize": 4})
     stages = protocol.VARIANT_STAGES[variant]
     expected = []
-    if "recall" in stages:
+    if stages[0] in protocol.ONE_PASS_TEXTS:  # a baseline: one pass, no stage prompts
+        expected += [protocol.one_pass_prompt(item.question, stages[0]) for item in items]
+    elif "recall" in stages:
         expected += [protocol.recall_prompt(item.question) for item in items]
     if "analyze" in stages:
         expected += [protocol.analyze_prompt(item.question, x, t.recall) for item, t in zip(items, traces) for x in item.letters]
     expected += [protocol.summarize_prompt(item.question, t.recall, t.analyses if "analyze" in stages else None)
-                 for item, t in zip(items, traces)]
+                 for item, t in zip(items, traces) if stages[0] not in protocol.ONE_PASS_TEXTS]
     assert student.prompts == expected
     for t in traces:
         assert (t.recall is not None) == ("recall" in stages)
@@ -176,7 +178,7 @@ def test_items_and_oracles_from_a_data_set_folder(data):
 
 
 def test_data_set_errors_name_the_choices(data, tmp_path):
-    with pytest.raises(TinyThinkerError, match="no config 'toy-other'; choose one of toy-full"):
+    with pytest.raises(TinyThinkerError, match="no config 'toy-other'; choose one of toy-cot, toy-dsbs, toy-full"):
         items_from_dataset(data, "toy-other", "test")
     with pytest.raises(TinyThinkerError, match="no split 'train'; choose one of recall"):
         items_from_dataset(data, "toy-full", "train")

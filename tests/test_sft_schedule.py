@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from tinythinker.protocol import VARIANT_STAGES, VARIANTS
+from tinythinker.protocol import TRAINED_STAGES, VARIANTS
 from tinythinker.train.sft import StageSchedule, block_lengths
 
-LETTER = {"recall": "R", "analyze": "A", "summarize": "S"}
+LETTER = {"recall": "R", "analyze": "A", "summarize": "S", "cot": "C", "label": "L", "rationale": "T"}
 
 
 def schedule(sizes, *, n_options=3, interval=1, batch_size=2, epochs=1, seed=42):
@@ -53,7 +53,7 @@ def test_a_stage_that_runs_out_early_is_skipped_for_the_rest_of_the_epoch():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_variant_trains_its_stages_in_pipeline_order(variant):
-    stages = VARIANT_STAGES[variant]
+    stages = TRAINED_STAGES[variant]
     sizes = {stage: 40 for stage in stages}
     plan = schedule(sizes, n_options=4, interval=2, batch_size=4, epochs=2)
     lengths = block_lengths(stages, 2, 4)
@@ -67,6 +67,8 @@ def test_every_variant_trains_its_stages_in_pipeline_order(variant):
         assert text.replace("|", "").count(LETTER[stages[0]]) == 10
     if variant == "summarize_only":
         assert pattern(s for s in steps if s.epoch == 0) == "SS|SS|SS|SS|SS"
+    if variant == "dsbs":  # the label and rationale tasks alternate in blocks of interval batches
+        assert pattern(s for s in steps if s.epoch == 0) == "LLTT|LLTT|LLTT|LLTT|LLTT"
 
 
 def test_every_record_once_per_epoch_reshuffled_per_epoch_and_seeded():
@@ -118,7 +120,7 @@ def test_invariants_on_random_sizes():
     rng = random.Random(0)
     for _ in range(200):
         variant = rng.choice(VARIANTS)
-        stages = VARIANT_STAGES[variant]
+        stages = TRAINED_STAGES[variant]
         sizes = {s: rng.randint(0, 60) for s in stages}
         if not any(sizes.values()):
             sizes[stages[-1]] = 1

@@ -55,9 +55,10 @@ def test_world_sources(world):
     """A generated world's raw files load like the real ones, split by the data sets' own rules."""
     files = {name: json.loads((world(name) / "world.json").read_text())["files"] for name in ("csqa", "obqa", "strategyqa")}
     sizes = {name: load_questions(name, world(name) / "raw").sizes() for name in files}
-    # csqa: test = the dev file; validation = as many questions drawn from the train file
+    # csqa: test = the dev file; validation = the train file's questions marked as validation (the
+    # world's held-out pairs; real data draws as many as dev has from train: test_csqa_* above)
     csqa = files["csqa"]
-    assert sizes["csqa"] == {"train": csqa["train"] - csqa["dev"], "validation": csqa["dev"], "test": csqa["dev"]}
+    assert sizes["csqa"] == {"train": csqa["train"], "validation": csqa["validation"], "test": csqa["dev"]}
     # obqa: the three files (train's exact duplicate merged)
     assert sizes["obqa"] == {"train": files["obqa"]["train"], "validation": files["obqa"]["dev"], "test": files["obqa"]["test"]}
     # strategyqa: one file (its duplicate merged) cut 80 / 10 / 10

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from tinythinker.cli import main
 from tinythinker.protocol import letters_for
 from tinythinker.data.sources import check_no_leakage, get_spec, load_questions
-from tinythinker.data.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, TRAIN_VARIANTS, World, world_files
+from tinythinker.data.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, TRAIN_VARIANTS, VALIDATION_HELD_OUT, World
+from tinythinker.data.world import world_files
 
 DATASETS = ("csqa", "obqa", "strategyqa")
 SMALL = MIN_ENTITIES * len(RELATIONS)  # the minimum, 80
@@ -25,7 +26,7 @@ SMALL = MIN_ENTITIES * len(RELATIONS)  # the minimum, 80
 # entities: at the minimum (one entity a kind) none is; at 160 and 240 questions (csqa, seed 42) one
 # fact's only teacher is the training question whose request failed on purpose. From 320 on, all are.
 TAUGHT = 4 * SMALL
-HELD_OUT_FILES = {"csqa": ("dev",), "obqa": ("dev", "test")}
+HELD_OUT_FILES = {"csqa": ("dev", "validation"), "obqa": ("dev", "test")}
 
 
 def _raw_files(dataset: str, files: dict[str, str]) -> dict[str, list[tuple[str, tuple[str, ...], str]]]:
@@ -202,7 +203,7 @@ def test_held_out_questions_are_answerable_from_training_rationales(dataset):
     taught = [(pair, text) for pair, samples in rationales.items() for text in samples]
     train_pairs = {(wq.entity, wq.relation) for wq in train}
     held_out = [wq for split in HELD_OUT_FILES[dataset] for wq in by_file[split]]
-    assert len(held_out) == len(world.entities) * {"csqa": HELD_OUT["csqa"], "obqa": 2}[dataset]
+    assert len(held_out) == len(world.entities) * {"csqa": HELD_OUT["csqa"] + VALIDATION_HELD_OUT["csqa"], "obqa": 2}[dataset]
     for wq in held_out:
         assert (wq.entity, wq.relation) not in train_pairs
         # the entity's other relations are all asked in the train file
@@ -277,3 +278,59 @@ def test_cli_too_few_questions_is_one_line_and_writes_nothing(tmp_path):
     _one_line_error(_invoke("obqa", "--out", tmp_path / "world", "--questions", SMALL - 1, "--overwrite"), "too few")
     assert {p: p.read_bytes() for p in (tmp_path / "world").rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["world"]
+
+
+# --- validation and test ask pairs that training never asks ----------------------------------------
+
+def _pair_of(stem: str) -> tuple[str, str]:
+    """The (entity, relation) a world question asks, read back from its stem by the relations' templates."""
+    import re
+
+    for name, relation in RELATIONS.items():
+        for template in (relation.stem, relation.yes_no):
+            pattern = re.escape(template).replace(re.escape("{e}"), r"(?P<e>\w+)").replace(re.escape("{v}"), r"\w+")
+            match = re.fullmatch(pattern, stem)
+            if match:
+                return match["e"], name
+    raise AssertionError(f"not a world question: {stem!r}")
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_no_validation_or_test_pair_is_asked_in_train(world_build, dataset):
+    """The built splits (the build's own split rule, seed 42): every validation and test question asks
+    an (entity, relation) pair no training question asks, so validation measures what test does."""
+    splits = world_build(dataset).questions.splits
+    pairs = {split: [_pair_of(q.stem) for q in questions] for split, questions in splits.items()}
+    train = set(pairs["train"])
+    for split in ("validation", "test"):
+        assert pairs[split] and not train & set(pairs[split]), split
+    if dataset == "csqa":  # the world's marked validation questions, not the real data's random draw
+        assert world_build(dataset).questions.marked_validation
+        assert len(pairs["validation"]) == len(set(pairs["validation"])) == SMALL // len(RELATIONS) * VALIDATION_HELD_OUT["csqa"]
+
+
+def test_the_default_csqa_world_holds_out_its_validation_pairs(tmp_path):
+    """Default sizes: 1,200 train, 100 validation, 300 test questions; none of the 400 held-out pairs is
+    asked in train (drawing validation from the train file at random shared 288 of 300 pairs)."""
+    for path, text in world_files("csqa", defects=0).items():
+        if path.startswith("raw/"):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(text)
+    questions = load_questions("csqa", tmp_path / "raw", seed=42)
+    assert questions.sizes() == {"train": 1200, "validation": 100, "test": 300} and questions.marked_validation
+    train = {_pair_of(q.stem) for q in questions.splits["train"]}
+    assert not train & {_pair_of(q.stem) for split in ("validation", "test") for q in questions.splits[split]}
+
+
+def test_a_split_mark_outside_the_train_file_is_one_clear_error(tmp_path):
+    from tinythinker.data.sources import SPLIT_KEY
+    from tinythinker.errors import TinyThinkerError
+
+    for path, text in world_files("csqa", questions=SMALL, defects=0).items():
+        if path.startswith("raw/"):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            if path.endswith("dev_rand_split.jsonl"):
+                text = text.replace('"answerKey"', f'"{SPLIT_KEY}": "validation", "answerKey"', 1)
+            (tmp_path / path).write_text(text)
+    with pytest.raises(TinyThinkerError, match=f"has {SPLIT_KEY} 'validation'; only train-file records"):
+        load_questions("csqa", tmp_path / "raw", seed=42)

@@ -6,7 +6,9 @@ nobody else formats "Recall:" / "Analyze:" / "Summarize:" strings or parses teac
 
 Stages are written so that every ablation variant is the same function with a part left out:
 ``summarize_prompt(q)`` is the summarize-only input, ``summarize_prompt(q, recall=gk)`` the
-without-analyze input, ``summarize_prompt(q, analyses=...)`` the without-recall input.
+without-analyze input, ``summarize_prompt(q, analyses=...)`` the without-recall input. The
+baselines (``cot``, ``dsbs``) reuse the same lines: their targets are the stage texts of one rationale
+joined in order (:func:`cot_target`, :func:`rationale_text`), their answers read by the same regex.
 """
 
 from __future__ import annotations
@@ -19,15 +21,30 @@ from typing import Hashable, Iterable, Mapping, Sequence
 LETTERS = "ABCDEFGHIJ"
 
 RECALL, ANALYZE, SUMMARIZE = "recall", "analyze", "summarize"
+# The baselines' one-pass stages: standard CoT distillation (Magister et al. 2023) writes the whole
+# rationale and the answer in one pass; Distilling step-by-step (Hsieh et al. 2023) learns a label task
+# and a rationale task, told apart by a task prefix, and answers with the label task alone.
+COT, LABEL, RATIONALE = "cot", "label", "rationale"
 
-# Which stages each data set variant (ablation) trains and runs, in pipeline order (REFERENCE 6).
+# Which stages each data set variant (ablation or baseline) runs at inference, in pipeline order (REFERENCE 6).
 VARIANT_STAGES: dict[str, tuple[str, ...]] = {
     "full": (RECALL, ANALYZE, SUMMARIZE),
     "no_recall": (ANALYZE, SUMMARIZE),
     "no_analyze": (RECALL, SUMMARIZE),
     "summarize_only": (SUMMARIZE,),
+    "cot": (COT,),
+    "dsbs": (LABEL,),
 }
 VARIANTS = tuple(VARIANT_STAGES)
+BASELINES = ("cot", "dsbs")  # the variants that are other methods, not TinyThinker ablations
+# Which stages each variant trains on (its training splits): what it runs, except that DSbS also
+# learns the rationale task it never runs.
+TRAINED_STAGES: dict[str, tuple[str, ...]] = {**VARIANT_STAGES, "dsbs": (LABEL, RATIONALE)}
+# The stage texts a one-pass stage's target holds, in order (the engine sums their token caps).
+ONE_PASS_TEXTS: dict[str, tuple[str, ...]] = {COT: (RECALL, ANALYZE, SUMMARIZE), LABEL: (SUMMARIZE,), RATIONALE: (RECALL, ANALYZE)}
+# Distilling step-by-step's task prefixes (its paper: "[label] " / "[rationale] " before the input); CoT has none.
+TASK_PREFIXES = {COT: "", LABEL: "[label] ", RATIONALE: "[rationale] "}
+ONE_PASS_CUE = "Answer:"  # ends every one-pass input, as a stage cue ends every stage input
 
 REFERENCE_MAX_LENGTH = 200  # the reference's token cap (SFT targets, DPO prompts and responses)
 
@@ -100,24 +117,59 @@ def summarize_prompt(
 ) -> str:
     """Summarize input. ``analyses`` is (letter, text) pairs in the order to list them; a mapping is
     listed in label order (what inference does, REFERENCE 10)."""
-    parts = [question]
+    return "\n".join([question, *_rationale_lines(recall, analyses), "Summarize:"])
+
+
+def _rationale_lines(recall: str | None, analyses: Sequence[tuple[str, str]] | Mapping[str, str] | None) -> list[str]:
+    """The `Recall: ...` and `Analyze: For option A, ...` lines (those given) of a summarize input."""
+    lines = []
     if recall is not None:
-        parts.append(f"Recall: {recall}")
+        lines.append(f"Recall: {recall}")
     if analyses is not None:
         pairs = analyses if isinstance(analyses, (list, tuple)) else sorted(analyses.items()) if isinstance(analyses, Mapping) else list(analyses)
-        parts.append("Analyze: " + " ".join(f"For option {x}, {text}" for x, text in pairs))
-    parts.append("Summarize:")
-    return "\n".join(parts)
+        lines.append("Analyze: " + " ".join(f"For option {x}, {text}" for x, text in pairs))
+    return lines
 
 
 def summarize_target(letter: str) -> str:
     return f"So the answer is option {letter}."
 
 
+# --- the baselines' one-pass records (one input, the stage texts of one rationale as one target) ---
+
+def one_pass_prompt(question: str, stage: str) -> str:
+    """`{prefix}{Q}\nAnswer:`: the input of a one-pass stage (``cot``, ``label``, ``rationale``)."""
+    return f"{TASK_PREFIXES[stage]}{question}\n{ONE_PASS_CUE}"
+
+
+def rationale_text(recall: str, analyses: Sequence[tuple[str, str]] | Mapping[str, str]) -> str:
+    """`Recall: {gk}\nAnalyze: For option A, ...`: the recall and analyze lines of the full summarize
+    input, word for word (DSbS's rationale target)."""
+    return "\n".join(_rationale_lines(recall, analyses))
+
+
+def cot_target(recall: str, analyses: Sequence[tuple[str, str]] | Mapping[str, str], letter: str) -> str:
+    """`Recall: ...\nAnalyze: ...\nSummarize: So the answer is option X.`: the three stage texts of one
+    rationale in order, as one sequence (what follows `{Q}\n` in a full summarize input and its target)."""
+    return f"{rationale_text(recall, analyses)}\nSummarize: {summarize_target(letter)}"
+
+
+def one_pass_target(stage: str, recall: str, analyses: Sequence[tuple[str, str]] | Mapping[str, str], letter: str) -> str:
+    """The target of a one-pass stage for one rationale."""
+    if stage == COT:
+        return cot_target(recall, analyses, letter)
+    if stage == RATIONALE:
+        return rationale_text(recall, analyses)
+    return summarize_target(letter)
+
+
 def first_prompts(question: str, letters: str, variant: str) -> list[tuple[str, str]]:
     """The (option, input) pairs a validation/test record of ``variant`` starts from (REFERENCE 6):
-    one `...Recall:` input, one `...Summarize:` input, or one `...Analyze: For option X,` per option."""
+    one `...Recall:` input, one `...Summarize:` input, one one-pass `...Answer:` input (baselines), or
+    one `...Analyze: For option X,` per option."""
     first = VARIANT_STAGES[variant][0]
+    if first in ONE_PASS_TEXTS:
+        return [("", one_pass_prompt(question, first))]
     if first == RECALL:
         return [("", recall_prompt(question))]
     if first == ANALYZE:

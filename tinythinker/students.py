@@ -188,6 +188,11 @@ class Student:
         """How many of ``prompts`` are longer than ``limit`` tokens (what a cap at ``limit`` would cut)."""
         return sum(len(row) > limit for row in self._prompt_ids(list(prompts), None))
 
+    def count_long_targets(self, targets: Sequence[str], limit: int) -> int:
+        """How many of ``targets`` (with their eos) are longer than ``limit`` tokens (what :meth:`encode`'s
+        ``max_length`` cuts)."""
+        return sum(len(row) > limit for row in self._target_ids(list(targets)))
+
     def target_logprobs(self, batch, model=None) -> torch.Tensor:
         """[batch] sum of the log-probabilities of the label tokens (for DPO; ``model`` e.g. the
         frozen reference). Runs with gradients when called under grad mode."""

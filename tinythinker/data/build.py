@@ -25,8 +25,8 @@ from tinythinker.cards import render_card
 from tinythinker.data.builder import CITATION, builder_class
 from tinythinker.errors import TinyThinkerError
 from tinythinker.progress import progress_bar
-from tinythinker.protocol import REJECT_REASONS, config_name
-from tinythinker.data.records import all_configs
+from tinythinker.protocol import REJECT_REASONS, config_name, config_parts
+from tinythinker.data.records import BASELINE_PAPERS, EVAL_SPLITS, all_configs
 from tinythinker.data.sources import QuestionSet, get_spec, load_questions
 from tinythinker.data.teacher.requests import prompt_hash
 from tinythinker.data.teacher.responses import TeacherResponses, read_responses
@@ -48,6 +48,9 @@ SPLIT_RULES = {
     "obqa": "the official train / dev / test splits",
     "strategyqa": "the de-duplicated official train questions shuffled and cut 80 / 10 / 10",
 }
+# csqa whose train file marks its validation questions (the generated world: sources.SPLIT_KEY)
+MARKED_VALIDATION_RULE = ("train = the train file minus the {validation} questions it marks as validation (the generated "
+                          "world's held-out pairs; real data draws them at random), which become validation; test = the dev file")
 
 
 @dataclass
@@ -160,9 +163,10 @@ def card_context(
         **configs_metadata(folder, result_counts, default=config_name(questions.dataset, "full")),
         "tinythinker": provenance,
     }
-    split_names = []
+    split_names = []  # the training splits of every config, then validation and test
     for splits in result_counts.values():
-        split_names += [s for s in splits if s not in split_names]
+        split_names += [s for s in splits if s not in split_names and s not in EVAL_SPLITS]
+    split_names += [s for s in EVAL_SPLITS if any(s in splits for splits in result_counts.values())]
     reasons = list(REJECT_REASONS) + [REJECT_DISAGREES]
     context = dict(
         dataset=questions.dataset,
@@ -173,7 +177,7 @@ def card_context(
         selection=selection.counts,
         question_counts=questions.sizes(),
         seed=questions.seed,
-        split_rule=SPLIT_RULES[questions.dataset].format(**questions.sizes()),
+        split_rule=(MARKED_VALIDATION_RULE if questions.marked_validation else SPLIT_RULES[questions.dataset]).format(**questions.sizes()),
         merged=questions.merged_duplicates,
         reasons=reasons + sorted({r for t in selection.counts.values() for r in t.rejected} - set(reasons)),
         missing_reasons=[NO_RESPONSE, FAILED_REQUEST, NO_ACCEPTED_SAMPLE],
@@ -188,6 +192,8 @@ def card_context(
         response_files=[f"`{Path(f).name}`" for f in responses.files],
         version=__version__,
         citation=CITATION,
+        baselines=[{"config": config, **BASELINE_PAPERS[config_parts(config)[1]]} for config in result_counts
+                   if config_parts(config)[1] in BASELINE_PAPERS],
     )
     return metadata, context
 

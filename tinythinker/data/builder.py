@@ -21,8 +21,8 @@ import functools
 
 import datasets
 
-from tinythinker.protocol import VARIANT_STAGES, VARIANTS, config_name
-from tinythinker.data.records import FEATURES, iter_split, variant_splits
+from tinythinker.protocol import VARIANTS, config_name
+from tinythinker.data.records import FEATURES, describe_variant, iter_split, variant_splits
 from tinythinker.data.sources import QuestionSet, get_spec
 from tinythinker.data.teacher.select import Selection
 
@@ -61,7 +61,7 @@ class TinyThinkerBuilder(datasets.ArrowBasedBuilder):
                 name=config_name(cls.DATASET, variant),
                 version=cls.VERSION,
                 variant=variant,
-                description=f"{cls.DATASET} records for the stages {' -> '.join(VARIANT_STAGES[variant])}",
+                description=describe_variant(cls.DATASET, variant),
             )
             for variant in VARIANTS
         ]

@@ -8,6 +8,11 @@
   rationales in selection order, options in label order (``reference_order=True`` lists them in the
   teacher's order, as the reference did, in ``analyze`` and in the summarize input); duplicates
   removed on (input, target), ``recall_single`` keeps the first recall of every input;
+- baselines, from the same rationales and splits: ``{dataset}-cot`` (split ``cot``: one record per
+  distinct rationale, `{Q}\nAnswer:` -> its recall, analyses and summary as one sequence) and
+  ``{dataset}-dsbs`` (splits ``label`` and ``rationale``: `[label] {Q}\nAnswer:` -> the summary and
+  `[rationale] {Q}\nAnswer:` -> the recall and analyses, one of each per distinct rationale, so both
+  tasks weigh the same, as the paper's summed losses do);
 - ``validation`` / ``test``: one record per question (per option for ``no_recall``) whose input is
   the first stage's prompt and whose target is the summarize target with the gold label;
   ``teacher_recall`` / ``teacher_analyses`` carry the question's first selected rationale when
@@ -23,8 +28,8 @@ from typing import Iterator
 import datasets
 import pyarrow as pa
 
-from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, analyze_prompt, config_name, first_prompts
-from tinythinker.protocol import recall_prompt, summarize_prompt, summarize_target
+from tinythinker.protocol import ANALYZE, ONE_PASS_TEXTS, RECALL, TRAINED_STAGES, VARIANT_STAGES, VARIANTS, analyze_prompt, config_name
+from tinythinker.protocol import first_prompts, one_pass_prompt, one_pass_target, recall_prompt, summarize_prompt, summarize_target
 from tinythinker.data.sources import QuestionSet
 from tinythinker.data.teacher.select import Selection
 
@@ -45,16 +50,49 @@ FEATURES = datasets.Features(
 COLUMNS = tuple(FEATURES)
 EVAL_SPLITS = ("validation", "test")
 
+# What each baseline config is, and the paper it reproduces (data set cards and docs/datasets.md).
+BASELINE_PAPERS: dict[str, dict[str, str]] = {
+    "cot": {
+        "name": "standard CoT distillation",
+        "records": "`cot`: `{Q}\\nAnswer:` → `Recall: …\\nAnalyze: For option A, … For option B, …\\nSummarize: So the answer "
+                   "is option X.`, one record per distinct rationale; one greedy pass answers",
+        "paper": "Magister et al. 2023, Teaching Small Language Models to Reason",
+        "url": "https://aclanthology.org/2023.acl-short.151/",
+        "bibtex": "@inproceedings{magister-etal-2023-teaching,\n  title = {Teaching Small Language Models to Reason},\n"
+                  "  author = {Magister, Lucie Charlotte and Mallinson, Jonathan and Adamek, Jakub and Malmi, Eric and Severyn, Aliaksei},\n"
+                  "  booktitle = {Proceedings of ACL 2023 (Volume 2: Short Papers)},\n  year = {2023}\n}",
+    },
+    "dsbs": {
+        "name": "Distilling step-by-step",
+        "records": "`label`: `[label] {Q}\\nAnswer:` → `So the answer is option X.`; `rationale`: `[rationale] {Q}\\nAnswer:` → "
+                   "`Recall: …\\nAnalyze: …`; one of each per distinct rationale, trained together; only the label task answers",
+        "paper": "Hsieh et al. 2023, Distilling Step-by-Step! Outperforming Larger Language Models with Less Training Data "
+                 "and Smaller Model Sizes",
+        "url": "https://aclanthology.org/2023.findings-acl.507/",
+        "bibtex": "@inproceedings{hsieh-etal-2023-distilling,\n  title = {Distilling Step-by-Step! Outperforming Larger Language "
+                  "Models with Less Training Data and Smaller Model Sizes},\n  author = {Hsieh, Cheng-Yu and Li, Chun-Liang and "
+                  "Yeh, Chih-Kuan and Nakhost, Hootan and Fujii, Yasuhisa and Ratner, Alexander and Krishna, Ranjay and Lee, "
+                  "Chen-Yu and Pfister, Tomas},\n  booktitle = {Findings of ACL 2023},\n  year = {2023}\n}",
+    },
+}
+
+
+def describe_variant(dataset: str, variant: str) -> str:
+    """One line saying what a config holds (the builder's config description)."""
+    if variant in BASELINE_PAPERS:
+        return f"{dataset} baseline: {BASELINE_PAPERS[variant]['name']} ({BASELINE_PAPERS[variant]['paper']})"
+    return f"{dataset} records for the stages {' -> '.join(VARIANT_STAGES[variant])}"
+
+
+SPLIT_STAGES = {"recall_single": RECALL}  # every other training split is named by the stage it trains
+
 
 def train_splits(variant: str) -> tuple[str, ...]:
-    """The record sets a variant trains on, in pipeline order."""
-    stages = VARIANT_STAGES[variant]
+    """The record sets a variant trains on, in pipeline order: one per trained stage, and recall_single
+    (the recall prompts of self-reflection) beside recall."""
     out: list[str] = []
-    if RECALL in stages:
-        out += ["recall", "recall_single"]
-    if ANALYZE in stages:
-        out.append("analyze")
-    out.append("summarize")
+    for stage in TRAINED_STAGES[variant]:
+        out += [stage, "recall_single"] if stage == RECALL else [stage]
     return tuple(out)
 
 
@@ -104,54 +142,47 @@ def _assemble(questions: list, labels: list[str], rows: dict[str, list], stage: 
     return pa.Table.from_pydict(columns, schema=schema)
 
 
+def _rationale_rows(split: str, text: str, rationale, label: str, stages: tuple[str, ...], reference_order: bool):
+    """(dedup key, option, input, target) of every record one rationale gives in ``split``. Within a
+    question an input is fixed by the recall and the option (or the listed analyses), so the keys
+    hold those short parts instead of the long input they make."""
+    if split in ONE_PASS_TEXTS:  # baselines: one record per distinct rationale (DSbS: one per task)
+        analyses = tuple(rationale.ordered(reference_order))
+        target = one_pass_target(split, rationale.general, analyses, label)
+        yield (rationale.general, analyses), "", one_pass_prompt(text, split), target
+        return
+    recall = rationale.general if RECALL in stages else None
+    if split == "analyze":
+        for letter, knowledge in rationale.ordered(reference_order):
+            yield (letter, recall, knowledge), letter, analyze_prompt(text, letter, recall), knowledge
+    elif split == "summarize":
+        analyses = tuple(rationale.ordered(reference_order)) if ANALYZE in stages else None
+        yield (recall, analyses), "", summarize_prompt(text, recall=recall, analyses=analyses), summarize_target(label)
+    else:  # recall, recall_single
+        yield rationale.general, "", recall_prompt(text), rationale.general
+
+
 def _train_tables(questions: QuestionSet, selection: Selection, variant: str, split: str, reference_order: bool) -> Iterator[pa.Table]:
-    stages = VARIANT_STAGES[variant]
-    with_recall, with_analyze = RECALL in stages, ANALYZE in stages
-    stage = {"recall": RECALL, "recall_single": RECALL, "analyze": ANALYZE, "summarize": SUMMARIZE}[split]
+    stages = TRAINED_STAGES[variant]
     chosen = [q for q in questions.splits.get("train", []) if selection.rationales.get(q.id)]
     for start in range(0, len(chosen), CHUNK_QUESTIONS):
         chunk = chosen[start : start + CHUNK_QUESTIONS]
         rows: dict[str, list] = {"q": [], "option": [], "input": [], "target": []}
-        q_rows, options, inputs, targets = rows["q"], rows["option"], rows["input"], rows["target"]
         labels = [selection.labels[q.id] for q in chunk]
         for i, q in enumerate(chunk):
             # Duplicates can only occur within a question (every input starts with its question text,
-            # and exact duplicate questions were merged), so the seen-set is per question. Within a
-            # question an input is fixed by the recall and the option (or the listed analyses), so
-            # the keys hold those short parts instead of the long input they make.
+            # and exact duplicate questions were merged), so the seen-set is per question.
             seen: set = set()
-            text = q.text
-            target = summarize_target(labels[i])
             chosen_here = selection.rationales[q.id]
             for rationale in chosen_here[:1] if split == "recall_single" else chosen_here:  # one recall per input
-                recall = rationale.general if with_recall else None
-                if split == "analyze":
-                    for letter, knowledge in rationale.ordered(reference_order):
-                        key = (letter, recall, knowledge)
-                        if key not in seen:
-                            seen.add(key)
-                            q_rows.append(i)
-                            options.append(letter)
-                            inputs.append(analyze_prompt(text, letter, recall))
-                            targets.append(knowledge)
-                    continue
-                if split == "summarize":
-                    analyses = tuple(rationale.ordered(reference_order)) if with_analyze else None
-                    key = (recall, analyses)
-                    if key in seen:
-                        continue
-                    inputs.append(summarize_prompt(text, recall=recall, analyses=analyses))
-                    targets.append(target)
-                else:  # recall, recall_single
-                    key = rationale.general
-                    if key in seen:
-                        continue
-                    inputs.append(recall_prompt(text))
-                    targets.append(rationale.general)
-                seen.add(key)
-                q_rows.append(i)
-                options.append("")
-        yield _assemble(chunk, labels, rows, stage)
+                for key, option, prompt, target in _rationale_rows(split, q.text, rationale, labels[i], stages, reference_order):
+                    if key not in seen:
+                        seen.add(key)
+                        rows["q"].append(i)
+                        rows["option"].append(option)
+                        rows["input"].append(prompt)
+                        rows["target"].append(target)
+        yield _assemble(chunk, labels, rows, SPLIT_STAGES.get(split, split))
 
 
 def _eval_tables(questions: QuestionSet, selection: Selection, variant: str, split: str) -> Iterator[pa.Table]:

@@ -22,6 +22,10 @@ from tinythinker.hub import is_hub_id
 from tinythinker.protocol import letters_for, render_question
 
 SPLITS = ("train", "validation", "test")
+# A csqa train-file record may carry ``"tinythinker_split": "validation"``: the generated world marks its
+# held-out validation questions so, since a random draw from its train file would ask the pairs training
+# asks (world.py). Real release files have no such key: their validation is drawn (REFERENCE 1).
+SPLIT_KEY = "tinythinker_split"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class QuestionSet:
     source_revision: str
     raw_counts: dict[str, int] = field(default_factory=dict)
     merged_duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept id, merged id)
+    marked_validation: bool = False  # csqa: validation = the train file's marked questions (SPLIT_KEY), not drawn
 
     def all(self) -> list[Question]:
         return [q for split in SPLITS for q in self.splits.get(split, [])]
@@ -142,7 +147,10 @@ def _choice_question(row: dict, origin: str, n_options: int, split: str, *, requ
         raise TinyThinkerError(f"{origin}: question {qid} has no answer ('answerKey'); unlabeled questions cannot be used")
     if answer not in letters:
         raise TinyThinkerError(f"{origin}: question {qid} has answer {answer!r}, not one of its options {', '.join(letters)}")
-    return Question(qid, stem.strip(), tuple(str(c["text"]).strip() for c in choices), answer, split)
+    marked = row.get(SPLIT_KEY)
+    if marked is not None and (marked != "validation" or split != "train"):
+        raise TinyThinkerError(f"{origin}: question {qid} has {SPLIT_KEY} {marked!r}; only train-file records may say \"validation\"")
+    return Question(qid, stem.strip(), tuple(str(c["text"]).strip() for c in choices), answer, marked or split)
 
 
 def _strategy_question(row: dict, origin: str, split: str) -> Question:
@@ -250,11 +258,14 @@ def _with_split(questions: Iterable[Question], split: str) -> list[Question]:
 def split_questions(name: str, official: dict[str, list[Question]], seed: int) -> dict[str, list[Question]]:
     """REFERENCE 1 splits from (de-duplicated) official splits, with one seeded generator.
 
-    csqa: valid = a random len(dev) questions of train, test = dev. obqa: official splits.
-    strategyqa: shuffled 80/10/10 of train."""
+    csqa: valid = a random len(dev) questions of train (or the train questions marked as validation,
+    :data:`SPLIT_KEY`), test = dev. obqa: official splits. strategyqa: shuffled 80/10/10 of train."""
     rng = random.Random(seed)
     if name == "csqa":
         train, dev = list(official["train"]), official.get("dev") or official.get("validation") or []
+        if any(q.split == "validation" for q in train):  # the generated world's held-out validation questions
+            return {"train": [q for q in train if q.split == "train"], "validation": [q for q in train if q.split == "validation"],
+                    "test": _with_split(dev, "test")}
         order = list(range(len(train)))
         rng.shuffle(order)
         valid_idx = set(order[: len(dev)])
@@ -323,6 +334,7 @@ def load_questions(name: str, raw: str | Path | None = None, *, seed: int = 42, 
         for split in list(official):
             official[split], merged_here = _merge_duplicates(official[split])
             merged += merged_here
+    marked = any(q.split == "validation" for q in official["train"]) if name == "csqa" else False
     splits = split_questions(name, official, seed)
     check_no_leakage(splits)
-    return QuestionSet(name, splits, seed, source, source_revision, raw_counts, merged)
+    return QuestionSet(name, splits, seed, source, source_revision, raw_counts, merged, marked)

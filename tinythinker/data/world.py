@@ -32,9 +32,13 @@ and ``DIR/teacher.jsonl`` (``[request, response]`` lines, matched to questions b
 ``DIR/world.json`` records the seed, the sizes and every fact.
 
 Held-out questions: CommonsenseQA's dev file (the test split, as for the real data) holds
-``HELD_OUT["csqa"]`` relations of every entity; its validation split is drawn from the train file by
-the build's seed (REFERENCE 1). OpenBookQA's dev and test files hold one relation of every entity
-each. StrategyQA's one file is split 80/10/10 by the build.
+``HELD_OUT["csqa"]`` relations of every entity, and its train file holds ``VALIDATION_HELD_OUT["csqa"]``
+more, asked once and marked as validation (``sources.SPLIT_KEY``): the real data's rule (validation =
+a random draw from train, REFERENCE 1) would here draw questions whose (entity, relation) pair and
+gold letter training asks too (288 of 300 did, seed 42), and validation would measure memory.
+OpenBookQA's dev and test files hold one relation of every entity each. StrategyQA's one file asks
+every pair once, so the build's 80/10/10 split keeps validation and test pairs out of train. In every
+data set, no validation or test question asks a pair a training question asks (:func:`check_held_out`).
 """
 
 from __future__ import annotations
@@ -48,11 +52,11 @@ from pathlib import Path
 from tinythinker.artifacts import atomic_write_text
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import letters_for
-from tinythinker.data.sources import Question, get_spec
+from tinythinker.data.sources import SPLIT_KEY, Question, get_spec
 from tinythinker.data.teacher.requests import build_request
 
 WORLD_TEACHER = "tinythinker-world-teacher"
-DEFAULT_QUESTIONS = 800  # 100 entities x 8 relations: csqa test 300 (3 a entity), train file 1,500 (train 1,200 + validation 300)
+DEFAULT_QUESTIONS = 800  # 100 entities x 8 relations: csqa test 300 (3 an entity), validation 100 (1), train 1,200 (4 x 3)
 DEFAULT_DEFECTS = 0.03  # share of teacher samples that are defective
 MIN_ENTITIES = 10
 
@@ -88,6 +92,9 @@ KINDS = 10  # one per value of every relation: a kind's properties are a row of 
 # Three for csqa: 100 entities give the 300 test questions, and each entity's kind is learned from its
 # 5 training relations (300 entities with one held out each left the entity -> kind memory weak).
 HELD_OUT = {"csqa": 3, "obqa": 1, "strategyqa": 0}
+# relations of every entity held out for csqa's validation split (written into its train file, marked); obqa's
+# dev file is its validation split, strategyqa's build draws validation from pairs asked once
+VALIDATION_HELD_OUT = {"csqa": 1, "obqa": 0, "strategyqa": 0}
 # Where an option's value sits: "fixed" (each value of a relation always under the same letter, what a
 # tiny student learns in minutes) or "shuffled" (anywhere: the letter must be read in context).
 LETTERS = ("fixed", "shuffled")
@@ -118,6 +125,17 @@ def _invented_names(rng: random.Random, count: int, syllables: int, taken: set[s
             taken.add(name)
             names.append(name)
     return names
+
+
+def check_held_out(files: dict[str, list[tuple[str, str]]]) -> None:
+    """No (entity, relation) pair of a held-out file is asked in train; a lone train file (strategyqa,
+    split at random by the build) asks every pair once, so no split of it shares a pair."""
+    train = files["train"]
+    if len(files) == 1 and len(set(train)) != len(train):
+        raise AssertionError("a world's one file asks a pair twice: a random split could put it in train and test")
+    shared = {split: len(set(pairs) & set(train)) for split, pairs in files.items() if split != "train"}
+    if any(shared.values()):
+        raise AssertionError(f"held-out files ask training pairs: {shared}")
 
 
 def _sentence(text: str) -> str:
@@ -194,13 +212,15 @@ class World:
     # --- questions ----------------------------------------------------------------------------------
 
     def questions(self, dataset: str) -> dict[str, list[WorldQuestion]]:
-        """{raw file split: questions}: "train"/"dev" (csqa), "train"/"dev"/"test" (obqa), "train" (strategyqa)."""
+        """{file split: questions}: "train"/"validation"/"dev" (csqa: validation goes into the train file,
+    marked), "train"/"dev"/"test" (obqa), "train" (strategyqa)."""
         spec = get_spec(dataset)
         rng = random.Random(f"world:{self.seed}:{dataset}")
         relations = list(RELATIONS)
         held = HELD_OUT[dataset]
-        files: dict[str, list[tuple[str, str]]] = {"train": [], "dev": []} if dataset == "csqa" else \
+        files: dict[str, list[tuple[str, str]]] = {"train": [], "validation": [], "dev": []} if dataset == "csqa" else \
             {"train": [], "dev": [], "test": []} if dataset == "obqa" else {"train": []}
+        valid = VALIDATION_HELD_OUT[dataset]
         for index, entity in enumerate(self.entities):
             # rotate which relations are held out, so every relation is asked in every file
             start = (index * max(held, 1)) % len(relations)
@@ -208,13 +228,15 @@ class World:
             variants = TRAIN_VARIANTS[dataset]
             if dataset == "csqa":
                 files["dev"] += [(entity, r) for r in order[:held]]
-                files["train"] += [(entity, r) for r in order[held:]] * variants
+                files["validation"] += [(entity, r) for r in order[held : held + valid]]
+                files["train"] += [(entity, r) for r in order[held + valid :]] * variants
             elif dataset == "obqa":
                 files["dev"].append((entity, order[0]))
                 files["test"].append((entity, order[1]))
                 files["train"] += [(entity, r) for r in order[2:]] * variants
             else:
                 files["train"] += [(entity, r) for r in order]
+        check_held_out(files)
         out: dict[str, list[WorldQuestion]] = {}
         for split, pairs in files.items():
             rng.shuffle(pairs)
@@ -333,8 +355,9 @@ def world_files(dataset: str, *, seed: int = 42, questions: int = DEFAULT_QUESTI
     world = World(seed, questions, letters)
     by_file = world.questions(dataset)
     files: dict[str, str] = {}
-    if dataset == "csqa":
-        files["raw/train_rand_split.jsonl"] = _jsonl(_choice_row(wq.question) for wq in by_file["train"])
+    if dataset == "csqa":  # validation questions sit in the train file, as the real ones do, but marked
+        marked = [{**_choice_row(wq.question), SPLIT_KEY: "validation"} for wq in by_file["validation"]]
+        files["raw/train_rand_split.jsonl"] = _jsonl([*(_choice_row(wq.question) for wq in by_file["train"]), *marked])
         files["raw/dev_rand_split.jsonl"] = _jsonl(_choice_row(wq.question) for wq in by_file["dev"])
     elif dataset == "obqa":
         # the real release holds exact duplicates in train: so does the world (merged by the build)
@@ -356,7 +379,8 @@ def world_files(dataset: str, *, seed: int = 42, questions: int = DEFAULT_QUESTI
     files["teacher.jsonl"] = _jsonl(teacher_lines(world, dataset, everything, defects=defects))
     meta = {"dataset": dataset, "seed": seed, "questions": len(everything), "pairs": len(world.entities) * len(RELATIONS),
             "train_variants": TRAIN_VARIANTS[dataset], "entities": len(world.entities), "kinds": KINDS,
-            "relations": list(RELATIONS), "held_out_per_entity": HELD_OUT[dataset], "defects": defects,
+            "relations": list(RELATIONS), "held_out_per_entity": HELD_OUT[dataset],
+            "validation_held_out_per_entity": VALIDATION_HELD_OUT[dataset], "defects": defects,
             "letters": letters, "files": {split: len(wqs) for split, wqs in by_file.items()}, "teacher": WORLD_TEACHER, **world.facts()}
     files["world.json"] = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
     return files

@@ -1,4 +1,5 @@
-"""Batched three-stage inference (REFERENCE 8): Recall -> Analyze (every option) -> Summarize.
+"""Batched three-stage inference (REFERENCE 8): Recall -> Analyze (every option) -> Summarize, and the
+baselines' one pass (``cot``, ``dsbs``: one generation per question, its answer read by the same rule).
 
 The engine runs stage by stage over all questions at once: all recalls, then every (question x
 option) analysis, then all summaries. Each stage's prompts are tokenised once, sorted by length and
@@ -24,6 +25,15 @@ from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES
 # Longest continuation per stage. A trained student stops at eos long before (teacher recalls and
 # analyses are 20-35 words, a summary is `So the answer is option X.`); the caps bound runaway text.
 MAX_NEW_TOKENS = {RECALL: 96, ANALYZE: 96, SUMMARIZE: 16}
+
+
+def one_pass_cap(caps: dict[str, int], stage: str, n_options: int) -> int:
+    """The new-token cap of a one-pass stage (a baseline's): ``caps[stage]`` when given, else the caps
+    of the stage texts its target holds, summed (analyze once per option), so the one pass may write
+    what the three stages together may: CoT 96 + 5 x 96 + 16 = 592 on csqa, DSbS's label 16."""
+    if stage in caps:
+        return caps[stage]
+    return sum(caps[part] * (n_options if part == ANALYZE else 1) for part in protocol.ONE_PASS_TEXTS[stage])
 
 
 @dataclass
@@ -155,6 +165,15 @@ def _analyses(student, units, n, sampling, seed, *, max_new_tokens, batch_size, 
     return runs, seconds
 
 
+def _one_pass(student, items, stage, n, sampling, seed, *, caps, batch_size, progress=_NO_PROGRESS):
+    """A baseline's one pass per question (``n`` samples when sampled): [(text, answer)] per item."""
+    prompts = [protocol.one_pass_prompt(item.question, stage) for item in items]
+    cap = max((one_pass_cap(caps, stage, len(item.letters)) for item in items), default=0)
+    texts, seconds = _run_stage(student, prompts, range(len(items)), len(items), n=n, sampling=sampling, seed=seed,
+                                max_new_tokens=cap, batch_size=batch_size, progress=progress, name=stage)
+    return [[(text, protocol.parse_answer(text)) for text in row] for row in texts], seconds
+
+
 def _summaries(student, units, *, max_new_tokens, batch_size, progress=_NO_PROGRESS):
     prompts = [protocol.summarize_prompt(item.question, recall, analyses) for item, recall, analyses in units]
     texts, seconds = _run_stage(student, prompts, range(len(units)), len(units), n=1, sampling=GREEDY, seed=0,
@@ -235,7 +254,9 @@ def run_pipeline(
 
     ``samples`` > 1 needs ``sampling.do_sample`` (self-consistency: see :func:`vote`).
     ``given_recalls`` / ``given_analyses`` replace the student's text for the ids they hold with the
-    teacher's (oracle evaluation). ``max_new_tokens`` overrides :data:`MAX_NEW_TOKENS` per stage."""
+    teacher's (oracle evaluation). ``max_new_tokens`` overrides :data:`MAX_NEW_TOKENS` per stage (a
+    baseline's one pass: :func:`one_pass_cap`). A baseline (``cot``, ``dsbs``) runs its one pass,
+    sampled like recall when ``sampling`` samples; its trace's ``summary`` is the whole generated text."""
     if variant not in VARIANT_STAGES:
         raise TinyThinkerError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANT_STAGES)}")
     if samples < 1:
@@ -244,35 +265,19 @@ def run_pipeline(
         raise ValueError("samples > 1 needs sampling (Sampling(do_sample=True)); greedy runs would all be equal")
     stages = VARIANT_STAGES[variant]
     caps = {**MAX_NEW_TOKENS, **(max_new_tokens or {})}
-    given_recalls, given_analyses = given_recalls or {}, given_analyses or {}
     items = list(items)
     runs = [(i, s) for i in range(len(items)) for s in range(samples)]  # one trace each, in output order
-    seconds = {stage: [0.0] * len(runs) for stage in stages}
-    recall_of: list[str | None] = [None] * len(runs)
-    analyses_of: list[dict[str, str] | None] = [None] * len(runs)
-
     with _Progress(progress) as bar:
-        if RECALL in stages:
-            todo = [i for i, item in enumerate(items) if item.id not in given_recalls]
-            texts, spent = _recalls(student, [items[i] for i in todo], samples, sampling, seed,
-                                    max_new_tokens=caps[RECALL], batch_size=batch_size, progress=bar)
-            generated = {i: (row, t / samples) for i, row, t in zip(todo, texts, spent)}
-            for r, (i, s) in enumerate(runs):
-                if i in generated:
-                    recall_of[r] = generated[i][0][s]
-                    seconds[RECALL][r] = generated[i][1]
-                else:
-                    recall_of[r] = protocol.ensure_period(given_recalls[items[i].id])
-
-        if ANALYZE in stages:
-            analyses_of, seconds[ANALYZE] = _analyze_runs(
-                student, items, runs, recall_of if RECALL in stages else None, given_analyses, samples=samples,
-                sampling=sampling, seed=seed + 1, max_new_tokens=caps[ANALYZE], batch_size=batch_size, progress=bar)
-
-        results, spent = _summaries(student, [(items[i], recall_of[r], analyses_of[r]) for r, (i, _) in enumerate(runs)],
-                                    max_new_tokens=caps[SUMMARIZE], batch_size=batch_size, progress=bar)
-        seconds[SUMMARIZE] = spent
-
+        if stages[0] in protocol.ONE_PASS_TEXTS:
+            texts, spent = _one_pass(student, items, stages[0], samples, sampling, seed, caps=caps, batch_size=batch_size,
+                                     progress=bar)
+            recall_of, analyses_of = [None] * len(runs), [None] * len(runs)
+            results = [texts[i][s] for i, s in runs]
+            seconds = {stages[0]: [spent[i] / samples for i, _ in runs]}
+        else:
+            recall_of, analyses_of, results, seconds = _staged_runs(
+                student, items, runs, stages, samples=samples, sampling=sampling, seed=seed, caps=caps, batch_size=batch_size,
+                given_recalls=given_recalls or {}, given_analyses=given_analyses or {}, progress=bar)
     traces = []
     for r, (i, s) in enumerate(runs):
         item = items[i]
@@ -282,6 +287,33 @@ def run_pipeline(
                             answer=answer, gold=item.gold, correct=answer is not None and answer == item.gold,
                             seconds=sum(stage_seconds.values()), stage_seconds=stage_seconds))
     return traces
+
+
+def _staged_runs(student, items, runs, stages, *, samples, sampling, seed, caps, batch_size, given_recalls, given_analyses,
+                 progress):
+    """Recall -> Analyze -> Summarize (the stages of ``stages``) for every (item, sample) run:
+    (recall per run, analyses per run, (summary, answer) per run, {stage: seconds per run})."""
+    seconds = {stage: [0.0] * len(runs) for stage in stages}
+    recall_of: list[str | None] = [None] * len(runs)
+    analyses_of: list[dict[str, str] | None] = [None] * len(runs)
+    if RECALL in stages:
+        todo = [i for i, item in enumerate(items) if item.id not in given_recalls]
+        texts, spent = _recalls(student, [items[i] for i in todo], samples, sampling, seed,
+                                max_new_tokens=caps[RECALL], batch_size=batch_size, progress=progress)
+        generated = {i: (row, t / samples) for i, row, t in zip(todo, texts, spent)}
+        for r, (i, s) in enumerate(runs):
+            if i in generated:
+                recall_of[r] = generated[i][0][s]
+                seconds[RECALL][r] = generated[i][1]
+            else:
+                recall_of[r] = protocol.ensure_period(given_recalls[items[i].id])
+    if ANALYZE in stages:
+        analyses_of, seconds[ANALYZE] = _analyze_runs(
+            student, items, runs, recall_of if RECALL in stages else None, given_analyses, samples=samples,
+            sampling=sampling, seed=seed + 1, max_new_tokens=caps[ANALYZE], batch_size=batch_size, progress=progress)
+    results, seconds[SUMMARIZE] = _summaries(student, [(items[i], recall_of[r], analyses_of[r]) for r, (i, _) in enumerate(runs)],
+                                             max_new_tokens=caps[SUMMARIZE], batch_size=batch_size, progress=progress)
+    return recall_of, analyses_of, results, seconds
 
 
 def vote(traces: Iterable[Trace]) -> dict[str, str | None]:

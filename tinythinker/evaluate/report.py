@@ -327,8 +327,9 @@ def _column_name(report: Report, run: str) -> str:
     iterations = {r.iteration for r in report.results if r.run == run}
     methods = {r.method for r in report.results if r.run == run} - {None}
     iteration = next(iter(iterations)) if len(iterations) == 1 else None
-    if methods == {"sft"}:
-        return f"{run} (SFT)"
+    variants = {r.variant for r in report.results if r.run == run}
+    if methods == {"sft"}:  # an ablation or baseline says which (a cot and a full student side by side)
+        return f"{run} (SFT" + (f" {next(iter(variants))})" if len(variants) == 1 and variants != {"full"} else ")")
     if iteration is not None:
         return f"{run} (DPO it. {iteration})"
     return run

@@ -34,15 +34,16 @@ import numpy as np
 
 from tinythinker.errors import TinyThinkerError
 from tinythinker.hub import is_hub_id, pin
-from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES, VARIANTS, config_parts
+from tinythinker.protocol import ANALYZE, COT, LABEL, RATIONALE, RECALL, SUMMARIZE, TRAINED_STAGES, VARIANT_STAGES, VARIANTS
+from tinythinker.protocol import config_parts
 from tinythinker.protocol import REFERENCE_MAX_LENGTH
 from tinythinker.train.settings import SCHEDULES, SFTSettings, absolute
 from tinythinker.train.tracking import tracking
 from tinythinker.train.loop import TrainLoop, TrainResult, chunks, make_accelerator
 
 # Stage -> a fixed number that keys its shuffling generator, so a stage has the same order in every
-# variant trained with the same seed.
-STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3}
+# variant trained with the same seed (the baselines' one-pass stages too).
+STAGE_KEYS = {RECALL: 1, ANALYZE: 2, SUMMARIZE: 3, COT: 5, LABEL: 6, RATIONALE: 7}
 MIXED = "mixed"  # the pseudo-stage of a mixed schedule: every batch draws from all stages' records
 POOL_KEYS = {**STAGE_KEYS, MIXED: 4}  # what keys each shuffling generator: a stage, or the mixed pool
 
@@ -50,9 +51,9 @@ POOL_KEYS = {**STAGE_KEYS, MIXED: 4}  # what keys each shuffling generator: a st
 # --- the schedule (pure) --------------------------------------------------------------------------
 
 def block_lengths(stages: Sequence[str], interval: int, n_options: int) -> dict[str, int]:
-    """Batches per block in one cycle: recall ``interval``, analyze ``interval x options``, summarize ``interval``."""
-    per_stage = {RECALL: interval, ANALYZE: interval * n_options, SUMMARIZE: interval}
-    return {stage: per_stage[stage] for stage in stages}
+    """Batches per block in one cycle: analyze ``interval x options`` (one record per option), every other
+    stage ``interval`` (recall, summarize, and the baselines' cot, label and rationale: one record per rationale)."""
+    return {stage: interval * n_options if stage == ANALYZE else interval for stage in stages}
 
 
 @dataclass(frozen=True)
@@ -213,13 +214,14 @@ def checked(settings: SFTSettings) -> SFTSettings:
 
 
 class StageData:
-    """The training splits of one data set config (``recall``, ``analyze``, ``summarize``; columns
-    ``input`` and ``target``) for the stages of ``variant``, read by :func:`pipeline.load_stage_split`."""
+    """The training splits of one data set config (``recall``, ``analyze``, ``summarize``; a baseline's
+    ``cot`` or ``label`` and ``rationale``; columns ``input`` and ``target``) for the stages ``variant``
+    trains, read by :func:`pipeline.load_stage_split`."""
 
     def __init__(self, data: str, config: str, variant: str, revision: str | None = None):
         from tinythinker.data.splits import load_stage_split  # the one reader of stage data set splits (one-line errors)
 
-        self.stages = VARIANT_STAGES[variant]
+        self.stages = TRAINED_STAGES[variant]
         self.splits = {}
         for stage in self.stages:
             split = load_stage_split(data, config, stage, revision)
@@ -342,6 +344,10 @@ class SFTTrainer(TrainLoop):
             what = "cut to their last" if s.max_input_length else "not cut (--max-input-length caps them); over"
             self.console.print(f"inputs longer than {limit} tokens, {what} {limit}: "
                                + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in long.items()))
+        cut = {stage: self.student.count_long_targets(split["target"], s.max_length) for stage, split in self.data.splits.items()}
+        if any(cut.values()):  # e.g. a cot target holds every stage's text: --max-length must fit it
+            self.console.print(f"targets longer than --max-length {s.max_length} tokens, cut (eos kept): "
+                               + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in cut.items() if n))
         where = f"resuming at step {self.counters.step:,}" if self.resume else "starting"
         pinned = f" of {s.data} at commit {self.data_commit}" if self.data_commit else ""
         self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
