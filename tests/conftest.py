@@ -19,13 +19,42 @@ import pytest
 
 from hermetic import UNSET_ENV, cache_env
 
+# the one lm-eval run that test_lm_eval and test_report read (session fixtures made once)
+pytest_plugins = ("lm_eval_run",)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 CACHE_ROOT = Path(tempfile.mkdtemp(prefix="tinythinker-tests-cache-"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one thread each (and in their subprocesses), or oversubscribed threads crawl
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _name in UNSET_ENV + tuple(n for n in os.environ if n.startswith("TINYTHINKER_DATA_")):
     os.environ.pop(_name, None)
 os.environ.update(cache_env(CACHE_ROOT))
+
+
+# Modules that take longest (measured with --durations), scheduled first so that the two xdist workers
+# finish together; modules that share session fixtures run in one worker (their group) to make them once.
+SLOWEST_FIRST = ("test_learning", "test_recipe", "test_lm_eval", "test_reflect", "test_sft", "test_hub_roundtrip", "test_dpo",
+                 "test_tracking", "test_cli_students", "test_sft_accelerate")
+GROUPS = {"test_report": "test_lm_eval"}  # test_report reads the lm-eval run of lm_eval_run.py
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Slowest modules first, and one xdist group per module (``--dist loadgroup``): a module's tests run
+    in one worker, so its module and session fixtures are made once."""
+    def module(item) -> str:
+        return item.module.__name__ if item.module else item.nodeid.split("::")[0]
+
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    order = {name: i for i, name in enumerate(dict.fromkeys(module(item) for item in items))}
+    group = lambda name: GROUPS.get(name, name)  # noqa: E731
+    items.sort(key=lambda item: (rank.get(group(module(item)), len(rank)), order[group(module(item))], order[module(item)]))
+    for item in items:
+        if not any(mark.name == "xdist_group" for mark in item.iter_markers()):
+            item.add_marker(pytest.mark.xdist_group(group(module(item))))
 
 
 def _cached_locations() -> dict[str, str]:

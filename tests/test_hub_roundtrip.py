@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers_data import TOY_QUESTIONS, all_texts, write_stage_data
+from cli_batch import run_many
 from hub_server import LocalHub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,12 +100,14 @@ def hub(local, tmp_path_factory):
     (private) and the student pushed by `tinythinker push`."""
     home = tmp_path_factory.mktemp("hf-push")
     with LocalHub(tokens={TOKEN}) as server:
+        pushes = [(local["old"], DATA, ()), (local["data"], DATA, ()), (local["prefs"], PREFS, ("--private",)),
+                  (local["student"], STUDENT, ()), (local["old"], PRIVATE, ("--private",))]
         pushed = {}
-        for folder, repo, extra in [(local["old"], DATA, ()), (local["data"], DATA, ()), (local["prefs"], PREFS, ("--private",)),
-                                    (local["student"], STUDENT, ()), (local["old"], PRIVATE, ("--private",))]:
-            done = tinythinker("push", folder, "--repo", repo, *extra, endpoint=server.endpoint, home=home)
-            assert done.returncode == 0, done.stderr[-3000:]
-            pushed.setdefault(repo, []).append(done.stdout)
+        done = run_many([("push", folder, "--repo", repo, *extra) for folder, repo, extra in pushes],
+                        env=environment(server.endpoint, home), cwd=REPO)
+        for (_, repo, _), result in zip(pushes, done):
+            assert result.returncode == 0, result.stderr[-3000:]
+            pushed.setdefault(repo, []).append(result.stdout)
         server.old_commit = server.repo(DATA).commits[-2]  # type: ignore[attr-defined]
         yield server
 
@@ -206,12 +209,12 @@ def test_infer_pins_a_branch_tag_or_commit(hub, tmp_path):
 
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     api.create_branch(DATA, repo_type="dataset", branch="v1", revision=hub.old_commit, exist_ok=True)
-    home = tmp_path / "hf"
-    for revision, questions in [("v1", 2), (hub.old_commit, 2), (None, 4)]:
+    cases = [("v1", 2), (hub.old_commit, 2), (None, 4)]
+    runs = run_many([("infer", "--student", STUDENT, "--data", DATA, *(["--revision", revision] if revision else []),
+                      "--config", "csqa-full", "--out", tmp_path / f"{revision}.jsonl") for revision, _ in cases],
+                    env=environment(hub.endpoint, tmp_path / "hf"), cwd=REPO)  # one cache, as one user's runs
+    for (revision, questions), done in zip(cases, runs):
         out = tmp_path / f"{revision}.jsonl"
-        args = ["--revision", revision] if revision else []
-        done = tinythinker("infer", "--student", STUDENT, "--data", DATA, *args, "--config", "csqa-full", "--out", out,
-                           endpoint=hub.endpoint, home=home)
         assert done.returncode == 0, done.stderr[-3000:]
         summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
         expected = hub.old_commit if revision else hub.repo(DATA).commits[-1]
@@ -271,7 +274,7 @@ MISSING_STUDENT = ("org/nobody: no such model repo on {endpoint}, or your token 
                    "token's access, or pass a local folder")
 
 
-@pytest.mark.parametrize("command, repo, token, endpoint, expected", [
+HUB_FAILURES = [  # (command, repo, token, endpoint: None for the local Hub, expected)
     (lambda t: _infer(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _train(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
     (lambda t: _eval(t, "org/missing"), "org/missing", TOKEN, None, MISSING),
@@ -288,15 +291,39 @@ MISSING_STUDENT = ("org/nobody: no such model repo on {endpoint}, or your token 
     (lambda t: _infer(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
     (lambda t: _train(t, DATA), DATA, TOKEN, "http://127.0.0.1:9", UNREACHABLE),
     (lambda t: _infer(t, DATA, "org/nobody"), "org/nobody", TOKEN, None, MISSING_STUDENT),
-], ids=["missing-infer", "missing-train", "missing-eval", "revision-infer", "revision-train", "missing-reflect",
-        "revision-reflect", "revision-eval", "missing-build", "revision-build", "missing-student-init", "private-no-token",
-        "wrong-token", "unreachable-infer", "unreachable-train", "missing-student"])
-def test_hub_failures_are_one_line(hub, tmp_path, command, repo, token, endpoint, expected):
+]
+HUB_FAILURE_IDS = ["missing-infer", "missing-train", "missing-eval", "revision-infer", "revision-train", "missing-reflect",
+                   "revision-reflect", "revision-eval", "missing-build", "revision-build", "missing-student-init",
+                   "private-no-token", "wrong-token", "unreachable-infer", "unreachable-train", "missing-student"]
+
+
+@pytest.fixture(scope="module")
+def hub_failures(hub, tmp_path_factory) -> dict:
+    """{case id: (its folder, its outcome)}: the cases that share an endpoint and a token run in one
+    interpreter (tests/cli_batch.py), each in a folder of its own."""
+    root = tmp_path_factory.mktemp("hub-failures")
+    groups: dict[tuple, list[str]] = {}
+    for case_id, (_, _, token, endpoint, _) in zip(HUB_FAILURE_IDS, HUB_FAILURES):
+        groups.setdefault((token, endpoint or hub.endpoint), []).append(case_id)
+    command = {case_id: case[0] for case_id, case in zip(HUB_FAILURE_IDS, HUB_FAILURES)}
+    outcomes = {}
+    for index, ((token, endpoint), case_ids) in enumerate(groups.items()):
+        folders = [root / case_id for case_id in case_ids]
+        for folder in folders:
+            folder.mkdir()
+        done = run_many([command[case_id](folder) for case_id, folder in zip(case_ids, folders)],
+                        env=environment(endpoint, root / f"hf-{index}", token), cwd=root)
+        outcomes.update({case_id: (folder, result) for case_id, folder, result in zip(case_ids, folders, done)})
+    return outcomes
+
+
+@pytest.mark.parametrize("command, repo, token, endpoint, expected", HUB_FAILURES, ids=HUB_FAILURE_IDS)
+def test_hub_failures_are_one_line(hub, hub_failures, request, command, repo, token, endpoint, expected):
     endpoint = endpoint or hub.endpoint
-    done = tinythinker(*command(tmp_path), endpoint=endpoint, home=tmp_path / "hf", token=token, cwd=tmp_path)
+    folder, done = hub_failures[request.node.callspec.id]
     line = one_error_line(done)
     assert line == "Error: " + expected.format(repo=repo, endpoint=endpoint)
-    assert not (tmp_path / "run").exists() and not (tmp_path / "t.jsonl").exists() and not (tmp_path / "res").exists()
+    assert not (folder / "run").exists() and not (folder / "t.jsonl").exists() and not (folder / "res").exists()
     if token and token != TOKEN:
         assert token not in done.stderr
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from test_lm_eval import REPO, cli_run, direct, toy  # noqa: F401  (session fixtures: one lm-eval run)
+from lm_eval_run import REPO  # the session fixtures toy, direct and cli_run come from there too (conftest.py)
 
 from tinythinker.evaluate import metrics as ev_metrics
 from tinythinker.evaluate import report as rp

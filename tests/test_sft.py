@@ -320,7 +320,12 @@ def _logged_step(out: Path) -> int:
 
 
 def _checkpoint_step(out: Path) -> int:
-    state = read_last(out / "last")  # last/ is renamed into place whole
+    """The step of ``out/last`` (0: none yet). A running trainer swaps last/ for the new one in two renames,
+    so a poll that reads in between finds it gone: 0 too, and the caller polls again."""
+    try:
+        state = read_last(out / "last")
+    except FileNotFoundError:
+        return 0
     return state["step"] if state else 0
 
 
