@@ -19,8 +19,9 @@ import pytest
 
 from hermetic import UNSET_ENV, cache_env
 
-# the one lm-eval run that test_lm_eval and test_report read (session fixtures made once)
-pytest_plugins = ("lm_eval_run",)
+# session fixtures made once for the modules that read them: the lm-eval run (test_lm_eval, test_report) and
+# the interrupted SFT run (test_sft, test_tracking)
+pytest_plugins = ("lm_eval_run", "helpers_sft")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -38,7 +39,7 @@ os.environ.update(cache_env(CACHE_ROOT))
 # finish together; modules that share session fixtures run in one worker (their group) to make them once.
 SLOWEST_FIRST = ("test_learning", "test_recipe", "test_lm_eval", "test_reflect", "test_sft", "test_hub_roundtrip", "test_dpo",
                  "test_tracking", "test_cli_students", "test_sft_accelerate")
-GROUPS = {"test_report": "test_lm_eval"}  # test_report reads the lm-eval run of lm_eval_run.py
+GROUPS = {"test_report": "test_lm_eval", "test_tracking": "test_sft"}  # they share session fixtures (pytest_plugins)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -80,7 +80,7 @@ def finished(toy):
 
 def tensorboard_figures(out: Path) -> dict[str, list[tuple[int, float]]]:
     """The run's TensorBoard scalars (test_tracking.py reads them), timings left out."""
-    from test_tracking import tensorboard_scalars
+    from helpers_sft import tensorboard_scalars
 
     return {tag: points for tag, points in tensorboard_scalars(out / "tracking" / "tinythinker").items()
             if tag != "train/pairs_per_second"}

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from test_sft import cli, make_student, train, write_stage_data
+from helpers_sft import cli, make_student, train, write_stage_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)
 

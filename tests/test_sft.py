@@ -1,134 +1,18 @@
-"""The SFT trainer (tinythinker.train.sft, `tinythinker train sft`) on a tiny student and a tiny stage data set.
-
-The data set folder is written here the way `tinythinker build` lays it out (the HELPERS contract:
-configs {dataset}-{variant}, splits per variant, the shared columns), from a handful of questions
-whose rationales make the answer learnable; every stage text comes from tinythinker.protocol.
-"""
+"""The SFT trainer (tinythinker.train.sft, `tinythinker train sft`) on a tiny student and a tiny stage data
+set (the zoo of tests/helpers_sft.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 
-from tinythinker import protocol
-from tinythinker.artifacts import configs_metadata, write_card, write_split
-from tinythinker.protocol import VARIANT_STAGES, VARIANTS
+from tinythinker.protocol import VARIANT_STAGES
 from tinythinker.train.loop import read_last
 
-REPO = Path(__file__).resolve().parents[1]
-
-# (stem, options, gold index, general knowledge, one analysis per option)
-ANIMALS = [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), ("sheep", "baa"), ("owl", "hoot")]
-FEATURES = datasets.Features({
-    "id": datasets.Value("string"), "stage": datasets.Value("string"), "option": datasets.Value("string"),
-    "question": datasets.Value("string"), "choices": datasets.List(datasets.Value("string")),
-    "input": datasets.Value("string"), "target": datasets.Value("string"), "GT": datasets.Value("string"),
-    "teacher_recall": datasets.Value("string"), "teacher_analyses": datasets.List(datasets.Value("string")),
-})
-
-
-def questions(n: int = 6):
-    """Which animal says X? Three options; the gold one rotates through A, B, C."""
-    out = []
-    for i, (animal, sound) in enumerate(ANIMALS[:n]):
-        others = [a for a, _ in ANIMALS if a != animal][i % 3 : i % 3 + 2]
-        gold = i % 3
-        options = others[:gold] + [animal] + others[gold:]
-        analyses = ["it is right." if o == animal else "it is wrong." for o in options]
-        out.append((f"q{i}", f"Which animal says {sound}?", options, "ABC"[gold], f"The {animal} says {sound}.", analyses))
-    return out
-
-
-def _row(qid, stage, option, question, options, text, target, gold, recall="", analyses=()):
-    return {"id": qid, "stage": stage, "option": option, "question": question, "choices": list(options), "input": text,
-            "target": target, "GT": gold, "teacher_recall": recall, "teacher_analyses": list(analyses)}
-
-
-def write_stage_data(folder: Path, qs=None, dataset: str = "zoo") -> Path:
-    """A stage data set folder with every variant's config; validation = test = the training questions."""
-    qs = qs or questions()
-    configs = {}
-    for variant in [v for v in VARIANTS if v not in protocol.BASELINES]:  # the baselines' records: test_baselines.py
-        stages = VARIANT_STAGES[variant]
-        splits: dict[str, list[dict]] = {s: [] for s in ("recall", "recall_single", "analyze", "summarize", "validation")}
-        for qid, stem, options, gold, gk, analyses in qs:
-            q = protocol.render_question(stem, options)
-            letters = protocol.letters_for(len(options))
-            recall = gk if "recall" in stages else None
-            if "recall" in stages:
-                splits["recall"].append(_row(qid, "recall", "", q, options, protocol.recall_prompt(q), gk, gold))
-                splits["recall_single"].append(_row(qid, "recall", "", q, options, protocol.recall_prompt(q), gk, gold))
-            if "analyze" in stages:
-                for x, text in zip(letters, analyses):
-                    splits["analyze"].append(_row(qid, "analyze", x, q, options, protocol.analyze_prompt(q, x, recall), text, gold))
-            pairs = list(zip(letters, analyses)) if "analyze" in stages else None
-            splits["summarize"].append(_row(qid, "summarize", "", q, options, protocol.summarize_prompt(q, recall, pairs),
-                                            protocol.summarize_target(gold), gold))
-            for option, text in protocol.first_prompts(q, letters, variant):
-                splits["validation"].append(_row(qid, stages[0], option, q, options, text, protocol.summarize_target(gold),
-                                                 gold, gk, analyses))
-        names = [s for s in splits if splits[s]]
-        names = [s for s in names if s != "recall_single" or "recall" in stages]
-        for split in names:
-            write_split(folder, f"{dataset}-{variant}", split, splits[split], FEATURES)
-        configs[f"{dataset}-{variant}"] = names
-    write_card(folder, configs_metadata(folder, configs, default=f"{dataset}-full"), "# zoo\n\nA tiny stage data set for tests.")
-    return folder
-
-
-def stage_texts(qs=None) -> list[str]:
-    qs = qs or questions()
-    texts = []
-    for _, stem, options, gold, gk, analyses in qs:
-        q = protocol.render_question(stem, options)
-        pairs = list(zip("ABC", analyses))
-        texts += [protocol.summarize_prompt(q, gk, pairs), protocol.summarize_target(gold), gk, *analyses]
-    return texts
-
-
-def make_student(folder: Path, *, d_model: int = 128, kind: str = "seq2seq") -> Path:
-    """A tiny T5 (or Llama-style causal model) with a tokenizer trained on the stage texts, saved like
-    any checkpoint. Dropout is off so that a few epochs memorise the questions."""
-    from tinythinker.students import make_tiny_student
-
-    make_tiny_student(kind, stage_texts(), folder, seed=0, d_model=d_model, layers=2, heads=4, d_ff=2 * d_model,
-                      vocab_size=400)
-    config = json.loads((folder / "config.json").read_text())
-    dropout = "dropout_rate" if kind == "seq2seq" else "attention_dropout"
-    (folder / "config.json").write_text(json.dumps({**config, dropout: 0.0}))
-    return folder
-
-
-# --- training in-process ----------------------------------------------------------------------------
-
-def train(data, student, out, **settings):
-    from tinythinker.train.sft import SFTSettings, train_sft
-
-    options = dict(interval=2, epochs=30, lr=1e-3, batch_size=8, seed=0)
-    run_options = {k: settings.pop(k) for k in ("micro_batch_size", "log_every", "overwrite") if k in settings}
-    return train_sft(SFTSettings(data=str(data), config=settings.pop("config", "zoo-full"), student=str(student),
-                                 **{**options, **settings}), out, progress=False, **run_options)
-
-
-def read_metrics(out: Path, drop=("seconds", "tokens_per_second")) -> list[dict]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model.safetensors")
-
+from helpers_sft import cli, make_student, read_metrics, train, weights, write_stage_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -276,12 +160,6 @@ def test_a_run_folder_with_other_settings_is_refused(zoo, trained, tmp_path):
 
 # --- the command line ---------------------------------------------------------------------------------
 
-def cli(*args, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "tinythinker", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300, **kwargs)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--config", "zoo-nothing"], "does not end in a variant"),
     (["--config", "zoo-nothing", "--variant", "full"], "no config 'zoo-nothing'; choose one of zoo-full, zoo-no_analyze"),
@@ -296,71 +174,24 @@ def test_user_errors_end_in_one_line(zoo, tmp_path, args, message):
     assert not (tmp_path / "run" / "best").exists()
 
 
-# --- interruption and resume (real processes) ---------------------------------------------------------
+# --- interruption and resume (real processes: helpers_sft.interrupted_sft) ------------------------------
 
-def _wait_for(predicate, process, what: str, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        assert process.poll() is None, f"the run ended before {what}: {process.communicate()}"
-        time.sleep(0.02)
-    process.kill()
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _logged_step(out: Path) -> int:
-    try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    steps = [json.loads(line)["step"] for line in lines if line.endswith("}")]
-    return max(steps, default=0)
-
-
-def _checkpoint_step(out: Path) -> int:
-    """The step of ``out/last`` (0: none yet). A running trainer swaps last/ for the new one in two renames,
-    so a poll that reads in between finds it gone: 0 too, and the caller polls again."""
-    try:
-        state = read_last(out / "last")
-    except FileNotFoundError:
-        return 0
-    return state["step"] if state else 0
-
-
-def test_interrupted_runs_resume_to_the_same_result(zoo, tmp_path):
-    data, _ = zoo
-    student = make_student(tmp_path / "small", d_model=64)
-    settings = dict(interval=2, epochs=6, lr=3e-3, batch_size=8, seed=0)
-    whole = train(data, student, tmp_path / "whole", log_every=1, **settings)  # in-process, one thread, like the CLI runs
-
-    out = tmp_path / "interrupted"
-    args = ["train", "sft", "--data", data, "--config", "zoo-full", "--student", student, "--out", out, "--log-every", 1,
-            "--no-progress", *[a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", v)]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "tinythinker", *map(str, args)]
+def test_interrupted_runs_resume_to_the_same_result(interrupted_sft):
+    run, whole = interrupted_sft, interrupted_sft["whole"]
+    code, stderr = run["interrupted"]
     # 1. Ctrl-C in the middle of the second cycle: the step finishes, RUN/last is saved, exit 130
-    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: _logged_step(out) >= 7, run, "step 7")
-    run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 130, stderr
+    assert code == 130, stderr
     assert "rerun the same command to continue" in stderr
-    stopped = _checkpoint_step(out)
-    assert 7 <= stopped < whole.total_steps
-    # 2. the rerun continues; killed outright (SIGKILL) just after its next checkpoint
-    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: _checkpoint_step(out) > stopped, run, "the next checkpoint")
-    run.kill()
-    run.communicate(timeout=60)
-    assert _checkpoint_step(out) < whole.total_steps
+    assert 7 <= run["stopped"] < whole.total_steps
+    # 2. the rerun was killed outright (SIGKILL) after its next checkpoint
+    assert run["stopped"] < run["killed"] < whole.total_steps
     # 3. the third run finishes; everything matches the uninterrupted run
-    done = cli(*args)
+    done, out = run["done"], run["out"]
     assert done.returncode == 0, done.stderr
-    assert "resuming at step" in done.stderr and "finished: 30 steps" in done.stderr
-    assert read_metrics(out) == read_metrics(tmp_path / "whole")
+    assert f"resuming at step {run['killed']}" in done.stderr and "finished: 30 steps" in done.stderr
+    assert read_metrics(out) == read_metrics(run["whole_out"])
     for folder in ("best", "last/model"):
-        a, b = weights(tmp_path / "whole" / folder), weights(out / folder)
+        a, b = weights(run["whole_out"] / folder), weights(out / folder)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
     assert read_last(out / "last")["curve"] == whole.curve
+

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from test_sft import REPO, make_student, read_metrics, train, weights, write_stage_data
+from helpers_sft import REPO, make_student, read_metrics, train, weights, write_stage_data
 from tinythinker.train.loop import read_last, read_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)

@@ -7,65 +7,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_sft import REPO, _checkpoint_step, _logged_step, _wait_for, make_student, read_metrics, write_stage_data
+from helpers_sft import cli, read_metrics, sft_args, tensorboard_scalars, write_stage_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "tinythinker", *map(str, args)], capture_output=True, text=True, env=ENV,
-                          cwd=REPO, timeout=timeout)
-
-
-def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value), ...]} as TensorBoard shows them (events an interrupted run wrote past the
-    step its rerun resumed from are purged, as TensorBoard purges them)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
-def sft_args(data, student, out, *extra):
-    return ["train", "sft", "--data", data, "--config", "zoo-full", "--student", student, "--out", out, "--interval", 2,
-            "--epochs", 6, "--lr", 3e-3, "--batch-size", 8, "--seed", 0, "--log-every", 1, "--no-progress", *extra]
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    """`tinythinker train sft --report-to tensorboard` (30 steps, a validation every 5) stopped by Ctrl-C
-    in its second cycle, rerun and killed outright (SIGKILL) a step or more past its next checkpoint,
-    then rerun to the end."""
-    pytest.importorskip("tensorboard")
-    root = tmp_path_factory.mktemp("curves")
-    data, student, out = write_stage_data(root / "data"), make_student(root / "student", d_model=64), root / "sft"
-    command = [sys.executable, "-m", "tinythinker", *map(str, sft_args(data, student, out, "--report-to", "tensorboard"))]
-    run = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: _logged_step(out) >= 7, run, "step 7")
-    run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=300)
-    assert run.returncode == 130, stderr
-    stopped = _checkpoint_step(out)
-    before = tensorboard_scalars(out / "tracking" / "tinythinker")  # written and closed on the way out
-    run = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: stopped < _checkpoint_step(out) < _logged_step(out), run, "a step past the next checkpoint")
-    run.kill()
-    run.communicate(timeout=60)
-    killed = _checkpoint_step(out)
-    assert killed < 30
-    done = cli(*sft_args(data, student, out, "--report-to", "tensorboard"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming at step {killed}" in done.stderr and "finished: 30 steps" in done.stderr
-    return {"out": out, "data": data, "student": student, "stopped": stopped, "before": before}
+@pytest.fixture
+def sft_run(interrupted_sft) -> dict:
+    """`train sft --report-to tensorboard` stopped by Ctrl-C, rerun and killed (SIGKILL) past its next
+    checkpoint, rerun to the end (helpers_sft.interrupted_sft; test_sft checks its resume)."""
+    assert interrupted_sft["interrupted"][0] == 130 and interrupted_sft["done"].returncode == 0, interrupted_sft["done"].stderr
+    return interrupted_sft
 
 
 def test_tensorboard_gets_the_metrics_lines_and_a_resumed_run_logs_each_step_once(sft_run):
