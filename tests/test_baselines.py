@@ -16,7 +16,7 @@ from tinythinker import protocol
 from tinythinker.data.records import build_split, train_splits, variant_splits
 from tinythinker.data.splits import load_stage_split
 
-from test_records import Q1, QS, QT, QV, SELECTION, rows
+from helpers_records import Q1, QS, QT, QV, SELECTION, rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

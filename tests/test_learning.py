@@ -41,6 +41,8 @@ DIRECT_AT_MOST = 0.4
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """The data set, each variant's best checkpoint, and the greedy pipeline's traces of the `full` student on the
+    first TEST_QUESTIONS test questions (two tests read them)."""
     root = tmp_path_factory.mktemp("learning")
     world = write_world("csqa", root / "world", seed=42)
     data = build_dataset("csqa", world / "raw", [world / "teacher.jsonl"], root / "data", seed=42).out
@@ -50,37 +52,31 @@ def trained(tmp_path_factory):
     runs = {variant: train_sft(SFTSettings(data=str(data), config=f"csqa-{variant}", student=str(student), **SFT),
                                root / variant, progress=False).best
             for variant in ("full", "summarize_only")}
-    return data, runs
+    return data, runs, _pipeline(runs["full"], data, "full")
 
 
-def _pipeline_accuracy(student_path, data, variant: str) -> float:
+def _pipeline(student_path, data, variant: str, **given) -> list:
     student = Student.load(student_path, device="cpu")
     items = items_from_dataset(str(data), f"csqa-{variant}", "test")[:TEST_QUESTIONS]
-    return accuracy(run_pipeline(student, items, variant=variant, batch_size=64, progress=False))["accuracy"]
+    return run_pipeline(student, items, variant=variant, batch_size=64, progress=False, **given)
 
 
 def test_the_pipeline_answers_held_out_questions_and_answering_directly_does_not(trained):
-    data, runs = trained
-    full = _pipeline_accuracy(runs["full"], data, "full")
-    direct = _pipeline_accuracy(runs["summarize_only"], data, "summarize_only")
+    data, runs, full_traces = trained
+    full = accuracy(full_traces)["accuracy"]
+    direct = accuracy(_pipeline(runs["summarize_only"], data, "summarize_only"))["accuracy"]
     assert full >= PIPELINE_AT_LEAST and direct <= DIRECT_AT_MOST and full - direct >= 0.3, (full, direct)
 
 
 def test_the_summarize_stage_learns_to_read_the_analyses(trained):
-    data, runs = trained
-    student = Student.load(runs["full"], device="cpu")
-    items = items_from_dataset(str(data), "csqa-full", "test")[:TEST_QUESTIONS]
+    data, runs, _ = trained
     recalls, analyses = oracles_from_dataset(str(data), "csqa-full", "test")
-    traces = run_pipeline(student, items, variant="full", batch_size=64, progress=False,
-                          given_recalls=recalls, given_analyses=analyses)
+    traces = _pipeline(runs["full"], data, "full", given_recalls=recalls, given_analyses=analyses)
     assert accuracy(traces)["accuracy"] >= SUMMARIZE_ORACLE_AT_LEAST
 
 
 def test_every_stage_output_has_its_stages_shape(trained):
-    data, runs = trained
-    student = Student.load(runs["full"], device="cpu")
-    items = items_from_dataset(str(data), "csqa-full", "test")[:TEST_QUESTIONS]
-    traces = run_pipeline(student, items, variant="full", batch_size=64, progress=False)
+    _, _, traces = trained
     recall = re.compile(r"^A \w+ is a kind of \w+\. .+\.$")
     shaped = {
         "recall": sum(bool(recall.match(t.recall)) for t in traces),
