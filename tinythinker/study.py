@@ -51,10 +51,10 @@ class StudySettings:
     dataset: str = "csqa"
     seed: int = 42  # the world's seed and the first training seed
     seeds: int = 3  # training seeds seed, seed+1, ...
-    questions: int = 400  # the world's (entity, relation) pairs: 600 training, 50 validation, 150 test questions (csqa)
+    questions: int = 240  # the world's (entity, relation) pairs: csqa 360 training, 30 validation, 90 test questions
     sizes: tuple[str, ...] = ("1/8", "1/4", "1")  # shares of the training questions
-    max_steps: int = 800  # the same cap on optimizer steps for every row
-    eval_every: int = 100  # validation cadence in steps, the same for every row
+    max_steps: int = 600  # the same cap on optimizer steps for every row
+    eval_every: int = 50  # validation cadence in steps, the same for every row
     batch_size: int = 32
     lr: float = 3e-3
     eval_limit: int | None = None  # validation questions (None: all)
@@ -63,7 +63,7 @@ class StudySettings:
     reflect_cycles: int = 2
     reflect_lr: float = 5e-5
     reflect_batch_size: int = 16
-    reflect_train_limit: int | None = 150
+    reflect_train_limit: int | None = 60
     scaled: bool = False  # also the full@4x and cot@4x rows (a larger student)
 
     def check(self) -> "StudySettings":
