@@ -114,3 +114,15 @@ def test_drawn_questions_are_seeded_and_nested():
     ids = [f"q{i:03d}" for i in range(100)]
     assert drawn_ids(ids, 1, 10) == drawn_ids(ids, 1, 10) != drawn_ids(ids, 2, 10)
     assert set(drawn_ids(ids, 1, 10)) < set(drawn_ids(ids, 1, 25))
+
+
+def test_the_command_refuses_bad_sizes_in_one_line_before_writing(tmp_path):
+    from click.testing import CliRunner
+
+    from tinythinker.cli import main
+
+    result = CliRunner().invoke(main, ["study", "--sizes", "1/8,3/2", "--out", str(tmp_path / "s"), "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [
+        "Error: --sizes: 3/2 is outside (0, 1]; give shares of the training questions such as 1/8,1/4,1"]
+    assert not (tmp_path / "s").exists()
