@@ -571,13 +571,18 @@ def render_png(result: dict, path: Path) -> Path:
     from tinythinker.evaluate.report import save_figure
 
     fig, (curves, gaps) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rows = list(dict.fromkeys(c["row"] for c in result["cells"]))
+    colours = {row: plt.get_cmap("tab10")(i % 10) for i, row in enumerate(rows)}  # one colour per row in both panels
+    sizes = sorted({c["questions"] for c in result["cells"]})
     for axis, entries, title in ((curves, result["cells"], "test accuracy"), (gaps, result["differences"], "full − X")):
         for row in dict.fromkeys(e["row"] for e in entries):
             points = sorted((e["questions"], e["mean"], e["low"], e["high"]) for e in entries if e["row"] == row)
             x, mean, low, high = (np.array(v, dtype=float) for v in zip(*points))
-            axis.plot(x, mean, marker="o", label=row)
-            axis.fill_between(x, low, high, alpha=0.15)
+            axis.plot(x, mean, marker="o", label=row, color=colours[row])
+            axis.fill_between(x, low, high, alpha=0.12, color=colours[row])
         axis.set_xscale("log", base=2)
+        axis.set_xticks(sizes, [str(n) for n in sizes])
+        axis.minorticks_off()
         axis.set_xlabel("training questions")
         axis.set_title(f"{title} (95% intervals)")
         axis.grid(alpha=0.3)
