@@ -534,16 +534,21 @@ def render_markdown(result: dict, command: str = "") -> str:
     rows = list(dict.fromkeys(c["row"] for c in result["cells"]))
     cells = {(c["row"], c["size"]): c for c in result["cells"]}
     diffs = {(d["row"], d["size"]): d for d in result["differences"]}
-    methods = sorted({entry["method"] for entry in result["cells"] + result["differences"]})
+    methods = {name: ", ".join(sorted({e["method"] for e in result[name]})) or "none" for name in ("cells", "differences")}
     lines = [f"# Claims replayed on one world ({s['dataset']}, {result['training_questions']} training questions)", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Seeds {s['seed']}..{s['seed'] + s['seeds'] - 1} ({s['seeds']}); world of {s['questions']} (entity, relation) pairs; "
               f"every row capped at {s['max_steps']} optimizer steps (batch {s['batch_size']}, lr {s['lr']}), validated every "
               f"{s['eval_every']} steps, the checkpoint with the best validation accuracy kept; test accuracy by lm-eval.", "",
-              "Intervals are 95%: " + "; ".join(methods) + " (t interval: over seeds, paired by seed for differences; "
-              "bootstrap: 10,000 resamples of the test questions, paired by question id for differences).", "",
+              f"Intervals are 95%. Accuracies: {methods['cells']}. Differences: {methods['differences']}. (A bootstrap is "
+              f"{BOOTSTRAP_SAMPLES:,} percentile resamples of the test questions, seeded with the study's seed.)", "",
               "## Test accuracy, percent (mean [95% interval])", ""]
+    cut = [f"{r['row']} ({r['questions']} questions, seed {r['seed']})" for r in result["records"]
+           if "validation_curve" in r and stopped_rising(r) is False]
+    if cut:  # the convergence rule (docs/claims.md): these rows were still rising at the cap
+        lines[-2:-2] = [f"**Not converged at the cap** (best validation point = the last): {', '.join(cut)}. Compare these rows "
+                        "only after a rerun with a higher --max-steps (in a new folder).", ""]
     lines += _table(["row", *heads], [[row, *[_interval(cells.get((row, size))) for size in sizes]] for row in rows])
     lines += ["", "## full − X, percentage points (mean [95% interval]; positive: full is better)", ""]
     lines += _table(["X", *heads], [[row, *[_interval(diffs.get((row, size)), sign=True) for size in sizes]]
