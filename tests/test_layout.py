@@ -18,7 +18,7 @@ ALLOWED = {
     "evaluate": {"data"},
     "commands": {"data", "train", "evaluate"},
 }
-ORCHESTRATORS = {"tinythinker.recipe", "tinythinker.cli"}  # top-level modules that run the whole recipe
+ORCHESTRATORS = {"tinythinker.recipe", "tinythinker.study", "tinythinker.cli"}  # top-level modules that run the whole recipe
 
 
 def _modules() -> dict[str, Path]:

@@ -179,3 +179,18 @@ def test_mixed_schedule_draws_every_record_once_per_epoch_from_one_pool():
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(resumed, steps[17:]))
     locate = schedule.locate(first.rows)
     assert sorted(p for _, positions, _ in locate for p in positions.tolist()) == list(range(len(first.rows)))
+
+
+def test_max_steps_caps_the_run_over_epochs_and_eval_every_sets_one_validation_cadence():
+    sizes = {"recall": 10, "analyze": 50, "summarize": 10}  # 9 steps an epoch at batch 8
+    capped = StageSchedule(sizes, n_options=5, interval=2, batch_size=8, epochs=1, seed=3, mixed=True, max_steps=20, eval_every=6)
+    steps = list(capped.steps())
+    assert capped.total_steps == len(steps) == 20 and capped.epochs == 3 and steps[-1].epoch == 2
+    assert [s.index + 1 for s in steps if s.cycle_end] == [6, 12, 18, 20]  # every 6 steps, and the last one
+    assert steps[-1].block_end and [s.cycle for s in steps[:7]] == [0] * 6 + [1]
+    assert [s.index for s in capped.steps(13)] == list(range(13, 20))
+    uncapped = StageSchedule(sizes, n_options=5, interval=2, batch_size=8, epochs=3, seed=3, mixed=True)
+    assert [s.rows.tolist() for s in uncapped.steps()][:20] == [s.rows.tolist() for s in steps]  # the same batches, cut
+    assert "max_steps" not in uncapped.state_dict() and capped.state_dict()["max_steps"] == 20
+    with pytest.raises(ValueError, match="max_steps"):
+        StageSchedule(sizes, n_options=5, interval=2, batch_size=8, epochs=1, seed=3, max_steps=0)

@@ -29,6 +29,7 @@ COMMANDS = {
     "report": "evaluate:report",
     "quickstart": "recipe:quickstart",
     "run": "recipe:run",
+    "study": "study:study",
 }
 
 

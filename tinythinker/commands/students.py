@@ -53,19 +53,11 @@ def init(kind, data, revision, config, shape, seed, out, overwrite):
     _quiet_libraries()
     from tinythinker.artifacts import staged_folder, write_card
     from tinythinker.hub import pin
-    from tinythinker.data.splits import load_stage_split, stage_configs
+    from tinythinker.data.splits import tokenizer_texts
     from tinythinker.students import make_tiny_student
 
     commit = pin(data, revision)
-    configs = stage_configs(data, commit)
-    if config is not None and config not in configs:
-        raise TinyThinkerError(f"{data}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
-    texts: list[str] = []
-    for name in [config] if config else sorted(configs):
-        for split in configs[name]:
-            rows = load_stage_split(data, name, split, commit)
-            texts += [t for column in ("input", "target") for t in rows[column] if t]
-    texts = list(dict.fromkeys(texts))
+    texts = tokenizer_texts(data, config, commit)
     with staged_folder(out, overwrite=overwrite) as folder:
         make_tiny_student(kind, texts, folder, seed=seed, shape=shape)
         front = {"library_name": "transformers", "tags": ["tinythinker", "random-weights"],

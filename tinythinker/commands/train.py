@@ -35,6 +35,10 @@ def train():
               help="blocks: one stage per block (REFERENCE 7); mixed: every batch draws from all stages "
                    "(validation every cycle's worth of batches; what makes small students from scratch learn).")
 @click.option("--epochs", type=click.IntRange(min=1), default=SFTSettings.epochs, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=SFTSettings.max_steps,
+              help="Train exactly this many optimizer steps, epochs repeating as needed (overrides --epochs).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=SFTSettings.eval_every,
+              help="Validate every N steps (default: after every schedule cycle) and after the last step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=SFTSettings.batch_size, show_default=True,
               help="Records per optimizer step, all processes together.")
@@ -55,7 +59,8 @@ def train():
 @click.option("--seed", type=click.IntRange(min=0), default=SFTSettings.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @options.progress
-def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, lr, batch_size, micro_batch_size,
+def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, max_steps, eval_every, lr, batch_size,
+        micro_batch_size,
         max_length, max_input_length, warmup_ratio,
         bf16, eval_limit, eval_batch_size, log_every, report_to, seed, overwrite, progress):
     """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
@@ -71,7 +76,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
     settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,
                            epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, max_input_length=max_input_length,
                            seed=seed, bf16=bf16, eval_limit=eval_limit, warmup_ratio=warmup_ratio, revision=revision,
-                           student_revision=student_revision)
+                           student_revision=student_revision, max_steps=max_steps, eval_every=eval_every)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
                            log_every=log_every, overwrite=overwrite, progress=progress, console=console, report_to=report_to)

@@ -127,6 +127,20 @@ def oracles_from_dataset(data, config: str, split: str, revision: str | None = N
 
 
 
+def tokenizer_texts(data, config: str | None = None, revision: str | None = None) -> list[str]:
+    """The distinct inputs and targets of every split of ``config`` (None: of every config), in file order:
+    what a tiny student's tokenizer is trained on."""
+    configs = stage_configs(data, revision)
+    if config is not None and config not in configs:
+        raise TinyThinkerError(f"{data}: no config {config!r}; choose one of {', '.join(sorted(configs))}")
+    texts: list[str] = []
+    for name in [config] if config else sorted(configs):
+        for split in configs[name]:
+            rows = load_stage_split(data, name, split, revision)
+            texts += [t for column in ("input", "target") for t in rows[column] if t]
+    return list(dict.fromkeys(texts))
+
+
 WORLD_SOURCE = "world"  # data=world: the generated world (world_folder); "demo" is a deprecated alias
 
 

@@ -131,7 +131,8 @@ def _metrics(task_results: dict) -> dict[str, float]:
     return out
 
 
-def _per_question(samples_file: Path) -> dict[str, bool]:
+def per_question(samples_file: Path) -> dict[str, bool]:
+    """{question id: answered right} from an lm-eval samples file (--log_samples)."""
     correct = {}
     for _, sample in iter_jsonl(samples_file, what="lm-eval samples file"):
         doc = sample.get("doc") or {}
@@ -186,7 +187,7 @@ def load_results(root: Path, *, prefix: bool = False) -> list[TaskResult]:
                 data=metadata.get(f"data_{match['dataset']}") or metadata.get("data")
                 or (card.get("data") if config_parts(str(card.get("config", "")))[0] == match["dataset"] else None),
                 questions=int(n),
-                metrics=_metrics(task_results), correct=_per_question(samples_file) if samples_file.exists() else None,
+                metrics=_metrics(task_results), correct=per_question(samples_file) if samples_file.exists() else None,
                 source=str(path),
             )
     return list(found.values())
@@ -475,7 +476,7 @@ def curve_file(run: TrainingRun) -> str:
     return "training_" + re.sub(r"[^A-Za-z0-9._-]+", "_", run.run) + ".png"
 
 
-def _save(fig, path: Path, plt) -> Path:
+def save_figure(fig, path: Path, plt) -> Path:
     """Write the PNG under a temporary name, then rename (no half-written plot)."""
     import os
     import tempfile
@@ -525,7 +526,7 @@ def _plot_iterations(report: Report, folder: Path, plt) -> Path | None:
     ax.set_title("Accuracy per DPO iteration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, folder / "accuracy_per_iteration.png", plt)
+    return save_figure(fig, folder / "accuracy_per_iteration.png", plt)
 
 
 def _plot_attribution(report: Report, folder: Path, plt) -> Path | None:
@@ -550,7 +551,7 @@ def _plot_attribution(report: Report, folder: Path, plt) -> Path | None:
     ax.set_xlabel("% of questions")
     ax.set_title("Which stage caused each error (oracle attribution)")
     ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(rows) < 3 else -0.1), frameon=False)
-    return _save(fig, folder / "stage_attribution.png", plt)
+    return save_figure(fig, folder / "stage_attribution.png", plt)
 
 
 def _plot_stage_checks(report: Report, folder: Path, plt) -> Path | None:
@@ -576,7 +577,7 @@ def _plot_stage_checks(report: Report, folder: Path, plt) -> Path | None:
     ax.set_title("Stage checks of the full pipeline")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, folder / "stage_checks.png", plt)
+    return save_figure(fig, folder / "stage_checks.png", plt)
 
 
 # --- training curves (metrics.jsonl) ------------------------------------------------------------------
@@ -639,7 +640,7 @@ def _plot_sft(run: TrainingRun, path: Path, plt) -> Path:
         acc_ax.text(0.5, 0.5, "no validation", ha="center", va="center", transform=acc_ax.transAxes)
         acc_ax.set_axis_off()
     fig.suptitle(f"SFT: {run.run}", fontsize=11)
-    return _save(fig, path, plt)
+    return save_figure(fig, path, plt)
 
 
 def _plot_dpo(run: TrainingRun, path: Path, plt) -> Path:
@@ -695,4 +696,4 @@ def _plot_dpo(run: TrainingRun, path: Path, plt) -> Path:
             ax.text(offsets[k] + 0.7, 0.98, f"it. {k}", transform=ax.get_xaxis_transform(), fontsize=7, color="grey", va="top")
     fig.suptitle(f"Self-reflection (DPO): {run.run}, {len(iterations)} iteration(s)", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path, plt)

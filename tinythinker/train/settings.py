@@ -50,6 +50,8 @@ class SFTSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
+    max_steps: int | None = None  # a cap on optimizer steps that overrides epochs (the study: the same for every variant)
+    eval_every: int | None = None  # validation every this many steps (None: after every schedule cycle)
     student_revision: str | None = None  # of a Hub base model, likewise
 
 

@@ -86,11 +86,13 @@ class StageSchedule:
     pure function of the arguments: ``steps(start)`` resumes the same sequence at any step."""
 
     def __init__(self, sizes: Mapping[str, int], *, n_options: int, interval: int, batch_size: int, epochs: int, seed: int,
-                 mixed: bool = False):
+                 mixed: bool = False, max_steps: int | None = None, eval_every: int | None = None):
         unknown = [stage for stage in sizes if stage not in STAGE_KEYS]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}: stages are {', '.join(STAGE_KEYS)}")
-        for name, value in (("interval", interval), ("batch_size", batch_size), ("epochs", epochs), ("n_options", n_options)):
+        for name, value in (("interval", interval), ("batch_size", batch_size), ("epochs", epochs), ("n_options", n_options),
+                            ("max_steps", 1 if max_steps is None else max_steps),
+                            ("eval_every", 1 if eval_every is None else eval_every)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if any(size < 0 for size in sizes.values()) or not any(sizes.values()):
@@ -108,7 +110,10 @@ class StageSchedule:
         self.blocks = self._epoch_blocks()
         self.steps_per_epoch = sum(self.batches.values())
         self.cycles_per_epoch = self.blocks[-1].cycle + 1
-        self.total_steps = self.steps_per_epoch * epochs
+        # max_steps overrides epochs (as the Hugging Face Trainer's): the epochs repeat until the cap
+        self.max_steps, self.eval_every = max_steps, eval_every
+        self.epochs = math.ceil(max_steps / self.steps_per_epoch) if max_steps else epochs
+        self.total_steps = max_steps or self.steps_per_epoch * epochs
 
     def __len__(self) -> int:
         return self.total_steps
@@ -154,12 +159,23 @@ class StageSchedule:
             for number, block in enumerate(self.blocks):
                 cycle_end = number + 1 == len(self.blocks) or self.blocks[number + 1].cycle != block.cycle
                 for k in range(block.count):
+                    if index >= self.total_steps:
+                        return
                     if index >= start:
                         batch = block.first + k
                         rows = orders[block.stage][batch * self.batch_size : (batch + 1) * self.batch_size]
                         last = k + 1 == block.count
-                        yield Step(index, epoch, epoch * self.cycles_per_epoch + block.cycle, block.stage, rows, last, last and cycle_end)
+                        yield self._step(index, epoch, block, rows, last, last and cycle_end)
                     index += 1
+
+    def _step(self, index: int, epoch: int, block: Block, rows: np.ndarray, block_end: bool, cycle_end: bool) -> Step:
+        """One step; with ``eval_every`` a cycle is that many steps (the same validation cadence for every
+        variant, whatever its stages), and the last step of a capped run always ends a cycle."""
+        cycle = epoch * self.cycles_per_epoch + block.cycle
+        if self.eval_every:
+            cycle, cycle_end = index // self.eval_every, (index + 1) % self.eval_every == 0
+        final = index + 1 == self.total_steps
+        return Step(index, epoch, cycle, block.stage, rows, block_end or final, cycle_end or final)
 
     def describe(self) -> str:
         """One line for cards and logs, e.g. ``recall 100 · analyze 500 · summarize 100 batches per cycle``."""
@@ -169,8 +185,10 @@ class StageSchedule:
 
     def state_dict(self) -> dict:
         """What the schedule is: a resumed run must walk the same one (kept in ``OUT/last``)."""
-        return {"sizes": self.sizes, "n_options": self.n_options, "interval": self.interval, "batch_size": self.batch_size,
-                "epochs": self.epochs, "seed": self.seed, "mixed": self.mixed}
+        state = {"sizes": self.sizes, "n_options": self.n_options, "interval": self.interval, "batch_size": self.batch_size,
+                 "epochs": self.epochs, "seed": self.seed, "mixed": self.mixed}
+        # only when set: the resume points of runs made before these existed stay readable
+        return {**state, **{k: v for k, v in (("max_steps", self.max_steps), ("eval_every", self.eval_every)) if v}}
 
     def load_state_dict(self, state: dict) -> None:
         if state != self.state_dict():
@@ -203,8 +221,8 @@ def checked(settings: SFTSettings) -> SFTSettings:
         raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if settings.max_input_length is not None and settings.max_input_length < 1:
         raise TinyThinkerError(f"max_input_length must be at least 1, got {settings.max_input_length}")
-    for name in ("interval", "epochs", "batch_size", "max_length"):
-        if getattr(settings, name) < 1:
+    for name in ("interval", "epochs", "batch_size", "max_length", "max_steps", "eval_every"):
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")
     if settings.lr <= 0 or not 0 <= settings.warmup_ratio <= 1:
         raise TinyThinkerError(f"lr must be positive and warmup_ratio within 0..1 (got {settings.lr}, {settings.warmup_ratio})")
@@ -309,7 +327,8 @@ class SFTTrainer(TrainLoop):
             items = items_from_dataset(s.data, s.config, "validation", self.data_commit) if s.eval_limit != 0 else []
         self.items = items if s.eval_limit is None else items[: s.eval_limit]
         self.schedule = StageSchedule(self.data.sizes(), n_options=self.data.n_options, interval=s.interval,
-                                      batch_size=s.batch_size, epochs=s.epochs, seed=s.seed, mixed=s.schedule == MIXED)
+                                      batch_size=s.batch_size, epochs=s.epochs, seed=s.seed, mixed=s.schedule == MIXED,
+                                      max_steps=s.max_steps, eval_every=s.eval_every)
         super().setup()
 
     def batches(self, step: Step, share: np.ndarray, size: int) -> list[dict]:
@@ -331,7 +350,7 @@ class SFTTrainer(TrainLoop):
                                              "tokens": self.student.batch_tokens(batch)}
 
     def figures(self, sums: dict[str, float], seconds: float) -> dict:
-        return {"loss": sums["loss"] / max(sums["labels"], 1), "tokens": int(sums["tokens"]),
+        return {"loss": sums["loss"] / max(sums["labels"], 1), "tokens": int(sums["tokens"]), "target_tokens": int(sums["labels"]),
                 "tokens_per_second": sums["tokens"] / seconds if seconds > 0 else None}
 
     def announce(self) -> None:
@@ -350,8 +369,11 @@ class SFTTrainer(TrainLoop):
                                + ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in cut.items() if n))
         where = f"resuming at step {self.counters.step:,}" if self.resume else "starting"
         pinned = f" of {s.data} at commit {self.data_commit}" if self.data_commit else ""
-        self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps = {s.epochs} epochs x "
-                           f"{schedule.steps_per_epoch:,}; {schedule.describe()}; {len(self.items)} validation questions; "
+        length = f"capped at {s.max_steps:,} (epochs of" if s.max_steps else f"= {s.epochs} epochs x"
+        cadence = f"validation every {s.eval_every:,} steps" if s.eval_every else "validation every cycle"
+        self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps {length} "
+                           f"{schedule.steps_per_epoch:,}{')' if s.max_steps else ''}; {schedule.describe()}; {cadence}; "
+                           f"{len(self.items)} validation questions; "
                            f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}; {where}")
 
     def write_card(self, folder: Path) -> None:
@@ -365,7 +387,7 @@ class SFTTrainer(TrainLoop):
         base_model = s.student if is_hub_id(s.student, "model") else None  # card metadata accepts only Hub ids
         dataset = s.data if is_hub_id(s.data) else None
         hyperparameters = {
-            "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": s.epochs, "interval": s.interval,
+            "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": schedule.epochs, **({"max steps": s.max_steps} if s.max_steps else {}), "interval": s.interval,
             "max length": s.max_length, "warm-up ratio": s.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",
             "weight decay": s.weight_decay, "max grad norm": s.max_grad_norm, "precision": "bf16 autocast" if s.bf16 else "fp32",
             "processes": self.accelerator.num_processes, "seed": s.seed,
