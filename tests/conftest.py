@@ -37,8 +37,10 @@ os.environ.update(cache_env(CACHE_ROOT))
 
 # Modules that take longest (measured with --durations), scheduled first so that the two xdist workers
 # finish together; modules that share session fixtures run in one worker (their group) to make them once.
-SLOWEST_FIRST = ("test_learning", "test_recipe", "test_lm_eval", "test_reflect", "test_sft", "test_hub_roundtrip", "test_dpo",
-                 "test_tracking", "test_cli_students", "test_sft_accelerate")
+SLOWEST_FIRST = (
+    "test_learning", "test_recipe", "test_lm_eval", "test_reflect", "test_study", "test_sft", "test_hub_roundtrip",
+    "test_dpo", "test_tracking", "test_cli_students", "test_sft_accelerate",
+)
 GROUPS = {"test_report": "test_lm_eval", "test_tracking": "test_sft"}  # they share session fixtures (pytest_plugins)
 
 
