@@ -44,20 +44,39 @@ SLOWEST_FIRST = (
 GROUPS = {"test_report": "test_lm_eval", "test_tracking": "test_sft"}  # they share session fixtures (pytest_plugins)
 
 
+def module_group(nodeid: str) -> str:
+    """The worker group of a test: its module's name, or the module it shares session fixtures with."""
+    name = Path(nodeid.split("::")[0]).stem
+    return GROUPS.get(name, name)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Slowest modules first, and one xdist group per module (``--dist loadgroup``): a module's tests run
-    in one worker, so its module and session fixtures are made once."""
-    def module(item) -> str:
-        return item.module.__name__ if item.module else item.nodeid.split("::")[0]
-
+    """Slowest groups first, a group's modules together, and otherwise the collection order."""
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    order = {name: i for i, name in enumerate(dict.fromkeys(module(item) for item in items))}
-    group = lambda name: GROUPS.get(name, name)  # noqa: E731
-    items.sort(key=lambda item: (rank.get(group(module(item)), len(rank)), order[group(module(item))], order[module(item)]))
+    order = {}
     for item in items:
-        if not any(mark.name == "xdist_group" for mark in item.iter_markers()):
-            item.add_marker(pytest.mark.xdist_group(group(module(item))))
+        order.setdefault(module_group(item.nodeid), len(order))
+    modules = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], len(modules))
+    items.sort(key=lambda item: (rank.get(module_group(item.nodeid), len(rank)), order[module_group(item.nodeid)],
+                                 modules[item.nodeid.split("::")[0]]))
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist has no such hook
+def pytest_xdist_make_scheduler(config, log):
+    """Each group's tests in one worker, so that its module and session fixtures are made once.
+
+    A scheduler of our own rather than ``--dist loadgroup``: that one renames node ids, which pytest 9.2
+    no longer reads (every test then went to whichever worker was free, and the fixtures were made twice)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return module_group(nodeid)
+
+    return ModuleGroupScheduling(config, log)
 
 
 def _cached_locations() -> dict[str, str]:

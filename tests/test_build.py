@@ -197,7 +197,12 @@ def test_signalled_cli_build_leaves_no_output(tmp_path, signum):
     while not list(tmp_path.glob(".out.partial-*")):
         assert process.poll() is None and time.monotonic() < deadline, "the build ended before it was interrupted"
         time.sleep(0.01)
+    # Freeze the build, so that the signal lands while it is writing (the partial folder exists and the output
+    # does not), however the machine schedules it; a SIGINT stays pending until SIGCONT.
+    process.send_signal(signal.SIGSTOP)
+    assert list(tmp_path.glob(".out.partial-*")) and not out.exists(), "the build ended before it was interrupted"
     process.send_signal(signum)
+    process.send_signal(signal.SIGCONT)
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode != 0 and not out.exists()
     if signum == signal.SIGINT:
