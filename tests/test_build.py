@@ -224,3 +224,39 @@ def test_load_dataset_offline(world_build, tmp_path):
     assert done.returncode == 0, done.stderr
     rows, target = done.stdout.split(" ", 1)
     assert int(rows) == world_build("csqa").counts["csqa-full"]["summarize"] and target.startswith("So the answer is option")
+
+
+
+CTRL_C_INSIDE_A_WRITE = r"""
+import os, signal, sys, time
+from pathlib import Path
+from tinythinker.artifacts import interrupts_deferred, staged_folder, watch_interrupts
+
+watch_interrupts()
+out, case = Path(sys.argv[1]), sys.argv[2]
+try:
+    with staged_folder(out) as folder:
+        (folder / "half.txt").write_text("half")
+        if case == "deferred":
+            with interrupts_deferred():  # the Ctrl-C waits for the block's end
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                (folder / "still.txt").write_text("written")
+            print("not raised")
+        else:
+            try:  # a library that catches the KeyboardInterrupt and goes on
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                print("swallowed")
+except KeyboardInterrupt:
+    print("aborted", sorted(p.name for p in out.parent.iterdir()))
+"""
+
+
+@pytest.mark.parametrize("case, printed", [("deferred", ["aborted []"]), ("swallowed", ["swallowed", "aborted []"])])
+def test_a_ctrl_c_that_a_library_defers_or_swallows_still_aborts_the_write(tmp_path, case, printed):
+    done = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE_A_WRITE, str(tmp_path / "out"), case], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == printed

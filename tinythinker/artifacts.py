@@ -21,7 +21,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -38,6 +40,44 @@ def umask_mode(mode: int) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return mode & ~umask
+
+
+_interrupted = False
+
+
+def _interrupt(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def watch_interrupts() -> None:
+    """Remember a Ctrl-C as well as raising it, so that :func:`staged_folder` never commits an interrupted write.
+
+    A library that checks for signals inside native code (parquet and data frame writers do) can swallow
+    the KeyboardInterrupt; the write would then go on and be renamed into place as if nothing happened.
+    Installed by the CLI; a process that ignores SIGINT keeps ignoring it."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then raise it: pyarrow's parquet writer aborts the whole process
+    (a failed C++ check, no cleanup) when a KeyboardInterrupt is raised inside one of its writes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and previous is not signal.SIG_IGN:
+        global _interrupted
+        _interrupted = True
+        raise KeyboardInterrupt
 
 
 def _stale_partials(out: Path) -> list[Path]:
@@ -62,6 +102,8 @@ def staged_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         raise TinyThinkerError(f"{out}: cannot create the output folder ({error.strerror or error}); choose another --out") from None
     try:
         yield tmp
+        if _interrupted:  # a Ctrl-C that some library swallowed: the write is not finished work
+            raise KeyboardInterrupt
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -153,7 +195,8 @@ def write_split(folder: str | Path, config: str, split: str, rows: Sequence[Mapp
     fd, tmp = tempfile.mkstemp(prefix=f".{split}.", suffix=".parquet", dir=directory)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
+        with interrupts_deferred():
+            pq.write_table(table, tmp, compression="zstd", write_statistics=False)
         os.chmod(tmp, umask_mode(0o666))
         return place_split(tmp, folder, config, split)
     except BaseException:

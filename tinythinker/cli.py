@@ -51,6 +51,9 @@ class LazyGroup(click.Group):
         return getattr(module, attribute)
 
     def invoke(self, ctx):
+        from tinythinker.artifacts import watch_interrupts
+
+        watch_interrupts()
         try:
             return super().invoke(ctx)
         except TinyThinkerError as error:

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tinythinker.artifacts import atomic_write_text, staged_folder
+from tinythinker.artifacts import atomic_write_text, interrupts_deferred, staged_folder
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import config_name
 
@@ -249,7 +249,8 @@ def write_subset(data: Path, out: Path, keep: Sequence[str], *, seed: int) -> Pa
                 if split not in EVAL_SPLITS:
                     table = table.filter(pc.is_in(table["id"], value_set=wanted))
                 tmp = folder / f".{config}-{split}.parquet"
-                pq.write_table(table, tmp, compression="zstd", write_statistics=False)
+                with interrupts_deferred():
+                    pq.write_table(table, tmp, compression="zstd", write_statistics=False)
                 place_split(tmp, folder, config, split)
         info = {**metadata.get("tinythinker", {}), "training_subset": {"questions": len(keep), "of": str(data), "seed": seed}}
         front = {**metadata, **configs_metadata(folder, {c: list(s) for c, s in files.items()}, default), "tinythinker": info}

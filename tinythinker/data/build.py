@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tinythinker import __version__
-from tinythinker.artifacts import configs_metadata, place_split, staged_folder, write_card
+from tinythinker.artifacts import configs_metadata, interrupts_deferred, place_split, staged_folder, write_card
 from tinythinker.cards import render_card
 from tinythinker.data.builder import CITATION, builder_class
 from tinythinker.errors import TinyThinkerError
@@ -97,7 +97,8 @@ def write_configs(
                 cache_dir=str(work / "cache"),
             )
             prepared = work / config
-            builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size="100GB")
+            with interrupts_deferred():  # a Ctrl-C takes effect after this config (inside datasets' parquet writer it aborts)
+                builder.download_and_prepare(output_dir=str(prepared), file_format="parquet", max_shard_size="100GB")
             counts[config] = {}
             for split in splits:
                 place_split(prepared / f"{builder.dataset_name}-{split}.parquet", folder, config, split)
