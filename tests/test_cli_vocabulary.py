@@ -46,6 +46,21 @@ def test_out_of_range_values_are_refused(tmp_path, args, option, bound):
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
+@pytest.mark.parametrize("args, option", [
+    ((*SFT, "--lr", "nan"), "--lr"),
+    ((*SFT, "--warmup-ratio", "nan"), "--warmup-ratio"),
+    ((*INFER, "--temperature", "inf"), "--temperature"),
+    (("reflect", "--student", "s", "--data", "d", "--config", "toy-full", "--out", "o", "--beta", "NaN"), "--beta"),
+    (("teach", "csqa", "--raw", "r", "--out", "o", "--timeout", "inf"), "--timeout"),
+])
+def test_nan_and_inf_are_refused_in_one_line(tmp_path, args, option):
+    result = tinythinker(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: Invalid value for '{option}'") and "is not a finite number" in last, result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("args, old, new, error", [
     # each fails fast after the warning (an --out that exists, or both spellings given): no model is loaded
     (("eval", "--student", "s", "--output-path", "res", "--batch-size", "4"), ["--output-path", "--batch-size"],

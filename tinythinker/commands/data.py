@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from tinythinker.commands.options import FiniteFloatRange
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -209,7 +211,7 @@ def push(folder, repo, private, dry_run, progress):
               help="Seed of the world (names, facts, questions, teacher).")
 @click.option("--questions", type=click.IntRange(min=1), default=None,
               help="(entity, relation) pairs, 8 per entity [default: 800]; training pairs are asked in 3 variants.")
-@click.option("--defects", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--defects", type=FiniteFloatRange(0, 1, max_open=True), default=None,
               help="Share of defective teacher samples, so cards show rejections [default: 0.03].")
 @click.option("--letters", type=click.Choice(["fixed", "shuffled"]), default="fixed", show_default=True,
               help="fixed: each value always under the same letter (what a tiny student learns in minutes); "

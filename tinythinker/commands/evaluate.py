@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from tinythinker.commands.options import FiniteFloatRange
+
 from tinythinker.commands import options
 
 
@@ -24,7 +26,7 @@ from tinythinker.commands import options
 @click.option("--config", help="{dataset}-{variant}, e.g. csqa-full: the tasks to run (full: pipeline + both oracles).")
 @click.option("--split", help="Split to evaluate (default test).")
 @click.option("--out", type=click.Path(file_okay=False), help="Results folder (per-question samples logged; a rerun resumes).")
-@click.option("--limit", type=click.FloatRange(min=0, min_open=True),
+@click.option("--limit", type=FiniteFloatRange(min=0, min_open=True),
               help="Only the first N questions per task (a fraction below 1: that share).")
 @options.gen_batch_size(default=None, help="Sequences per generation batch (default: sized by memory): the tinythinker model's gen_batch_size; "
                                            "lm-eval's --batch_size for other models.")

@@ -9,11 +9,22 @@ progress bar of a long command.
 from __future__ import annotations
 
 import functools
+import math
 
 import click
 from click.core import ParameterSource
 
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf (a nan passes every comparison with a bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
 
 progress = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from tinythinker.commands.options import FiniteFloatRange
+
 from tinythinker.train.settings import LoopOptions, ReflectSettings
 from tinythinker.train.tracking import REPORT_TO
 from tinythinker.commands import options
@@ -32,12 +34,12 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--stages", default=",".join(ReflectSettings.stages), show_default=True, help="Pair stages to train on (comma-separated).")
 @click.option("--samples", type=click.IntRange(min=1), default=ReflectSettings.samples, show_default=True,
               help="Sampled recalls per question, and sampled analysis runs per chosen recall.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.temperature, show_default=True, help="Sampling temperature.")
+@click.option("--temperature", type=FiniteFloatRange(min=0, min_open=True), default=ReflectSettings.temperature, show_default=True, help="Sampling temperature.")
 @click.option("--top-k", type=click.IntRange(min=0), default=ReflectSettings.top_k, show_default=True, help="Top-k cut when sampling (0: off).")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.beta, show_default=True, help="DPO beta.")
-@click.option("--nll-weight", type=click.FloatRange(min=0), default=ReflectSettings.nll_weight, show_default=True,
+@click.option("--beta", type=FiniteFloatRange(min=0, min_open=True), default=ReflectSettings.beta, show_default=True, help="DPO beta.")
+@click.option("--nll-weight", type=FiniteFloatRange(min=0), default=ReflectSettings.nll_weight, show_default=True,
               help="Weight of the NLL term on the chosen response (TRL's rpo_alpha).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=ReflectSettings.lr, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=ReflectSettings.lr, show_default=True, help="Peak learning rate (AdamW, cosine).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=ReflectSettings.batch_size, show_default=True, help="Pairs per optimizer step, all processes together.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
               help="Pairs per forward pass on one process (gradient accumulation; saves memory, same result).")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from tinythinker.commands.options import FiniteFloatRange
+
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import VARIANTS, config_parts
 from tinythinker.commands import options
@@ -114,7 +116,7 @@ def _partial_line(**entry) -> str:
               help="Stages to run (default: from the config name, e.g. csqa-no_recall -> no_recall).")
 @click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs per question; more than 1 samples recall/analyze and votes (self-consistency).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True,
+@click.option("--temperature", type=FiniteFloatRange(min=0, min_open=True), default=0.7, show_default=True,
               help="Sampling temperature (with --samples > 1).")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Top-k cut when sampling (0: none).")
 @options.gen_batch_size()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from tinythinker.commands.options import FiniteFloatRange
+
 from tinythinker.errors import TinyThinkerError
 from tinythinker.data.sources import DATASETS
 from tinythinker.commands import options
@@ -66,11 +68,11 @@ def _default_base_url() -> str:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Ask about at most N questions of each split.")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True, help="Teacher rounds: after each, parse and re-ask only for what is missing.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True, help="HTTP requests in flight at most.")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--rpm", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Requests per minute budget [default: the server's x-ratelimit headers; none if it sends none].")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--tpm", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Tokens per minute budget [default: the server's x-ratelimit headers; none if it sends none].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True, help="Seconds to wait for one reply.")
+@click.option("--timeout", type=FiniteFloatRange(min=0, min_open=True), default=60, show_default=True, help="Seconds to wait for one reply.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=6, show_default=True, help="Retries of one request on 429/5xx/timeouts/dropped connections.")
 @click.option("--seed", type=click.IntRange(min=0), default=42, show_default=True,
               help="Seed of the splits and of the few-shot exemplar choice.")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from tinythinker.commands.options import FiniteFloatRange
+
 from tinythinker.protocol import VARIANTS
 from tinythinker.train.settings import SCHEDULES, LoopOptions, SFTSettings
 from tinythinker.train.tracking import REPORT_TO
@@ -39,7 +41,7 @@ def train():
               help="Train exactly this many optimizer steps, epochs repeating as needed (overrides --epochs).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=SFTSettings.eval_every,
               help="Validate every N steps (default: after every schedule cycle) and after the last step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=SFTSettings.batch_size, show_default=True,
               help="Records per optimizer step, all processes together.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
@@ -47,7 +49,7 @@ def train():
 @click.option("--max-length", type=click.IntRange(min=1), default=SFTSettings.max_length, show_default=True, help="Token cap of targets.")
 @click.option("--max-input-length", type=click.IntRange(min=1), default=SFTSettings.max_input_length,
               help="Token cap of inputs, keeping their end (default: no cap, as the reference; longer inputs are counted and reported).")
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True, help="Share of steps with linear warm-up.")
+@click.option("--warmup-ratio", type=FiniteFloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True, help="Share of steps with linear warm-up.")
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=SFTSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")

@@ -224,6 +224,9 @@ def checked(settings: SFTSettings) -> SFTSettings:
     for name in ("interval", "epochs", "batch_size", "max_length", "max_steps", "eval_every"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
+        if not math.isfinite(getattr(settings, name)):
+            raise TinyThinkerError(f"{name} must be a finite number, got {getattr(settings, name)}")
     if settings.lr <= 0 or not 0 <= settings.warmup_ratio <= 1:
         raise TinyThinkerError(f"lr must be positive and warmup_ratio within 0..1 (got {settings.lr}, {settings.warmup_ratio})")
     if settings.eval_limit is not None and settings.eval_limit < 0:
