@@ -171,7 +171,7 @@ def test_user_errors_end_in_one_line(zoo, tmp_path, args, message):
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], done.stderr
-    assert not (tmp_path / "run" / "best").exists()
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run.json to refuse the corrected rerun
 
 
 # --- interruption and resume (real processes: helpers_sft.interrupted_sft) ------------------------------

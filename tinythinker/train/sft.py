@@ -311,7 +311,8 @@ class SFTTrainer(TrainLoop):
         if resuming:
             self.resume_from_last()
         self.accelerator.wait_for_everyone()
-        if self.is_main and not resuming:  # a fresh start: an empty folder with the settings
+        self.started_fresh = self.is_main and not resuming
+        if self.started_fresh:  # a fresh start: an empty folder with the settings
             from tinythinker.artifacts import atomic_write_text
 
             if out.exists():
@@ -320,6 +321,14 @@ class SFTTrainer(TrainLoop):
             record = {**asdict(settings), "data_commit": self.data_commit, "student_commit": self.student_commit}
             atomic_write_text(out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
+
+    def undo_fresh_start(self) -> None:
+        """Remove what a fresh start wrote (the settings, the folder) when the start fails: a corrected rerun must
+        not meet a run.json of settings that never trained."""
+        if self.started_fresh:
+            (self.out / SETTINGS_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only if nothing else is in it
+                self.out.rmdir()
 
     def setup(self) -> None:
         from tinythinker.data.splits import items_from_dataset
@@ -442,7 +451,11 @@ def train_sft(settings: SFTSettings, out, *, overwrite: bool = False, progress: 
         return trainer.result()
     hyperparameters = {**asdict(settings), "micro_batch_size": trainer.options.micro_batch_size}
     with _library_bars_off(), tracking(trainer.accelerator, trainer.out, hyperparameters):
-        trainer.setup()
+        try:
+            trainer.setup()
+        except BaseException:
+            trainer.undo_fresh_start()
+            raise
         return trainer.train()
 
 
