@@ -206,6 +206,7 @@ def test_signalled_cli_build_leaves_no_output(tmp_path, signum):
     stderr = process.communicate(timeout=120)[1]
     assert process.returncode != 0 and not out.exists()
     if signum == signal.SIGINT:
+        assert process.returncode == 130 and stderr.strip().startswith("Interrupted; nothing half-written was kept"), stderr
         assert "Traceback" not in stderr
         assert list(tmp_path.glob(".out.partial-*")) == []
     else:  # a killed process cannot clean up: the next write to the same output does

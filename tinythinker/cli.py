@@ -59,6 +59,10 @@ class LazyGroup(click.Group):
         except TinyThinkerError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # the long commands that keep finished work say so themselves (train, reflect, ...)
+            click.echo("Interrupted; nothing half-written was kept. Rerun the same command to continue "
+                       "(what was finished is kept) or to start it again.", err=True)
+            sys.exit(130)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
