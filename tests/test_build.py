@@ -43,7 +43,7 @@ def _inputs(world, dataset):
 def test_world_builds_load_with_datasets(world_build):
     for name in DATASETS:
         result = world_build(name)
-        assert sorted(p.name for p in result.out.iterdir()) == ["README.md", "data"]
+        assert sorted(p.name for p in result.out.iterdir()) == [".tinythinker", "README.md", "data"]
         for config, splits in all_configs(name).items():
             loaded = datasets.load_dataset(str(result.out), config)
             assert list(loaded) == list(splits)
@@ -186,13 +186,19 @@ def _load_benchmark():
     return module
 
 
+def sigint_as_at_a_terminal():
+    """Ctrl-C's default action in the child: a shell starts background jobs (a CI runner's, a `cmd &`) with SIGINT
+    ignored, and a child inherits that; at a terminal it is not ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
 def test_signalled_cli_build_leaves_no_output(tmp_path, signum):
     raw, responses = _load_benchmark().write_inputs(tmp_path, 2000, 100, 4)
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "tinythinker", "build", "csqa", "--raw", str(raw),
                                 "--responses", str(responses), "--out", str(out)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_at_a_terminal)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.partial-*")):
         assert process.poll() is None and time.monotonic() < deadline, "the build ended before it was interrupted"
@@ -258,6 +264,6 @@ except KeyboardInterrupt:
 @pytest.mark.parametrize("case, printed", [("deferred", ["aborted []"]), ("swallowed", ["swallowed", "aborted []"])])
 def test_a_ctrl_c_that_a_library_defers_or_swallows_still_aborts_the_write(tmp_path, case, printed):
     done = subprocess.run([sys.executable, "-c", CTRL_C_INSIDE_A_WRITE, str(tmp_path / "out"), case], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, preexec_fn=sigint_as_at_a_terminal)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == printed

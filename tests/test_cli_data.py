@@ -150,9 +150,15 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, csqa_world, csqa_
     result = cli_in_process(*build_args(csqa_world / "raw", csqa_responses, out))
     assert_one_line_error(result, f"{out}: output folder exists; pass --overwrite")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    replaced = cli_in_process(*build_args(csqa_world / "raw", csqa_responses, out, "--overwrite"))
-    assert replaced.exit_code == 0, replaced.output
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data"]
+    # --overwrite replaces only a folder the tool wrote (tests/test_overwrite.py has the others)
+    refused = cli_in_process(*build_args(csqa_world / "raw", csqa_responses, out, "--overwrite"))
+    assert_one_line_error(refused, f"{out}: --overwrite replaces only a folder that tinythinker wrote")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    for _ in range(2):  # into the empty folder, then over the folder it wrote
+        replaced = cli_in_process(*build_args(csqa_world / "raw", csqa_responses, out, "--overwrite"))
+        assert replaced.exit_code == 0, replaced.output
+        assert sorted(p.name for p in out.iterdir()) == [".tinythinker", "README.md", "data"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no partial or old folder left beside it
 
 

@@ -67,7 +67,7 @@ def test_nan_and_inf_are_refused_in_one_line(tmp_path, args, option):
      ["--out", "--gen-batch-size"], "Error: say what to evaluate"),
     ((*INFER, "--batch-size", "4"), ["--batch-size"], ["--gen-batch-size"], "Error: t.jsonl: exists"),
     (("student", "init", "--tiny", "--data", "d", "--out", "t.jsonl"), ["--tiny"], [None],
-     "Error: t.jsonl: output folder exists"),
+     "Error: t.jsonl: is a file, not an output folder"),
     ((*SFT, "--eval-batch-size", "4", "--gen-batch-size", "4"), ["--eval-batch-size"], ["--gen-batch-size"],
      "Error: --eval-batch-size and --gen-batch-size are the same option; give --gen-batch-size only"),
     (("reflect", "--student", "s", "--data", "d", "--config", "toy-full", "--out", "o", "--eval-batch-size", "4",

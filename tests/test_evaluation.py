@@ -223,7 +223,7 @@ def test_world_folder_is_built_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYTHINKER_CACHE", str(tmp_path / "cache"))
     folder = splits.world_folder("obqa", questions=80)  # the default size takes longer; the same code path
     assert folder.parent == tmp_path / "cache" / "world" and folder.name == f"obqa-{splits._world_digest('obqa', 42, 80)}"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "data"]
+    assert sorted(p.name for p in folder.iterdir()) == [".tinythinker", "README.md", "data"]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no generated or partial files left beside it
     assert len(load_stage_split(folder, "obqa-full", "test")) > 0
     stamp = (folder / "README.md").stat().st_mtime_ns

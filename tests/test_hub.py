@@ -15,6 +15,7 @@ import pytest
 
 from hub_server import LocalHub
 from tinythinker.errors import TinyThinkerError
+from tinythinker.artifacts import OWNER_MARK
 from tinythinker.hub import plan_push, repo_type_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +112,8 @@ def test_dry_run_lists_files_and_sends_nothing(folder, tmp_path):
     assert f"would upload {len(plan.files)} files" in done.stdout
     assert "README.md" in done.stdout and all(path in done.stdout for path, _ in plan.files)
     assert any(path.startswith("data/strategyqa-full/analyze") for path, _ in plan.files)
-    assert plan.repo_type == "dataset" and plan.total_bytes == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert plan.repo_type == "dataset" and plan.total_bytes == sum(p.stat().st_size for p in folder.rglob("*")
+                                                                   if p.is_file() and p.name != OWNER_MARK)  # the marker stays home
 
 
 def test_push_without_token_is_one_clear_line(folder, tmp_path):

@@ -55,6 +55,9 @@ def test_recipe_errors_name_the_key():
         validate_recipe({"dataset": "squad"})
     with pytest.raises(TinyThinkerError, match="sft.variants"):
         validate_recipe({"dataset": "obqa", "sft": {"variants": ["full", "no_summary"]}})
+    for name in ("../../../tmp/escaped", "a/b", "..", "/abs"):
+        with pytest.raises(TinyThinkerError, match="must be one folder name"):
+            validate_recipe({"dataset": "csqa", "name": name})
     with pytest.raises(TinyThinkerError, match="demo data is gone; write raw: world"):
         validate_recipe({"dataset": "obqa", "raw": "demo"})
 

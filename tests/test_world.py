@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from tinythinker.cli import main
+from tinythinker.artifacts import OWNER_MARK, OWNER_TEXT
 from tinythinker.protocol import letters_for
 from tinythinker.data.sources import check_no_leakage, get_spec, load_questions
 from tinythinker.data.world import DEFAULT_QUESTIONS, HELD_OUT, MIN_ENTITIES, RELATIONS, TRAIN_VARIANTS, VALIDATION_HELD_OUT, World
@@ -246,7 +247,7 @@ def test_cli_writes_a_world_that_builds(tmp_path):
     result = _invoke("strategyqa", "--out", out, "--questions", SMALL, "--defects", 0.2)
     assert result.exit_code == 0, result.output
     written = {p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*") if p.is_file()}
-    assert written == world_files("strategyqa", questions=SMALL, defects=0.2)
+    assert written == {**world_files("strategyqa", questions=SMALL, defects=0.2), OWNER_MARK: OWNER_TEXT}
     assert [p.name for p in tmp_path.iterdir()] == ["world"]
     # the command it suggests works
     command = next(line for line in result.output.splitlines() if line.startswith("next: tinythinker build"))

@@ -32,6 +32,26 @@ import yaml
 from tinythinker.errors import TinyThinkerError, where
 
 PARTIAL_MARK = ".partial-"
+# in every folder this tool writes: --overwrite replaces only folders that carry it (never a user's own folder)
+OWNER_MARK = ".tinythinker"
+OWNER_TEXT = "Written by tinythinker: `--overwrite` may replace this folder.\n"
+
+
+def check_output_folder(out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, that exists (without ``overwrite``), or that this tool did not write."""
+    if out.exists() and not overwrite:
+        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out"
+                               if out.is_dir() else f"{out}: is a file, not an output folder; choose another --out")
+    check_replaceable(out)
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace ``out`` unless this tool wrote it (it carries OWNER_MARK) or it is empty."""
+    if out.exists() and not out.is_dir():
+        raise TinyThinkerError(f"{out}: is a file, not an output folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / OWNER_MARK).is_file():
+        raise TinyThinkerError(f"{out}: --overwrite replaces only a folder that tinythinker wrote (it has no {OWNER_MARK} file); "
+                               "remove it yourself or choose another --out")
 
 
 def umask_mode(mode: int) -> int:
@@ -91,8 +111,7 @@ def staged_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     Refuses an existing ``out`` unless ``overwrite``. On an exception (Ctrl-C included) the
     temporary folder is removed; a leftover from a killed process is removed by the next call."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
+    check_output_folder(out, overwrite=overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in _stale_partials(out):
@@ -104,6 +123,7 @@ def staged_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         yield tmp
         if _interrupted:  # a Ctrl-C that some library swallowed: the write is not finished work
             raise KeyboardInterrupt
+        (tmp / OWNER_MARK).write_text(OWNER_TEXT, encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

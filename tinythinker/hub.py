@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinythinker.artifacts import OWNER_MARK
 from tinythinker.errors import TinyThinkerError
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -66,7 +67,7 @@ def plan_push(folder: str | Path, repo_id: str, *, private: bool = False) -> Pus
     if not folder.is_dir():
         raise TinyThinkerError(f"{folder}: no such folder; pass the folder `tinythinker build` (or train, reflect) wrote")
     paths = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
-    kept = list(filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
+    kept = [p for p in filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS) if p.split("/")[-1] != OWNER_MARK]
     if not kept:
         raise TinyThinkerError(f"{folder}: the folder is empty; nothing to push")
     return PushPlan(folder, repo_id, repo_type_of(folder), private, tuple((p, paths[p].stat().st_size) for p in kept))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -124,6 +125,10 @@ def validate_recipe(given: dict, where: str = "recipe") -> dict:
         raise TinyThinkerError(f"{where}: 'dataset' is required (csqa, obqa or strategyqa)")
     get_spec(recipe["dataset"])
     recipe["name"] = recipe["name"] or f"{recipe['dataset']}-run"
+    if not isinstance(recipe["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", recipe["name"]):
+        # the run folder is runs/NAME: a name with / or .. would put it (and what --overwrite replaces) elsewhere
+        raise TinyThinkerError(f"{where}: name {recipe['name']!r} must be one folder name (letters, digits, '.', '_', '-'); "
+                               "set run_dir to write elsewhere")
     variants = recipe["sft"]["variants"]
     if isinstance(variants, str):
         variants = recipe["sft"]["variants"] = [variants]

@@ -50,8 +50,9 @@ def student():
 def init(kind, data, revision, config, shape, seed, out, overwrite):
     """Write a tiny randomly initialised student whose tokenizer is trained on a stage data set (to train
     a real model, pass its Hub id, e.g. google-t5/t5-small, to `tinythinker train sft --student`)."""
-    if out.exists() and not overwrite:  # before any slow work (staged_folder checks again)
-        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
+    from tinythinker.artifacts import check_output_folder
+
+    check_output_folder(out, overwrite=overwrite)  # before any slow work (staged_folder checks again)
     _quiet_libraries()
     from tinythinker.artifacts import staged_folder, write_card
     from tinythinker.hub import pin

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tinythinker import __version__
-from tinythinker.artifacts import configs_metadata, interrupts_deferred, place_split, staged_folder, write_card
+from tinythinker.artifacts import check_output_folder, configs_metadata, interrupts_deferred, place_split, staged_folder, write_card
 from tinythinker.cards import render_card
 from tinythinker.data.builder import CITATION, builder_class
 from tinythinker.errors import TinyThinkerError
@@ -219,8 +219,7 @@ def build_dataset(
     teacher round (written even when empty, so a round loop can tell it is done)."""
     get_spec(dataset)
     out = Path(out)
-    if out.exists() and not overwrite:  # fail before the slow part; staged_folder checks again
-        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
+    check_output_folder(out, overwrite=overwrite)  # before any slow work (staged_folder checks again)
     progress = progress or progress_bar(enabled=False)
     questions = load_questions(dataset, raw, seed=seed, revision=revision)
     files = [Path(p) for p in responses]

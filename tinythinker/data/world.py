@@ -49,7 +49,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinythinker.artifacts import atomic_write_text
+from tinythinker.artifacts import OWNER_MARK, OWNER_TEXT, atomic_write_text, check_replaceable
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import letters_for
 from tinythinker.data.sources import SPLIT_KEY, Question, get_spec
@@ -390,9 +390,12 @@ def write_world(dataset: str, out: str | Path, *, seed: int = 42, questions: int
                 defects: float = DEFAULT_DEFECTS, letters: str = "fixed", overwrite: bool = False) -> Path:
     """Write a world to ``out`` (``raw/``, ``teacher.jsonl``, ``world.json``); all or nothing."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TinyThinkerError(f"{out}: is a file, not an output folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TinyThinkerError(f"{out}: exists and is not empty; pass --overwrite to replace it or choose another --out")
-    files = world_files(dataset, seed=seed, questions=questions, defects=defects, letters=letters)
+    check_replaceable(out)
+    files = {**world_files(dataset, seed=seed, questions=questions, defects=defects, letters=letters), OWNER_MARK: OWNER_TEXT}
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     for path, text in files.items():
