@@ -195,3 +195,24 @@ def test_interrupted_runs_resume_to_the_same_result(interrupted_sft):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
     assert read_last(out / "last")["curve"] == whole.curve
 
+
+
+def test_patience_ends_a_run_whose_validation_stopped_rising_and_a_rerun_keeps_it_ended(zoo, tmp_path):
+    data, student = zoo
+    # a learning rate too small to change a greedy answer: the first validation stays the best
+    result = train(data, student, tmp_path / "sft", lr=1e-9, max_steps=100, eval_every=2, patience=3)
+    assert result.stopped_early and result.total_steps == 100
+    assert result.best_step == 2 and [p["step"] for p in result.curve] == [2, 4, 6, 8]
+    assert result.steps == 8 and read_last(tmp_path / "sft" / "last")["step"] == 8
+    again = train(data, student, tmp_path / "sft", lr=1e-9, max_steps=100, eval_every=2, patience=3)
+    assert again.stopped_early and again.steps == 8 and again.resumed_at == 8 and again.curve == result.curve
+    patient = train(data, student, tmp_path / "patient", lr=1e-9, max_steps=12, eval_every=2, patience=10)
+    assert not patient.stopped_early and patient.steps == 12  # the cap came first
+
+
+def test_patience_is_refused_below_one(zoo, tmp_path):
+    from tinythinker.errors import TinyThinkerError
+
+    data, student = zoo
+    with pytest.raises(TinyThinkerError, match="patience must be at least 1"):
+        train(data, student, tmp_path / "sft", max_steps=10, patience=0)

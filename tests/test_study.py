@@ -45,7 +45,7 @@ def test_claims_hold_every_row_and_size_with_accuracies_from_the_samples_files(s
         assert math.isclose(record["accuracy"], _samples_accuracy(out / record["samples_file"]), abs_tol=1e-9)
         assert (out / record["results_file"]).exists() and record["wall_seconds"] > 0
         if record["row"] in SFT_ROWS:
-            assert record["steps"] == SMALL.max_steps and record["target_tokens"] > 0 and 1 <= record["best_step"] <= SMALL.max_steps
+            assert record["steps"] == SMALL.max_steps and record["stopped_early"] is False and record["target_tokens"] > 0 and 1 <= record["best_step"] <= SMALL.max_steps
             assert [step for step, _ in record["validation_curve"]] == [8, 16]
     assert {c["row"] for c in saved["cells"]} >= set(SFT_ROWS) and all(c["low"] <= c["mean"] <= c["high"] for c in saved["cells"])
     assert {d["row"] for d in saved["differences"]} >= set(SFT_ROWS) - {"full"}

@@ -53,8 +53,10 @@ class StudySettings:
     seeds: int = 3  # training seeds seed, seed+1, ...
     questions: int = 240  # the world's (entity, relation) pairs: csqa 360 training, 30 validation, 90 test questions
     sizes: tuple[str, ...] = ("1/8", "1/4", "1")  # shares of the training questions
-    max_steps: int = 600  # the same cap on optimizer steps for every row
+    max_steps: int = 2000  # the same cap on optimizer steps for every row, far above where any row stopped rising
     eval_every: int = 50  # validation cadence in steps, the same for every row
+    patience: int = 6  # a row ends after this many validations without a new best: its accuracy stopped rising
+    warmup_ratio: float = 0.03  # of the cap: 60 steps of linear warm-up, then cosine over the cap
     batch_size: int = 32
     lr: float = 3e-3
     eval_limit: int | None = None  # validation questions (None: all)
@@ -72,7 +74,7 @@ class StudySettings:
         get_spec(self.dataset)
         if self.seeds < 1:
             raise TinyThinkerError(f"--seeds {self.seeds}: run at least 1 seed")
-        for name in ("max_steps", "eval_every", "batch_size"):
+        for name in ("max_steps", "eval_every", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise TinyThinkerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.reflect_iterations < 0:
@@ -351,7 +353,8 @@ def run_sft_row(study: Study, unit: Unit) -> list[dict]:
     with _logged(folder / "train.log"):
         student = make_student(study, unit.seed, row.shape)
     settings = SFTSettings(data=str(data), config=config, student=str(student), schedule="mixed", lr=s.lr, batch_size=s.batch_size,
-                           max_steps=s.max_steps, eval_every=s.eval_every, eval_limit=s.eval_limit, seed=unit.seed)
+                           max_steps=s.max_steps, eval_every=s.eval_every, patience=s.patience, warmup_ratio=s.warmup_ratio,
+                           eval_limit=s.eval_limit, seed=unit.seed)
     with _timed(folder) as clock:
         with _logged(folder / "train.log") as console:
             result = train_sft(settings, folder / "sft", progress=False, console=console)
@@ -360,7 +363,7 @@ def run_sft_row(study: Study, unit: Unit) -> list[dict]:
     curve = [[point["step"], point["accuracy"]] for point in result.curve]
     return [{**_base_record(study, unit, row.name), "variant": row.variant, "student": row.shape, "parameters": parameters(student),
              **scored, "results_file": _relative(study, scored["results_file"]), "samples_file": _relative(study, scored["samples_file"]),
-             "steps": result.steps, "target_tokens": sum(r.get("target_tokens", 0) for r in train_rows), "best_step": result.best_step,
+             "steps": result.steps, "stopped_early": result.stopped_early, "target_tokens": sum(r.get("target_tokens", 0) for r in train_rows), "best_step": result.best_step,
              "best_validation_accuracy": result.best_accuracy, "validation_curve": curve, "wall_seconds": clock["seconds"]}]
 
 
@@ -517,9 +520,12 @@ def _interval(entry: dict | None, sign: bool = False) -> str:
 
 
 def stopped_rising(record: dict) -> bool | None:
-    """Whether validation accuracy had stopped rising before the cap: the best point is not the last one."""
+    """Whether validation accuracy had stopped rising before the cap: the run ended by the patience rule
+    (records without it, older ones: the best point is not the last one)."""
     if record.get("best_step") is None or record.get("steps") is None:
         return None
+    if "stopped_early" in record:
+        return record["stopped_early"]
     return record["best_step"] < record["steps"]
 
 
@@ -541,21 +547,22 @@ def render_markdown(result: dict, command: str = "") -> str:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Seeds {s['seed']}..{s['seed'] + s['seeds'] - 1} ({s['seeds']}); world of {s['questions']} (entity, relation) pairs; "
               f"every row capped at {s['max_steps']} optimizer steps (batch {s['batch_size']}, lr {s['lr']}), validated every "
-              f"{s['eval_every']} steps, the checkpoint with the best validation accuracy kept; test accuracy by lm-eval.", "",
+              f"{s['eval_every']} steps and ended once {s.get('patience') or '–'} validations in a row brought no new best; the "
+              "checkpoint with the best validation accuracy kept; test accuracy by lm-eval.", "",
               f"Intervals are 95%. Accuracies: {methods['cells']}. Differences: {methods['differences']}. (A bootstrap is "
               f"{BOOTSTRAP_SAMPLES:,} percentile resamples of the test questions, seeded with the study's seed.)", "",
               "## Test accuracy, percent (mean [95% interval])", ""]
     cut = [f"{r['row']} ({r['questions']} questions, seed {r['seed']})" for r in result["records"]
            if "validation_curve" in r and stopped_rising(r) is False]
     if cut:  # the convergence rule (docs/claims.md): these rows were still rising at the cap
-        lines[-2:-2] = [f"**Not converged at the cap** (best validation point = the last): {', '.join(cut)}. Compare these rows "
+        lines[-2:-2] = [f"**Not converged at the cap** (validation still rising when the cap came): {', '.join(cut)}. Compare these rows "
                         "only after a rerun with a higher --max-steps (in a new folder).", ""]
     lines += _table(["row", *heads], [[row, *[_interval(cells.get((row, size))) for size in sizes]] for row in rows])
     lines += ["", "## full − X, percentage points (mean [95% interval]; positive: full is better)", ""]
     lines += _table(["X", *heads], [[row, *[_interval(diffs.get((row, size)), sign=True) for size in sizes]]
                                     for row in rows if row != "full"])
     lines += ["", "## Every run: steps, target tokens seen, best step", "",
-              "`stopped rising`: the best validation point came before the last one, so the cap did not cut the row short.", ""]
+              "`stopped rising`: the row ended by the patience rule, before the cap, so the cap did not cut it short.", ""]
     runs = [[r["row"], str(r["questions"]), str(r["seed"]), str(r["steps"]), "–" if r.get("target_tokens") is None else f"{r['target_tokens']:,}",
              str(r["best_step"]), _pct(r.get("best_validation_accuracy")), _pct(r["accuracy"]),
              {True: "yes", False: "**no**", None: "–"}[stopped_rising(r) if "validation_curve" in r else None],

@@ -31,6 +31,8 @@ DEFAULTS = StudySettings()
               help="The cap on optimizer steps, the same for every row.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=DEFAULTS.eval_every, show_default=True,
               help="Validation every N steps, the same for every row.")
+@click.option("--patience", type=click.IntRange(min=1), default=DEFAULTS.patience, show_default=True,
+              help="A row ends after this many validations without a new best (its accuracy stopped rising).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=DEFAULTS.eval_limit,
               help="Validation questions per evaluation (default: all).")
 @click.option("--reflect-iterations", type=click.IntRange(min=0), default=DEFAULTS.reflect_iterations, show_default=True,
@@ -40,7 +42,7 @@ DEFAULTS = StudySettings()
 @click.option("--with-4x", "scaled", is_flag=True,
               help="Also the full@4x and cot@4x rows: a student with about 4x the tiny one's parameters (beyond the default budget).")
 @options.progress
-def study(dataset, seed, seeds, out, questions, sizes, max_steps, eval_every, eval_limit, reflect_iterations, reflect_train_limit,
+def study(dataset, seed, seeds, out, questions, sizes, max_steps, eval_every, patience, eval_limit, reflect_iterations, reflect_train_limit,
           scaled, progress):
     """Replay the claims on one world: every row (full, no_recall, no_analyze, summarize_only, cot, dsbs) to the same step
     cap at each training-set size and seed, self-reflection from each full student, lm-eval on test; writes
@@ -51,7 +53,7 @@ def study(dataset, seed, seeds, out, questions, sizes, max_steps, eval_every, ev
 
     settings = StudySettings(dataset=dataset, seed=seed, seeds=seeds, questions=questions,
                              sizes=tuple(part for part in sizes.split(",") if part.strip()), max_steps=max_steps,
-                             eval_every=eval_every, eval_limit=eval_limit, reflect_iterations=reflect_iterations,
+                             eval_every=eval_every, patience=patience, eval_limit=eval_limit, reflect_iterations=reflect_iterations,
                              reflect_train_limit=reflect_train_limit, scaled=scaled)
     console = Console(stderr=True)
     command = shlex.join(["tinythinker", "study", *sys.argv[2:]]) if len(sys.argv) > 1 and sys.argv[1] == "study" else ""

@@ -41,6 +41,8 @@ def train():
               help="Train exactly this many optimizer steps, epochs repeating as needed (overrides --epochs).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=SFTSettings.eval_every,
               help="Validate every N steps (default: after every schedule cycle) and after the last step.")
+@click.option("--patience", type=click.IntRange(min=1), default=SFTSettings.patience,
+              help="Stop once this many validations in a row have not beaten the best (default: train to the end).")
 @click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=SFTSettings.lr, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=SFTSettings.batch_size, show_default=True,
               help="Records per optimizer step, all processes together.")
@@ -61,7 +63,8 @@ def train():
 @click.option("--seed", type=click.IntRange(min=0), default=SFTSettings.seed, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of resuming it.")
 @options.progress
-def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, max_steps, eval_every, lr, batch_size,
+def sft(data, revision, config, student, student_revision, out, variant, interval, schedule, epochs, max_steps, eval_every, patience, lr,
+        batch_size,
         micro_batch_size,
         max_length, max_input_length, warmup_ratio,
         bf16, eval_limit, eval_batch_size, log_every, report_to, seed, overwrite, progress):
@@ -78,7 +81,8 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
     settings = SFTSettings(data=data, config=config, student=student, variant=variant, interval=interval, schedule=schedule,
                            epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, max_input_length=max_input_length,
                            seed=seed, bf16=bf16, eval_limit=eval_limit, warmup_ratio=warmup_ratio, revision=revision,
-                           student_revision=student_revision, max_steps=max_steps, eval_every=eval_every)
+                           student_revision=student_revision, max_steps=max_steps, eval_every=eval_every,
+                           patience=patience)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
                            log_every=log_every, overwrite=overwrite, progress=progress, console=console, report_to=report_to)
@@ -88,7 +92,9 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        done = "finished" if result.resumed_at is None or result.resumed_at < result.total_steps else "already finished"
+        done = "already finished" if result.resumed_at == result.steps else "finished"  # a rerun that trained nothing
+        if result.stopped_early:
+            done += f" early (of {result.total_steps:,}; validation had stopped rising)"
         accuracy = "no validation" if result.best_accuracy is None else \
             f"best validation accuracy {result.best_accuracy:.4f} at step {result.best_step:,}"
         console.print(f"{done}: {result.steps:,} steps; {accuracy}; student in {result.best}")

@@ -92,6 +92,7 @@ class Counters:
     total_steps: int = 0
     curve: list[dict] = field(default_factory=list)  # one point per validation
     best: dict | None = None
+    stopped_early: bool = False  # validation had stopped rising (the phase's patience) before the last step
     metrics_bytes: int = 0  # length of metrics.jsonl at the checkpoint: a rerun drops the rows after it
     processes: int = 1
 
@@ -259,6 +260,7 @@ class TrainResult:
     best_step: int | None
     curve: list[dict] = field(default_factory=list)  # one point per validation: cycle, (epoch,) step, accuracy
     resumed_at: int | None = None  # the step a rerun continued from (None: started fresh)
+    stopped_early: bool = False  # ended by the patience rule before total_steps
 
     @property
     def records(self) -> list[dict]:
@@ -461,11 +463,22 @@ class TrainLoop:
         return TrainResult(out=self.out, best=self.out / BEST, steps=c.step, total_steps=c.total_steps,
                            best_accuracy=None if c.best is None else c.best["accuracy"],
                            best_step=None if c.best is None else c.best["step"], curve=list(c.curve),
-                           resumed_at=self.resume["step"] if self.resume else None)
+                           resumed_at=self.resume["step"] if self.resume else None, stopped_early=c.stopped_early)
 
     @property
     def finished(self) -> bool:
-        return self.counters.step >= self.counters.total_steps > 0 and (self.out / BEST).exists()
+        c = self.counters
+        return (c.stopped_early or c.step >= c.total_steps > 0) and (self.out / BEST).exists()
+
+    @property
+    def patience(self) -> int | None:
+        """Validations in a row without a new best after which the run stops (None: it runs to the end)."""
+        return None
+
+    def _stopped_rising(self) -> bool:
+        c = self.counters
+        return bool(self.patience and c.best is not None
+                    and sum(point["step"] > c.best["step"] for point in c.curve) >= self.patience)
 
     # .. the loop ..
 
@@ -513,9 +526,15 @@ class TrainLoop:
                             where = ", ".join(f"{k} {point[k]}" for k in ("epoch", "cycle") if k in point)
                             bar.console.print(f"{self.label} step {point['step']:,} ({where}): validation accuracy "
                                               f"{point['accuracy']:.4f}{' (best so far)' if point is c.best else ''}")
+                        c.stopped_early = c.step < total and self._stopped_rising()
+                        if c.stopped_early and self.is_main:
+                            bar.console.print(f"{self.label} stopped at step {c.step:,}: {self.patience} validations without a new "
+                                              f"best (the best, {c.best['accuracy']:.4f}, at step {c.best['step']:,})")
                     self._save_last()
                     began = time.perf_counter()
                 bar.update(task, completed=c.step, info=" ".join(f"{k} {v:.4f}" for k, v in info.items() if v is not None))
+                if c.stopped_early:  # every process decided the same (the same curve)
+                    break
                 if stop.requested:
                     acc.set_trigger()
                 if c.step < total and acc.check_trigger():  # every process stops after the same step

@@ -52,6 +52,9 @@ class SFTSettings:
     revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
     max_steps: int | None = None  # a cap on optimizer steps that overrides epochs (the study: the same for every variant)
     eval_every: int | None = None  # validation every this many steps (None: after every schedule cycle)
+    # stop once this many validations in a row have not beaten the best one (None: train to the end); the study's
+    # convergence rule: a row ends when its validation accuracy has stopped rising, not when a schedule runs out
+    patience: int | None = None
     student_revision: str | None = None  # of a Hub base model, likewise
 
 

@@ -221,7 +221,7 @@ def checked(settings: SFTSettings) -> SFTSettings:
         raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if settings.max_input_length is not None and settings.max_input_length < 1:
         raise TinyThinkerError(f"max_input_length must be at least 1, got {settings.max_input_length}")
-    for name in ("interval", "epochs", "batch_size", "max_length", "max_steps", "eval_every"):
+    for name in ("interval", "epochs", "batch_size", "max_length", "max_steps", "eval_every", "patience"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")
     for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
@@ -298,6 +298,10 @@ class SFTTrainer(TrainLoop):
 
     label = "SFT"
     log_epochs = True
+
+    @property
+    def patience(self) -> int | None:
+        return self.settings.patience if self.items else None  # without validation there is nothing to stop on
     figure_names = ("loss", "labels", "tokens")
 
     def __init__(self, settings: SFTSettings, out: Path, *, overwrite: bool, report_to: str | None = None, **loop):
@@ -383,6 +387,8 @@ class SFTTrainer(TrainLoop):
         pinned = f" of {s.data} at commit {self.data_commit}" if self.data_commit else ""
         length = f"capped at {s.max_steps:,} (epochs of" if s.max_steps else f"= {s.epochs} epochs x"
         cadence = f"validation every {s.eval_every:,} steps" if s.eval_every else "validation every cycle"
+        if self.patience:
+            cadence += f", stopping after {self.patience} without a new best"
         self.console.print(f"SFT {s.config}{pinned} ({s.variant}): {schedule.total_steps:,} steps {length} "
                            f"{schedule.steps_per_epoch:,}{')' if s.max_steps else ''}; {schedule.describe()}; {cadence}; "
                            f"{len(self.items)} validation questions; "
@@ -399,7 +405,8 @@ class SFTTrainer(TrainLoop):
         base_model = s.student if is_hub_id(s.student, "model") else None  # card metadata accepts only Hub ids
         dataset = s.data if is_hub_id(s.data) else None
         hyperparameters = {
-            "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": schedule.epochs, **({"max steps": s.max_steps} if s.max_steps else {}), "interval": s.interval,
+            "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": schedule.epochs, **({"max steps": s.max_steps} if s.max_steps else {}),
+            **({"patience (validations)": s.patience} if s.patience else {}), "interval": s.interval,
             "max length": s.max_length, "warm-up ratio": s.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",
             "weight decay": s.weight_decay, "max grad norm": s.max_grad_norm, "precision": "bf16 autocast" if s.bf16 else "fp32",
             "processes": self.accelerator.num_processes, "seed": s.seed,
