@@ -54,6 +54,66 @@ def check_replaceable(out: Path) -> None:
                                "remove it yourself or choose another --out")
 
 
+_held_locks: dict[str, list] = {}  # lock file -> [open file, depth]: a process may lock its own output again
+
+
+def _lock_holder(lock: Path) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        return f"pid {int(holder['pid'])}: {str(holder.get('command', ''))[:200]}"
+    return "a process that has not yet said which"
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """One writer per output: an exclusive lock on ``.{name}.lock`` beside ``out`` (beside, not inside:
+    staged writes rename whole folders into place, and ``out`` need not exist yet) for as long as the
+    block runs. A second process gets one line naming the holder; a lock whose process died is free
+    (the kernel drops a dead process's flock), so it is simply taken. Reentrant within a process."""
+    import fcntl
+    import sys
+
+    out = Path(out).absolute()
+    lock = out.parent / f".{out.name}.lock"
+    key = str(lock)
+    if key in _held_locks:
+        _held_locks[key][1] += 1
+        try:
+            yield
+        finally:
+            _held_locks[key][1] -= 1
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(lock, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise TinyThinkerError(f"{out} is being written by another tinythinker process ({_lock_holder(lock)}); "
+                                       "wait for it to end, or choose another --out") from None
+            # the lock is on the file this path names now, not on one a finishing holder just removed
+            if lock.exists() and os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv)}) + "\n")
+        handle.flush()
+    except OSError as error:
+        raise TinyThinkerError(f"cannot write {out}: {error.strerror or error}"
+                               + (f" ({error.filename})" if error.filename else "")) from None
+    _held_locks[key] = [handle, 1]
+    try:
+        yield
+    finally:
+        del _held_locks[key]
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still holding it: a process that opened the old file sees it is gone and retries
+        handle.close()
+
+
 def umask_mode(mode: int) -> int:
     """``mode`` under the process umask: mkdtemp/mkstemp make private (0700/0600) entries, but an
     artifact should get the permissions an ordinary mkdir/open would give it."""

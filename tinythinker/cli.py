@@ -6,8 +6,10 @@ command with its one-line message on stderr and exit status 2, never a traceback
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -48,7 +50,7 @@ class LazyGroup(click.Group):
             return None
         module_name, attribute = target.split(":")
         module = importlib.import_module(f"tinythinker.commands.{module_name}")
-        return getattr(module, attribute)
+        return one_writer(getattr(module, attribute))
 
     def invoke(self, ctx):
         from tinythinker.artifacts import watch_interrupts
@@ -63,6 +65,36 @@ class LazyGroup(click.Group):
             click.echo("Interrupted; nothing half-written was kept. Rerun the same command to continue "
                        "(what was finished is kept) or to start it again.", err=True)
             sys.exit(130)
+
+
+OUTPUT_PARAMS = ("out", "run_dir")  # the parameter names of every command's output (--out)
+
+
+def one_writer(command: click.Command) -> click.Command:
+    """``command`` (and a group's subcommands) holding :func:`~tinythinker.artifacts.output_lock` on its
+    output while it runs, so two processes never write one --out. Under accelerate only the main
+    process locks (every process of one run writes the same folder, coordinated by the run itself)."""
+    if getattr(command, "_one_writer", False):
+        return command
+    command._one_writer = True
+    for sub in getattr(command, "commands", {}).values():
+        one_writer(sub)
+    callback = command.callback
+    if callback is None or not any(p.name in OUTPUT_PARAMS for p in command.params):
+        return command
+
+    @functools.wraps(callback)
+    def locked(*args, **kwargs):
+        from tinythinker.artifacts import output_lock
+
+        out = next((kwargs[name] for name in OUTPUT_PARAMS if kwargs.get(name) is not None), None)
+        if out is None or os.environ.get("RANK", "0") != "0":
+            return callback(*args, **kwargs)
+        with output_lock(out):
+            return callback(*args, **kwargs)
+
+    command.callback = locked
+    return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -184,7 +184,7 @@ def open_study(out: Path, settings: StudySettings) -> Study:
     path = out / SETTINGS_FILE
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in record if saved.get(k) != record[k]]
+        changed = [k for k in record if saved.get(k, getattr(StudySettings, k)) != record[k]]  # keys added later: defaults
         if changed:
             raise TinyThinkerError(f"{out} is a study with {changed[0]}={saved.get(changed[0])!r}, not {record[changed[0]]!r}; "
                                    "rerun with the same settings to continue it, or choose another --out")
