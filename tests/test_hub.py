@@ -45,7 +45,8 @@ def test_push_dataset_folder(folder, tmp_path):
         done = run_cli("push", str(folder), "--repo", "someone/tt-strategyqa", "--private", endpoint=hub.endpoint, home=tmp_path)
         assert done.returncode == 0, done.stderr
         repo = hub.state.repos[("dataset", "someone/tt-strategyqa")]
-        local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        local = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != OWNER_MARK}
+        assert (folder / OWNER_MARK).is_file()  # the marker stays home
         assert repo.files == local and len(repo.commits) == 2  # the Hub's initial .gitattributes commit, then ours
         assert repo.visibility == "private"
         # parquet files went through LFS (batch API, PUT to the storage host, verify), the card inline
@@ -54,6 +55,7 @@ def test_push_dataset_folder(folder, tmp_path):
         route = lambda path: path.split("?")[0]  # noqa: E731
         assert list(dict.fromkeys((m, route(p)) for m, p in calls)) == [
             ("POST", "/api/repos/create"),
+            ("GET", "/api/datasets/someone/tt-strategyqa"),  # the head before: a push that changes nothing says so
             ("GET", "/api/datasets/someone/tt-strategyqa/tree/main"),  # the files a new version may leave behind
             ("POST", "/api/validate-yaml"),
             ("POST", "/api/datasets/someone/tt-strategyqa/preupload/main"),
@@ -71,6 +73,7 @@ def test_push_dataset_folder(folder, tmp_path):
         again = run_cli("push", str(folder), "--repo", "someone/tt-strategyqa", endpoint=hub.endpoint, home=tmp_path)
         assert again.returncode == 0, again.stderr  # an existing repo is fine (exist_ok)
         assert len(repo.commits) == 2 and repo.commits[-1] in again.stdout  # nothing changed: no empty commit
+        assert again.stdout.startswith(f"nothing to push: {hub.endpoint}/datasets/someone/tt-strategyqa already holds these "), again.stdout
 
 
 def test_push_checkpoint_folder_as_model_repo(tmp_path):
@@ -147,9 +150,34 @@ def test_push_with_hf_xet_to_a_hub_without_xet_names_the_cause_and_the_fix(folde
     assert TOKEN not in done.stdout + done.stderr
 
 
+def test_a_link_out_of_the_folder_is_neither_listed_nor_pushed(folder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub")
+    (copy / "notes.txt").symlink_to(secret)
+    (copy / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    (copy / "card.md").symlink_to(copy / "README.md")  # a link inside the folder is an ordinary file
+    plan = plan_push(copy, "someone/x")
+    assert plan.skipped == ("elsewhere", "notes.txt")
+    assert "card.md" in dict(plan.files) and not any(p.startswith(("elsewhere", "notes")) for p, _ in plan.files)
+    with LocalHub() as hub:
+        dry = run_cli("push", str(copy), "--repo", "someone/x", "--dry-run", endpoint=hub.endpoint, home=tmp_path)
+        done = run_cli("push", str(copy), "--repo", "someone/x", endpoint=hub.endpoint, home=tmp_path)
+        assert done.returncode == 0, done.stderr
+        pushed = hub.state.repos[("dataset", "someone/x")].files
+    for result in (dry, done):
+        assert result.stdout.startswith(f"skipping 2 link(s) that point outside {copy} (a push would upload their targets): "
+                                        "elsewhere, notes.txt"), result.stdout
+    assert set(pushed) == {p for p, _ in plan.files} and b"not for the Hub" not in b"".join(pushed.values())
+
+
 def test_bad_push_arguments(tmp_path):
-    with pytest.raises(TinyThinkerError, match="not a Hub repo id"):
-        plan_push(tmp_path, "no-slash")
+    for repo in ("no-slash", "org/a..b", "org/a--b", "org/-a", "org/" + "a" * 100):
+        with pytest.raises(TinyThinkerError, match="not a Hub repo id"):
+            plan_push(tmp_path, repo)
     with pytest.raises(TinyThinkerError, match="no such folder"):
         plan_push(tmp_path / "absent", "a/b")
     with pytest.raises(TinyThinkerError, match="the folder is empty"):

@@ -235,7 +235,8 @@ def test_offline_a_revision_resolves_to_the_commit_the_cache_saw(hub, tmp_path):
     assert summary["student_revision"] == hub.repo(STUDENT, "model").commits[-1]
 
     empty = tinythinker(*_infer(tmp_path / "empty", DATA), endpoint=hub.endpoint, home=tmp_path / "empty", HF_HUB_OFFLINE="1")
-    assert one_error_line(empty).startswith(f"Error: {DATA}: not in the local cache, and HF_HUB_OFFLINE=1 keeps the Hub out of reach")
+    assert one_error_line(empty).startswith(f"Error: {DATA}: no local folder of that name, and no Hub dataset repo of that id in the local cache "
+                                         "(HF_HUB_OFFLINE=1 keeps the Hub out of reach)")
 
 
 # --- bad input: one line naming the repo and the fix, never a traceback, never the token ------------------

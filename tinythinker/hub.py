@@ -14,6 +14,7 @@ client at another Hub (tests run a small one on 127.0.0.1).
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ class PushPlan:
     repo_type: str  # "dataset" or "model"
     private: bool
     files: tuple[tuple[str, int], ...]  # (path in repo, size in bytes), in upload order
+    skipped: tuple[str, ...] = ()  # links that point outside the folder: never uploaded (they would upload their target)
 
     @property
     def total_bytes(self) -> int:
@@ -49,6 +51,7 @@ class PushResult:
     plan: PushPlan
     url: str
     commit: str
+    changed: bool = True  # False: the repo already held exactly these files (no commit was made)
 
 
 def repo_type_of(folder: str | Path) -> str:
@@ -61,16 +64,37 @@ def plan_push(folder: str | Path, repo_id: str, *, private: bool = False) -> Pus
     from huggingface_hub.utils import filter_repo_objects
     from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     folder = Path(folder)
-    if not _REPO_ID_RE.match(repo_id):
-        raise TinyThinkerError(f"{repo_id!r} is not a Hub repo id; use ORG/NAME (letters, digits, '.', '_', '-')")
+    try:  # the Hub's own rules (no '--' or '..', no leading '-' or '.', at most 96 characters, ...), before anything is sent
+        validate_repo_id(repo_id)
+        valid = bool(_REPO_ID_RE.match(repo_id))
+    except HFValidationError as error:
+        valid, why = False, f" ({' '.join(str(error).split())})"
+    if not valid:
+        raise TinyThinkerError(f"{repo_id!r} is not a Hub repo id{why if '/' in repo_id else ''}; use ORG/NAME (letters, digits, "
+                               "'.', '_', '-'; no '--' or '..')")
     if not folder.is_dir():
         raise TinyThinkerError(f"{folder}: no such folder; pass the folder `tinythinker build` (or train, reflect) wrote")
-    paths = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    inside = folder.resolve()
+    paths, outside = {}, []
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            outside.append(name)
+        elif path.is_file() and not any(part in outside for part in _parents(name)):
+            paths[name] = path
     kept = [p for p in filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS) if p.split("/")[-1] != OWNER_MARK]
     if not kept:
         raise TinyThinkerError(f"{folder}: the folder is empty; nothing to push")
-    return PushPlan(folder, repo_id, repo_type_of(folder), private, tuple((p, paths[p].stat().st_size) for p in kept))
+    return PushPlan(folder, repo_id, repo_type_of(folder), private, tuple((p, paths[p].stat().st_size) for p in kept),
+                    tuple(outside))
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -145,8 +169,9 @@ def hub_error(error: BaseException, repo_id: str, *, repo_type: str = "dataset",
         return TinyThinkerError(f"{repo_id}: no such {kind} on {where}, or it is private and no token is set; check the "
                                 "id (ORG/NAME), or set HF_TOKEN (or run `hf auth login`) with read access to it")
     if _offline():
-        return TinyThinkerError(f"{repo_id}: not in the local cache, and HF_HUB_OFFLINE=1 keeps the Hub out of reach; "
-                                "run once with the Hub reachable (HF_HUB_OFFLINE unset) to cache it, or pass a local folder")
+        return TinyThinkerError(f"{repo_id}: no local folder of that name, and no Hub {kind} of that id in the local cache "
+                                "(HF_HUB_OFFLINE=1 keeps the Hub out of reach); check the path, or run once with the Hub "
+                                "reachable (HF_HUB_OFFLINE unset) to cache it")
     if _is_network_error(error):
         return TinyThinkerError(f"{repo_id}: cannot reach the Hub at {where} ({type(error).__name__}); check your network "
                                 "and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what is in the local cache")
@@ -273,11 +298,14 @@ def push_folder(
     disable_progress_bars()  # the command shows its own status; an error stays the one line on stderr
     try:
         url = api.create_repo(repo_id, repo_type=plan.repo_type, private=private, exist_ok=True)
+        head = api.repo_info(repo_id, repo_type=plan.repo_type).sha
         commit = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(plan.folder),
             repo_type=plan.repo_type,
             commit_message=commit_message or f"Upload {plan.folder.name} with tinythinker",
+            # exactly the plan: the marker file, links out of the folder and what huggingface_hub skips stay home
+            allow_patterns=[glob.escape(path) for path, _ in plan.files],
             delete_patterns=STALE_PATTERNS[plan.repo_type],
         )
     except Exception as error:  # noqa: BLE001 - HTTP/auth/network errors become one user-facing line
@@ -294,4 +322,4 @@ def push_folder(
     finally:
         if not bars_were_off:
             enable_progress_bars()
-    return PushResult(plan, str(url), commit.oid)
+    return PushResult(plan, str(url), commit.oid, changed=commit.oid != head)

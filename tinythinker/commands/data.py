@@ -187,6 +187,9 @@ def push(folder, repo, private, dry_run, progress):
     from tinythinker.hub import plan_push, push_folder
 
     plan = plan_push(folder, repo, private=private)
+    if plan.skipped:
+        _say(f"skipping {len(plan.skipped)} link(s) that point outside {folder} (a push would upload their targets): "
+             + ", ".join(plan.skipped[:5]) + (", ..." if len(plan.skipped) > 5 else ""))
     if dry_run:
         table = Table(title=escape(f"dry run: would upload {len(plan.files)} files ({_size(plan.total_bytes)}) to "
                                    f"{plan.repo_type} repo {repo}{' (private)' if private else ''}"))
@@ -199,6 +202,10 @@ def push(folder, repo, private, dry_run, progress):
     uploading = f"uploading {len(plan.files)} files ({_size(plan.total_bytes)}) to {repo}"
     with console.status(uploading) if progress else contextlib.nullcontext():
         result = push_folder(folder, repo, private=private)
+    if not result.changed:
+        _say(f"nothing to push: {result.url} already holds these {len(plan.files)} files at commit {result.commit} "
+             "(no new commit was made)")
+        return
     _say(f"pushed {len(plan.files)} files ({_size(plan.total_bytes)}) to {result.url} (commit {result.commit}; "
          "pass it to --revision to read exactly this version)")
 
