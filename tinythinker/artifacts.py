@@ -320,11 +320,25 @@ def read_card_metadata(folder: str | Path) -> dict:
     path = Path(folder) / "README.md"
     if not path.exists():
         return {}
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TinyThinkerError(f"{path}: the card is not UTF-8 text (byte {error.start}); write it again, or rebuild the folder") from None
     if not text.startswith("---\n"):
         return {}
     end = text.find("\n---", 4)
-    return yaml.safe_load(text[4:end]) or {} if end != -1 else {}
+    if end == -1:
+        return {}
+    try:
+        front = yaml.safe_load(text[4:end])
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f":{mark.line + 2}" if mark is not None else ""  # the front matter starts on the card's second line
+        raise TinyThinkerError(f"{path}{at}: the card's YAML front matter does not parse "
+                               f"({' '.join(str(getattr(error, 'problem', None) or error).split())}); fix it, or rebuild the folder") from None
+    if front is not None and not isinstance(front, dict):
+        raise TinyThinkerError(f"{path}: the card's YAML front matter is a {type(front).__name__}, not a mapping; fix it, or rebuild the folder")
+    return front or {}
 
 
 def checkpoint_provenance(student) -> dict:

@@ -108,12 +108,28 @@ class Student:
         auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
         device = torch.device(device) if device is not None else default_device()
         kwargs = {"dtype": _resolve_dtype(dtype)} if dtype is not None else {}
+        def first_line(error: BaseException) -> str:
+            return (str(error).strip().splitlines() or [error.__class__.__name__])[0][:200]
+
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **at)
+        except Exception as error:  # noqa: BLE001 - a damaged tokenizer file (bad JSON, bytes) is one line
+            if hub:
+                raise hub_error(error, source, repo_type="model", revision=revision, doing="load the tokenizer of") from None
+            named = "tokenizer.json" if (local / "tokenizer.json").exists() else "its tokenizer files"
+            raise TinyThinkerError(f"{source}: cannot read the tokenizer ({named}: {first_line(error)}); the file is damaged or "
+                                   "incomplete: copy or save the checkpoint again") from None
+        try:
             model = auto.from_pretrained(source, config=config, **at, **kwargs)
-        except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-            raise TinyThinkerError(f"{source}: cannot load the student ({first_line[:200]})") from None
+        except Exception as error:  # noqa: BLE001 - a truncated weights file raises safetensors' own error type
+            if not isinstance(error, (OSError, ValueError)) and type(error).__name__ != "SafetensorError":
+                raise
+            if hub and isinstance(error, OSError):
+                raise hub_error(error, source, repo_type="model", revision=revision, doing="load the weights of") from None
+            weights = sorted(p.name for p in local.glob("*.safetensors")) if local.exists() else []
+            what = f"the weights ({', '.join(weights)}: " if weights else "the student ("
+            hint = "; the file is damaged or incomplete: copy or save the checkpoint again" if type(error).__name__ == "SafetensorError" else ""
+            raise TinyThinkerError(f"{source}: cannot load {what}{first_line(error)}){hint}") from None
         model.to(device)
         model.eval()
         student = cls(model, tokenizer, device=device, bf16=bf16)
