@@ -114,3 +114,12 @@ def test_a_lock_held_by_another_process_is_one_error_in_the_library_too(tmp_path
         holder.wait()
     with output_lock(out):  # the dead holder's lock is free
         assert json.loads((tmp_path / ".out.lock").read_text())["pid"] != holder.pid
+
+
+def test_a_lock_leaves_no_folder_it_made_for_itself(tmp_path):
+    with output_lock(tmp_path / "a" / "b" / "out"):
+        assert (tmp_path / "a" / "b" / ".out.lock").exists()
+    assert list(tmp_path.iterdir()) == []
+    with output_lock(tmp_path / "a" / "b" / "out"):
+        (tmp_path / "a" / "b" / "out").mkdir()
+    assert (tmp_path / "a" / "b" / "out").is_dir() and not (tmp_path / "a" / "b" / ".out.lock").exists()

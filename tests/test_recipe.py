@@ -60,6 +60,28 @@ def test_recipe_errors_name_the_key():
             validate_recipe({"dataset": "csqa", "name": name})
     with pytest.raises(TinyThinkerError, match="demo data is gone; write raw: world"):
         validate_recipe({"dataset": "obqa", "raw": "demo"})
+    for given, message in ((({"sft": {"epochs": -3}}), "recipe: sft.epochs: must be >= 1, got -3"),
+                           ({"processes": "two"}, "recipe: processes: must be an integer, got 'two'"),
+                           ({"dataset": ["csqa"]}, "recipe: dataset: must be a text, got ['csqa']"),
+                           ({"sft": {"lr": float("nan")}}, "recipe: sft.lr: must be a number, got nan"),
+                           ({"sft": {"bf16": "yes"}}, "recipe: sft.bf16: must be true or false, got 'yes'"),
+                           ({"reflect": {"beta": 0}}, "recipe: reflect.beta: must be > 0, got 0"),
+                           ({"world": {"defects": 1.5}}, "recipe: world.defects: must be < 1, got 1.5"),
+                           ({"sft": {"schedule": "random"}}, "recipe: sft.schedule: must be one of blocks, mixed, got 'random'"),
+                           ({"seed": True}, "recipe: seed: must be an integer, got True")):
+        with pytest.raises(TinyThinkerError) as caught:
+            validate_recipe({"dataset": "csqa", **given})
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_bad_recipe_value_stops_run_before_any_step(tmp_path, dry_run):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("dataset: csqa\nraw: world\nteacher: {responses: world}\nstudent: tiny-seq2seq\nsft: {epochs: -3}\n")
+    done = subprocess.run([sys.executable, "-m", "tinythinker", "run", str(recipe), "--out", str(tmp_path / "run"),
+                           *(["--dry-run"] if dry_run else [])], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == f"Error: {recipe}: sft.epochs: must be >= 1, got -3", done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing ran, nothing was made
 
 
 def test_processes_launch_through_accelerate_and_responses_skip_teaching(tmp_path):

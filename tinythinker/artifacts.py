@@ -83,6 +83,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
         finally:
             _held_locks[key][1] -= 1
         return
+    made = [parent for parent in [out.parent, *out.parent.parents] if not parent.exists()]  # removed again if left empty
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -112,6 +113,9 @@ def output_lock(out: str | Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             lock.unlink()  # while still holding it: a process that opened the old file sees it is gone and retries
         handle.close()
+        for parent in made:  # the folders made for the lock, if the command wrote nothing into them
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def umask_mode(mode: int) -> int:

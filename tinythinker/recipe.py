@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -27,7 +28,7 @@ import yaml
 from tinythinker.artifacts import atomic_write_text
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import VARIANTS, config_name
-from tinythinker.train.settings import ReflectSettings, SFTSettings, defaults
+from tinythinker.train.settings import SCHEDULES, ReflectSettings, SFTSettings, defaults
 from tinythinker.data.sources import get_spec
 from tinythinker.train.tracking import REPORT_TO, check_report_to
 
@@ -119,8 +120,60 @@ def load_recipe(path: str | Path) -> dict:
     return validate_recipe(given, str(path))
 
 
+# Every scalar key's kind and range, checked before the first step runs (so a bad value never costs a teacher
+# call): (kind, lowest, whether the lowest is excluded, highest, whether None is allowed); the CLI's ranges (reflect.iterations 0: no reflection).
+INT, NUMBER, BOOL, TEXT = "an integer", "a number", "true or false", "a text"
+VALUE_RULES: dict[str, tuple] = {
+    "name": (TEXT, None, False, None, True), "dataset": (TEXT, None, False, None, False), "run_dir": (TEXT, None, False, None, True),
+    "seed": (INT, 0, False, None, False), "raw": (TEXT, None, False, None, True), "raw_revision": (TEXT, None, False, None, True),
+    "world.questions": (INT, 1, False, None, True), "world.defects": (NUMBER, 0, False, 1, True),
+    "teacher.model": (TEXT, None, False, None, False), "teacher.base_url": (TEXT, None, False, None, True),
+    "teacher.api_key_env": (TEXT, None, False, None, False), "teacher.rounds": (INT, 1, False, None, True),
+    "teacher.concurrency": (INT, 1, False, None, False), "teacher.rpm": (NUMBER, 0, True, None, True),
+    "teacher.tpm": (NUMBER, 0, True, None, True), "teacher.splits": (TEXT, None, False, None, False),
+    "student": (TEXT, None, False, None, False), "student_revision": (TEXT, None, False, None, True),
+    "report_to": (TEXT, None, False, None, False), "processes": (INT, 1, False, None, False),
+    "sft.epochs": (INT, 1, False, None, False), "sft.lr": (NUMBER, 0, True, None, False), "sft.batch_size": (INT, 1, False, None, False),
+    "sft.interval": (INT, 1, False, None, False), "sft.schedule": (TEXT, None, False, None, False), "sft.bf16": (BOOL, None, False, None, False),
+    "sft.eval_limit": (INT, 0, False, None, True),
+    "reflect.iterations": (INT, 0, False, None, False), "reflect.samples": (INT, 1, False, None, False),
+    "reflect.beta": (NUMBER, 0, True, None, False), "reflect.nll_weight": (NUMBER, 0, False, None, False),
+    "reflect.lr": (NUMBER, 0, True, None, False), "reflect.batch_size": (INT, 1, False, None, False),
+    "reflect.bf16": (BOOL, None, False, None, False), "reflect.eval_limit": (INT, 0, False, None, True),
+    "reflect.cycles": (INT, 1, False, None, True), "reflect.train_limit": (INT, 1, False, None, True),
+    "eval.split": (TEXT, None, False, None, False), "eval.limit": (INT, 1, False, None, True), "eval.batch_size": (INT, 1, False, None, True),
+}
+
+
+def _value_error(recipe: dict, key: str, rule: tuple) -> str | None:
+    """What is wrong with the value at ``key`` (a dotted path), or None."""
+    kind, low, low_open, high, optional = rule
+    value = recipe
+    for part in key.split("."):
+        value = value[part]
+    if value is None:
+        return None if optional else f"must be {kind}, got nothing"
+    fits = {INT: isinstance(value, int) and not isinstance(value, bool),
+            NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            BOOL: isinstance(value, bool), TEXT: isinstance(value, str)}[kind]
+    if not fits:
+        return f"must be {kind}, got {value!r}"
+    if low is not None and (value <= low if low_open else value < low):
+        return f"must be {'>' if low_open else '>='} {low}, got {value!r}"
+    if high is not None and value >= high:
+        return f"must be < {high}, got {value!r}"
+    return None
+
+
 def validate_recipe(given: dict, where: str = "recipe") -> dict:
     recipe = _merge(DEFAULTS, given, where)
+    if recipe["dataset"] is None:
+        raise TinyThinkerError(f"{where}: 'dataset' is required (csqa, obqa or strategyqa)")
+    for key, rule in VALUE_RULES.items():
+        if (problem := _value_error(recipe, key, rule)) is not None:
+            raise TinyThinkerError(f"{where}: {key}: {problem}")
+    if recipe["sft"]["schedule"] not in SCHEDULES:
+        raise TinyThinkerError(f"{where}: sft.schedule: must be one of {', '.join(SCHEDULES)}, got {recipe['sft']['schedule']!r}")
     if not recipe["dataset"]:
         raise TinyThinkerError(f"{where}: 'dataset' is required (csqa, obqa or strategyqa)")
     get_spec(recipe["dataset"])
@@ -135,8 +188,6 @@ def validate_recipe(given: dict, where: str = "recipe") -> dict:
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise TinyThinkerError(f"{where}: sft.variants {bad or variants} must be among {', '.join(VARIANTS)}")
-    if int(recipe["processes"]) < 1:
-        raise TinyThinkerError(f"{where}: processes must be at least 1")
     if recipe["report_to"] not in REPORT_TO:
         raise TinyThinkerError(f"{where}: report_to {recipe['report_to']!r} must be one of {', '.join(REPORT_TO)}")
     if recipe["raw_revision"] is not None and recipe["raw"] == "world":
