@@ -15,6 +15,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 BAD_INFER = [  # (missing split / data folder: in-process in test_pipeline)
     ({"--student": "missing-student-folder/x/y"}, "no such student folder"),
     ({"--config": "toy-nothing"}, "no config 'toy-nothing'; choose one of"),
+    ({"--out": "."}, ".: is a folder; --out names the traces JSONL file to write"),  # refused before any inference
 ]
 
 

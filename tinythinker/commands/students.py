@@ -134,6 +134,8 @@ def infer(student_name, student_revision, data, revision, config, split, out, va
     """Answer a split with the three-stage pipeline; write traces and print accuracy.
 
     Work is done in chunks of questions; an interrupted run resumes from its last finished chunk."""
+    if out.is_dir():  # checked first: a folder would fail only at the end, after the whole inference
+        raise TinyThinkerError(f"{out}: is a folder; --out names the traces JSONL file to write (e.g. {out / 'traces.jsonl'})")
     if out.exists() and not overwrite:
         raise TinyThinkerError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     _quiet_libraries()
