@@ -267,3 +267,24 @@ def test_a_ctrl_c_that_a_library_defers_or_swallows_still_aborts_the_write(tmp_p
                           text=True, timeout=120, preexec_fn=sigint_as_at_a_terminal)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == printed
+
+
+def test_a_megabyte_reply_is_counted_too_long_and_reaches_no_record(world, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    raw, (responses,) = _inputs(world, "csqa")
+    lines = [json.loads(line) for line in responses.read_text().splitlines()]
+    index = next(i for i, line in enumerate(lines) if isinstance(line[1], dict))  # the reference's [request, reply] line
+    choice = lines[index][1]["choices"][0]["message"]
+    choice["content"] = choice["content"].replace("Key Information:", "Key Information: " + "padding " * 250_000, 1)
+    huge = tmp_path / "teacher.jsonl"
+    huge.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = build_dataset("csqa", raw, [huge], tmp_path / "out", seed=42).out
+    counts = read_card_metadata(out)["tinythinker"]["selection"]
+    assert sum(split["rejected"].get("too_long", 0) for split in counts.values()) == 1
+    assert "| `too_long` | 1 |" in (out / "README.md").read_text()
+    longest = max(len(text) for path in out.rglob("*.parquet") for column in ("input", "target")
+                  for text in pq.read_table(path, columns=[column]).column(column).to_pylist())
+    assert longest < 5_000

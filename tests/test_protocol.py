@@ -168,3 +168,11 @@ def test_fuzz_parse_never_raises():
         assert isinstance(result, (ParsedSample, Rejected))
         if isinstance(result, ParsedSample):
             assert result.answer in "ABCDE" and result.general
+
+
+def test_a_reply_far_beyond_any_token_budget_is_rejected_unread():
+    long = sample().replace("Fish need water to breathe", "Fish need water. " * (protocol.MAX_SAMPLE_CHARS // 10))
+    assert parse_teacher_sample(long, 3) == Rejected(protocol.REJECT_TOO_LONG)
+    assert parse_teacher_sample(long, 3).detail == f"{len(long):,} characters"
+    fits = sample().replace("Fish need water to breathe", "x" * (protocol.MAX_SAMPLE_CHARS - len(sample()) + 26))
+    assert len(fits) == protocol.MAX_SAMPLE_CHARS and isinstance(parse_teacher_sample(fits, 3), ParsedSample)

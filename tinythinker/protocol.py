@@ -197,7 +197,13 @@ REJECT_EMPTY_KNOWLEDGE = "empty_knowledge"
 REJECT_BAD_PREFIX = "bad_explanation_prefix"
 REJECT_NO_CORRECT = "no_correct_option"
 REJECT_INCOMPLETE = "incomplete_options"
+REJECT_TOO_LONG = "too_long"  # not the reference's: a reply far beyond any token budget is refused unread
+# A sample longer than this (characters) is rejected before it is parsed: the reference's budgets (256 tokens,
+# doubled per round for cut-off ones) give a few thousand characters at most; a reply of megabytes would otherwise
+# reach every parquet file and the students' batches.
+MAX_SAMPLE_CHARS = 20_000
 REJECT_REASONS = (
+    REJECT_TOO_LONG,
     REJECT_TRUNCATED,
     REJECT_NO_KEY_INFORMATION,
     REJECT_EMPTY_KNOWLEDGE,
@@ -246,6 +252,8 @@ def normalise_teacher_text(text: str) -> list[str]:
 def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = "stop") -> ParsedSample | Rejected:
     """Parse one teacher completion by REFERENCE 4 (with the section-10 rule: split at the first
     occurrence of the delimiter; completeness checked here, before any selection)."""
+    if len(text or "") > MAX_SAMPLE_CHARS:
+        return Rejected(REJECT_TOO_LONG, f"{len(text):,} characters")
     if finish_reason == "length":
         return Rejected(REJECT_TRUNCATED)
     letters = letters_for(n_options)
