@@ -84,6 +84,8 @@ class Behaviour:
     fail_every: int = 0
     drop_every: int = 0
     malformed_every: int = 0  # -> a 200 whose body is not a chat completion
+    error_200: str = ""  # every POST -> a 200 carrying an error object with this code (some proxies answer so)
+    oversized: int = 0  # > 0: every sample padded to this many characters, whatever max_tokens says
     truncate_every: int = 0
     ignore_n: bool = False
     max_choices: int | None = None
@@ -341,6 +343,10 @@ class FakeOpenAI:
         if self._every("fail", behaviour.fail_every):
             stats.statuses[500] += 1
             return self._error(500, "The server had an error while processing your request.", "server_error", limit_headers)
+        if behaviour.error_200:
+            stats.statuses[200] += 1
+            return web.json_response({"error": {"message": f"The proxy could not serve the request ({behaviour.error_200}).",
+                                                "type": "proxy_error", "code": behaviour.error_200}}, headers=limit_headers)
         if self._every("malformed", behaviour.malformed_every):
             stats.malformed += 1
             return web.Response(text="<html>upstream hiccup</html>", content_type="text/html", headers=limit_headers)
@@ -358,6 +364,8 @@ class FakeOpenAI:
         rng = random.Random(f"{digest}:{stats.answered[digest]}")
         choices, completion_tokens = [], 0
         for index, text in enumerate(teacher_completions(messages, given, rng)):
+            if behaviour.oversized:  # a server that ignores max_tokens
+                text, max_tokens = (text + " padding" * behaviour.oversized)[: behaviour.oversized], None
             tokens, finish = self._count(model, text), "stop"
             forced = self._every("truncate", behaviour.truncate_every)
             if forced or (max_tokens and tokens > max_tokens):

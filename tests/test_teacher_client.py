@@ -330,6 +330,30 @@ def test_wrong_path_or_model_stops_the_run(requests_csqa):
         assert server.stats.posts == 0
 
 
+def test_a_200_carrying_an_error_shows_the_servers_message_and_retries_only_what_may_pass(requests_csqa):
+    with serve(error_200="model_not_supported") as server:  # the request's own fault: asked once
+        _, failures, stats = answer_all(server.base_url, requests_csqa[:2], check=False)
+        assert server.stats.posts == 2 and stats.retried == 0
+    failure = failures[requests_csqa[0]["custom_id"]]
+    assert failure.reason == "error_reply"
+    assert str(failure) == ("the server answered 200 with an error (The proxy could not serve the request (model_not_supported).; "
+                            "code model_not_supported)")
+    with serve(error_200="server_overloaded") as server:  # may pass later: retried, and the last message kept
+        _, failures, stats = answer_all(server.base_url, requests_csqa[:1], check=False, max_retries=2)
+        assert server.stats.posts == 3 and stats.retry_reasons == {"error_reply": 2}
+    assert "The proxy could not serve the request (server_overloaded)" in str(failures[requests_csqa[0]["custom_id"]])
+
+
+def test_a_reply_far_beyond_max_tokens_is_flagged_once(requests_csqa):
+    seen = {}
+    with serve(oversized=200_000) as server:
+        replies, failures, stats = answer_all(server.base_url, requests_csqa[:3], seen=seen)
+    assert len(replies) == 3 and not failures and stats.oversized == 3
+    asked = requests_csqa[0]["body"]["max_tokens"]
+    assert seen["warnings"] == [f"a reply of 200,000 characters came for max_tokens {asked} (more than 20 characters a token): "
+                                "the server ignores max_tokens; build rejects such samples as too_long"]
+
+
 def test_timeouts_and_bad_requests_fail_the_request_not_the_run(requests_csqa):
     with serve(latency=1.0) as server:
         _, failures, stats = answer_all(server.base_url, requests_csqa[:1], timeout=0.2, max_retries=1)

@@ -106,6 +106,7 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     warnings: list[str] = field(default_factory=list)  # each said once (e.g. a nonsense rate-limit header)
+    oversized: int = 0  # replies far longer than their max_tokens allows
 
     def note_retry(self, reason: str) -> None:
         self.retried += 1
@@ -321,6 +322,11 @@ def _error_code(text: str) -> str | None:
     return None
 
 
+# error codes or types of a 200 error object that may pass on a retry (anything else is the request's own fault)
+TRANSIENT_ERROR_WORDS = ("server", "overload", "rate", "timeout", "unavailable", "busy", "capacity", "internal")
+OVERSIZED_CHARS_PER_TOKEN = 20  # a token is about 4 characters of English; 20 leaves room for any tokenizer
+
+
 def check_completion(data) -> str | None:
     """None when ``data`` looks like a chat.completion with choices, else what is wrong."""
     if not isinstance(data, dict):
@@ -376,6 +382,7 @@ class _Attempt:
     message: str = ""
     no_quota: bool = False
     tokens_used: int = 0  # prompt + completion tokens the reply's usage reports
+    final: bool = False  # an error that asking again will not change (a 200 carrying a request error)
 
 
 @dataclass
@@ -450,6 +457,16 @@ class TeacherClient:
             return f"limits: {parts[0][0]} / {parts[1][0]} ({flags})"
         text = " / ".join(f"{value} ({source})" if source else value for value, source in parts)
         return f"limits: {text}; {concurrency}"
+
+    def _check_length(self, data: dict, body: dict) -> None:
+        """Flag a reply far beyond the ``max_tokens`` it was asked with (kept: the build rejects it as too_long)."""
+        asked = body.get("max_tokens")
+        longest = max((len(c["message"].get("content") or "") for c in data["choices"]), default=0)
+        if isinstance(asked, int) and longest > OVERSIZED_CHARS_PER_TOKEN * asked:
+            self.stats.oversized += 1
+            if self.stats.oversized == 1:
+                self._warn(f"a reply of {longest:,} characters came for max_tokens {asked} (more than {OVERSIZED_CHARS_PER_TOKEN} "
+                           "characters a token): the server ignores max_tokens; build rejects such samples as too_long")
 
     def _warn(self, message: str) -> None:
         self.stats.warnings.append(message)
@@ -603,9 +620,12 @@ class TeacherClient:
             if reply.data is not None:
                 self.stats.prompt_tokens += _usage(reply.data, "prompt_tokens")
                 self.stats.completion_tokens += _usage(reply.data, "completion_tokens")
+                self._check_length(reply.data, body)
                 return reply.data, reply.headers.get("x-request-id")
             if status is None or status == 200:  # no reply, or a malformed one
                 reason, last = reply.reason, reply.message
+                if reply.final:
+                    raise RequestFailed(reason, last)
             elif status in FATAL_STATUSES:
                 if status == 404:
                     raise TeacherServerError(
@@ -663,6 +683,15 @@ class TeacherClient:
             data = json.loads(raw)
         except ValueError:
             data = None
+        if isinstance(data, dict) and data.get("error") and not data.get("choices"):
+            # some servers answer 200 with an error object: say what the server said, and retry only what may pass
+            error = data["error"] if isinstance(data["error"], dict) else {}
+            code = error.get("code") or error.get("type") or ""
+            transient = (isinstance(code, int) and (code >= 500 or code == 429)) or \
+                (isinstance(code, str) and any(word in code.lower() for word in TRANSIENT_ERROR_WORDS))
+            return _Attempt(status, headers, reason="error_reply", final=not transient,
+                            message=f"the server answered 200 with an error ({self.endpoint.scrub(_error_message(raw.decode('utf-8', 'replace')))}"
+                                    f"{f'; code {code}' if code else ''})")
         problem = check_completion(data)
         if problem is not None:
             return _Attempt(status, headers, reason="bad_reply", message=f"malformed reply ({problem})")
