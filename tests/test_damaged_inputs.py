@@ -56,3 +56,15 @@ def test_damaged_students_and_cards_are_one_line_in_infer_and_train(inputs, tmp_
             assert result.returncode == 2 and "Traceback" not in stderr, (name, stderr[-2000:])
             assert stderr.splitlines()[-1].startswith(f"Error: {message}"), (name, stderr)
         assert not (tmp_path / f"{name}.jsonl").exists() and not (tmp_path / f"{name}-sft").exists(), name
+
+
+def test_a_truncated_parquet_is_one_line_in_inspect(inputs, tmp_path):
+    data, _, _ = inputs
+    copy = shutil.copytree(data, tmp_path / "data")
+    part = sorted((copy / "data").rglob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    (result,) = run_many([["inspect", copy]], env=ENV, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (f"Error: {part}: not a readable parquet file (Parquet magic bytes not found in footer. Either "
+                                     "the file is corrupted or this is not a parquet file.); the file is damaged or incomplete: "
+                                     "rebuild the folder or copy it again")

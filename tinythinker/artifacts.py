@@ -319,6 +319,19 @@ def write_card(folder: str | Path, front_matter: Mapping, body: str) -> Path:
     return path
 
 
+def open_parquet(path: str | Path):
+    """``pyarrow.parquet.ParquetFile`` of ``path``; a damaged or truncated file is one line naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        detail = " ".join(str(error).split())[:160]
+        raise TinyThinkerError(f"{path}: not a readable parquet file ({detail}); the file is damaged or incomplete: "
+                               "rebuild the folder or copy it again") from None
+
+
 def read_card_metadata(folder: str | Path) -> dict:
     """The YAML front matter of a folder's README.md ({} when absent)."""
     path = Path(folder) / "README.md"

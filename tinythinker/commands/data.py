@@ -115,9 +115,9 @@ def build(dataset, raw, revision, responses, out, seed, overwrite, reference_ord
 
 
 def _read_rows(path: Path, limit: int) -> list[dict]:
-    import pyarrow.parquet as pq
+    from tinythinker.artifacts import open_parquet
 
-    return pq.ParquetFile(path).read_row_group(0).slice(0, limit).to_pylist()
+    return open_parquet(path).read_row_group(0).slice(0, limit).to_pylist()
 
 
 @click.command()
@@ -126,9 +126,7 @@ def _read_rows(path: Path, limit: int) -> list[dict]:
               help="Example records to show per training split.")
 def inspect(folder, examples):
     """Summarise a data set folder: configs, split sizes, rejection reasons, a few examples."""
-    import pyarrow.parquet as pq
-
-    from tinythinker.artifacts import read_card_metadata
+    from tinythinker.artifacts import open_parquet, read_card_metadata
 
     if not folder.is_dir():
         raise TinyThinkerError(f"{folder}: no such folder; pass a folder written by `tinythinker build`")
@@ -143,7 +141,7 @@ def inspect(folder, examples):
             path = folder / entry["path"]
             if not path.is_file():
                 raise TinyThinkerError(f"{path}: listed in README.md but missing; rebuild the folder")
-            counts[config["config_name"]][entry["split"]] = pq.ParquetFile(path).metadata.num_rows
+            counts[config["config_name"]][entry["split"]] = open_parquet(path).metadata.num_rows
     info = metadata.get("tinythinker", {})
     if info:
         teacher = info.get("teacher", {})
