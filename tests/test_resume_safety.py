@@ -122,3 +122,23 @@ def test_the_resume_point_is_json_and_safetensors_and_loads_without_pickle(run, 
     assert state["param_groups"][0]["betas"] == (0.9, 0.999)
     assert all(torch.equal(state["state"][0][k], saved["optimizer"]["state"]["0"][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
     assert trainer.scheduler.get_last_lr() == saved["scheduler"]["_last_lr"]
+
+
+@pytest.mark.parametrize("kind", ["sft", "reflect", "study"])
+def test_a_setting_added_later_gets_its_default_and_a_changed_one_is_named(kind):
+    """One resume rule for every run folder (first_change): a saved run.json without a field a later
+    version added still matches; a field that differs is named."""
+    from dataclasses import asdict, replace
+
+    from tinythinker.study import StudySettings
+    from tinythinker.train.settings import ReflectSettings, SFTSettings, first_change
+
+    settings = {"sft": SFTSettings(data="d", config="zoo-full", student="s"), "reflect": ReflectSettings(student="s", data="d", config="zoo-full"),
+                "study": StudySettings()}[kind]
+    saved = json.loads(json.dumps(asdict(settings)))
+    newest = list(saved)[-1]
+    older = {k: v for k, v in saved.items() if k != newest}  # as a run written before that field existed
+    assert first_change(saved, settings) is None and first_change(older, settings) is None
+    field = "seed"
+    assert first_change(saved, replace(settings, **{field: getattr(settings, field) + 1})) == field
+    assert first_change({**saved, field: -1}, settings, ignore=(field,)) is None

@@ -31,6 +31,7 @@ import numpy as np
 from tinythinker.artifacts import atomic_write_text, interrupts_deferred, staged_folder
 from tinythinker.errors import TinyThinkerError
 from tinythinker.protocol import config_name
+from tinythinker.train.settings import first_change
 
 SFT_ROWS = ("full", "no_recall", "no_analyze", "summarize_only", "cot", "dsbs")  # row name = variant
 SCALED_ROWS = ("full", "cot")  # trained again with the larger student (rows full@4x, cot@4x)
@@ -184,9 +185,8 @@ def open_study(out: Path, settings: StudySettings) -> Study:
     path = out / SETTINGS_FILE
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in record if saved.get(k, getattr(StudySettings, k)) != record[k]]  # keys added later: defaults
-        if changed:
-            raise TinyThinkerError(f"{out} is a study with {changed[0]}={saved.get(changed[0])!r}, not {record[changed[0]]!r}; "
+        if (changed := first_change(saved, settings)) is not None:
+            raise TinyThinkerError(f"{out} is a study with {changed}={saved.get(changed)!r}, not {record[changed]!r}; "
                                    "rerun with the same settings to continue it, or choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise TinyThinkerError(f"{out}: folder exists and is not a study (no {SETTINGS_FILE}); choose another --out")

@@ -50,7 +50,7 @@ from tinythinker.data.preferences import (
     write_preference_config,
 )
 from tinythinker.protocol import ANALYZE, RECALL, config_parts
-from tinythinker.train.settings import DPOSettings, ReflectSettings
+from tinythinker.train.settings import DPOSettings, ReflectSettings, first_change
 from tinythinker.train.tracking import scalars, tracking
 from tinythinker.train.loop import BEST, LAST, make_accelerator, validate
 
@@ -239,9 +239,7 @@ class Reflection:
             raise TinyThinkerError(f"{self.out}: folder exists and is not a self-reflection run; choose another --out or pass --overwrite")
         saved = json.loads(settings_file.read_text(encoding="utf-8"))
         wanted = json.loads(json.dumps(asdict(self.settings)))
-        changed = [k for k in wanted if k != "iterations" and saved.get(k) != wanted[k]]
-        if changed:
-            key = changed[0]
+        if (key := first_change(saved, self.settings, ignore=("iterations",))) is not None:  # iterations may grow
             raise TinyThinkerError(f"{self.out} was run with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
                                    "rerun with the same options to continue it, or pass --overwrite or another --out")
         return False

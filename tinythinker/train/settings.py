@@ -138,3 +138,16 @@ def absolute(path: str) -> str:
 def defaults(settings: type, *names: str) -> dict:
     """The defaults of some fields of a settings dataclass (for the recipe's defaults)."""
     return {name: getattr(settings, name) for name in names}
+
+
+def first_change(saved: dict, settings, *, ignore: tuple[str, ...] = ()) -> str | None:
+    """The first field of the settings dataclass ``settings`` whose value differs from the run's saved
+    ``saved`` (as JSON), or None. A field the saved run lacks (added in a later version) counts as its
+    default, so adding a setting never makes an old run refuse to resume. The one resume rule of every
+    run folder (SFT, self-reflection, the study)."""
+    import json
+    from dataclasses import MISSING, asdict, fields
+
+    wanted = json.loads(json.dumps(asdict(settings)))  # tuples as lists, as the saved JSON has them
+    default = {f.name: json.loads(json.dumps(f.default)) for f in fields(settings) if f.default is not MISSING}
+    return next((key for key in wanted if key not in ignore and saved.get(key, default.get(key)) != wanted[key]), None)

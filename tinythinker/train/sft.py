@@ -37,7 +37,7 @@ from tinythinker.hub import is_hub_id, pin
 from tinythinker.protocol import ANALYZE, COT, LABEL, RATIONALE, RECALL, SUMMARIZE, TRAINED_STAGES, VARIANT_STAGES, VARIANTS
 from tinythinker.protocol import config_parts
 from tinythinker.protocol import REFERENCE_MAX_LENGTH
-from tinythinker.train.settings import SCHEDULES, SFTSettings, absolute
+from tinythinker.train.settings import SCHEDULES, SFTSettings, absolute, first_change
 from tinythinker.train.tracking import tracking
 from tinythinker.train.loop import TrainLoop, TrainResult, chunks, make_accelerator
 
@@ -283,9 +283,7 @@ def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> bool:
         return False
     saved = json.loads(settings_file.read_text(encoding="utf-8"))
     wanted = asdict(settings)
-    changed = [k for k in wanted if saved.get(k, getattr(SFTSettings, k, None)) != wanted[k]]  # keys added later: defaults
-    if changed:
-        key = changed[0]
+    if (key := first_change(saved, settings)) is not None:
         raise TinyThinkerError(f"{out} was trained with {key}={saved.get(key)!r}, not {wanted[key]!r}; "
                                "rerun with the same settings to resume, or pass --overwrite or another --out")
     return True
