@@ -39,10 +39,9 @@ OWNER_TEXT = "Written by tinythinker: `--overwrite` may replace this folder.\n"
 
 def check_output_folder(out: Path, *, overwrite: bool) -> None:
     """Refuse an ``--out`` that is a file, that exists (without ``overwrite``), or that this tool did not write."""
-    if out.exists() and not overwrite:
-        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out"
-                               if out.is_dir() else f"{out}: is a file, not an output folder; choose another --out")
-    check_replaceable(out)
+    if out.is_dir() and not overwrite:
+        raise TinyThinkerError(f"{out}: output folder exists; pass --overwrite to replace it or choose another --out")
+    check_replaceable(out)  # a file, or a folder this tool did not write
 
 
 def check_replaceable(out: Path) -> None:

@@ -390,8 +390,6 @@ def write_world(dataset: str, out: str | Path, *, seed: int = 42, questions: int
                 defects: float = DEFAULT_DEFECTS, letters: str = "fixed", overwrite: bool = False) -> Path:
     """Write a world to ``out`` (``raw/``, ``teacher.jsonl``, ``world.json``); all or nothing."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TinyThinkerError(f"{out}: is a file, not an output folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise TinyThinkerError(f"{out}: exists and is not empty; pass --overwrite to replace it or choose another --out")
     check_replaceable(out)

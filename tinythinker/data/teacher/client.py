@@ -685,12 +685,13 @@ class TeacherClient:
             data = None
         if isinstance(data, dict) and data.get("error") and not data.get("choices"):
             # some servers answer 200 with an error object: say what the server said, and retry only what may pass
+            body = raw.decode("utf-8", "replace")
             error = data["error"] if isinstance(data["error"], dict) else {}
             code = error.get("code") or error.get("type") or ""
             transient = (isinstance(code, int) and (code >= 500 or code == 429)) or \
                 (isinstance(code, str) and any(word in code.lower() for word in TRANSIENT_ERROR_WORDS))
             return _Attempt(status, headers, reason="error_reply", final=not transient,
-                            message=f"the server answered 200 with an error ({self.endpoint.scrub(_error_message(raw.decode('utf-8', 'replace')))}"
+                            message=f"the server answered 200 with an error ({self.endpoint.scrub(_error_message(body))}"
                                     f"{f'; code {code}' if code else ''})")
         problem = check_completion(data)
         if problem is not None:
