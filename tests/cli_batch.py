@@ -10,6 +10,8 @@ escapes a command is appended to its stderr as the traceback a real process woul
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +33,23 @@ print(json.dumps(results))
 """
 
 
-def run_many(command_lines: Sequence[Sequence[object]], *, env: dict, cwd: Path, timeout: float = 600) -> list[subprocess.CompletedProcess]:
-    """The outcome of each command line (``tinythinker`` left out), as ``subprocess.run`` would give it."""
+def file_permissions_bind() -> list[str] | None:
+    """The command prefix under which file permissions bind as for a user: none for a user, and for root
+    ``setpriv`` without the capabilities that override them (root stays root for everything else);
+    None where that cannot be had (root without setpriv)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"] if setpriv else None
+
+
+def run_many(command_lines: Sequence[Sequence[object]], *, env: dict, cwd: Path, timeout: float = 600,
+             prefix: Sequence[str] = ()) -> list[subprocess.CompletedProcess]:
+    """The outcome of each command line (``tinythinker`` left out), as ``subprocess.run`` would give it;
+    ``prefix``: what the interpreter is started under (:func:`file_permissions_bind`)."""
     argvs = [[str(arg) for arg in line] for line in command_lines]
-    done = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(argvs), env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run([*prefix, sys.executable, "-c", RUNNER], input=json.dumps(argvs), env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     return [subprocess.CompletedProcess(["tinythinker", *argv], r["returncode"], r["stdout"], r["stderr"])

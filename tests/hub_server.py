@@ -31,7 +31,8 @@ never sends it the token, as with the Hub's CDN and S3) answers PUT /upload/{sha
 against the sha256) and HEAD|GET /lfs/{sha256} with Range.
 
 Auth as on the Hub: writes need a bearer token (any, or one of ``tokens`` when given; a wrong one gets
-401 "Invalid credentials in Authorization header"); a private repo reads only with a valid token; a
+401 "Invalid credentials in Authorization header"; one of ``read_only_tokens`` reads, and its writes get
+the Hub's 403 "You don't have the rights to create a ... under the namespace ..."); a private repo reads only with a valid token; a
 missing or hidden repo is 401 without a token and 404 with one, both with ``X-Error-Code: RepoNotFound``;
 an unknown revision is 404 ``RevisionNotFound``, an unknown file 404 ``EntryNotFound``. Xet storage is
 not served (no xet-write-token route, no X-Xet-Hash header): a client with hf_xet installed must be told
@@ -147,6 +148,7 @@ class HubState:
     repos: dict[tuple[str, str], Repo] = field(default_factory=dict)  # (type, "org/name") -> repo
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, auth header
     tokens: set[str] = field(default_factory=set)  # when set, only these tokens are accepted
+    read_only_tokens: set[str] = field(default_factory=set)  # valid for reading; writes get the Hub's 403
     storage: dict[str, bytes] = field(default_factory=dict)  # LFS objects by sha256
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -291,14 +293,21 @@ class _HubHandler(_BaseHandler):
         if not auth.startswith("Bearer "):
             return None
         token = auth[7:]
-        if self.state.tokens and token not in self.state.tokens:
+        if self.state.tokens and token not in self.state.tokens | self.state.read_only_tokens:
             raise _Reply(401, "Invalid credentials in Authorization header")
         return token
 
-    def _repo(self, repo_type: str, repo_id: str, *, write: bool = False) -> Repo:
+    def _writer_token(self, namespace: str, repo_type: str) -> str:
+        """The bearer token of a write: 401 without one, the Hub's 403 for a read-only one."""
         token = self._token()
-        if write and token is None:
+        if token is None:
             raise _Reply(401, "You must be authenticated to access this resource")
+        if token in self.state.read_only_tokens:
+            raise _Reply(403, f'You don\'t have the rights to create a {repo_type} under the namespace "{namespace}"')
+        return token
+
+    def _repo(self, repo_type: str, repo_id: str, *, write: bool = False) -> Repo:
+        token = self._writer_token(repo_id.split("/")[0], repo_type) if write else self._token()
         repo = self.state.repos.get((repo_type, repo_id))
         if repo is None or (repo.visibility == "private" and token is None):
             # the Hub does not tell a missing repo from a hidden one
@@ -383,9 +392,8 @@ class _HubHandler(_BaseHandler):
     # .. writing ..
 
     def _create(self, payload: dict) -> None:
-        if self._token() is None:
-            raise _Reply(401, "You must be authenticated to access this resource")
         repo_type = payload.get("type") or "model"
+        self._writer_token(payload["organization"], repo_type)
         repo_id = f"{payload['organization']}/{payload['name']}"
         url = f"{self.endpoint}/{_PREFIX[repo_type]}{repo_id}"
         if (repo_type, repo_id) in self.state.repos:  # the Hub's 409 carries the repo's url too
@@ -584,8 +592,8 @@ class _Server:
 class LocalHub:
     """``with LocalHub(tokens={"hf_x"}) as hub: ... hub.endpoint ... hub.state.repos ... hub.storage_requests``"""
 
-    def __init__(self, tokens: set[str] | None = None):
-        self.state = HubState(tokens=set(tokens or ()))
+    def __init__(self, tokens: set[str] | None = None, read_only_tokens: set[str] | None = None):
+        self.state = HubState(tokens=set(tokens or ()), read_only_tokens=set(read_only_tokens or ()))
         self._storage = _Server(_StorageHandler, state=self.state)
         self._hub = _Server(_HubHandler, state=self.state)
         self._hub.set(storage_url=self._storage.url)

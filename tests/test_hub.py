@@ -133,7 +133,27 @@ def test_refused_or_unreachable_push_is_one_line_without_the_token(folder, tmp_p
     for result in (refused, unreachable):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith("Error: push to someone/x failed") and TOKEN not in result.stderr
-    assert "401" in refused.stderr
+    assert refused.stderr.strip() == (
+        f"Error: push to someone/x failed: {hub.endpoint} refused your token (401, not a valid token); set HF_TOKEN "
+        "to a valid token with write access, or run `hf auth login`, then push again")
+
+
+def test_a_read_only_token_is_told_what_to_do_for_a_new_and_an_existing_repo(folder, tmp_path):
+    """The Hub answers 403 to a read-only token's create and commit; the line says so and what to do,
+    not the raw HTTP text, and nothing is written."""
+    with LocalHub(read_only_tokens={TOKEN}) as hub:
+        new = run_cli("push", str(folder), "--repo", "someone/x", endpoint=hub.endpoint, home=tmp_path)
+        assert hub.state.repos == {}
+        existing = hub.state.add_repo("dataset", "someone/y")
+        before = dict(existing.files)
+        old = run_cli("push", str(folder), "--repo", "someone/y", endpoint=hub.endpoint, home=tmp_path)
+        assert existing.files == before and len(existing.commits) == 1
+    for repo, result in (("x", new), ("y", old)):
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == (
+            f"Error: push to someone/{repo} failed: your token may not write to 'someone' on {hub.endpoint} (403, a "
+            "read-only token or another account's namespace); use a token with write access to 'someone' (a "
+            "fine-grained one needs write access to that namespace's repos), or push to a namespace you own")
 
 
 def test_push_with_hf_xet_to_a_hub_without_xet_names_the_cause_and_the_fix(folder, tmp_path):

@@ -325,6 +325,7 @@ def test_batch_api_round_trip(raw, tmp_path, env):
         lines = read_output_lines(out)
         assert [line["custom_id"] for line in lines] == [q.id for q in questions[:5]]
         assert [line["request_hash"] for line in lines] == [request_hash(r) for r in requests[:5]]
+        assert {line["split_seed"] for line in lines} == {42}  # from the input's companion file
 
         again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)  # importing twice adds nothing
         assert json.loads(again.stdout)["already"] == 5 and len(read_output_lines(out)) == 5
@@ -342,6 +343,29 @@ def test_batch_api_round_trip(raw, tmp_path, env):
     bad = subprocess.run([sys.executable, "-m", "tinythinker", "teach", "import-batch", str(stray), "--requests", str(batch_input),
                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and f"{stray}:1: custom_id 'nope' is not in" in bad.stderr
+
+
+def test_build_refuses_a_seed_that_resplits_the_questions_the_teacher_was_asked(raw, tmp_path, env):
+    out = tmp_path / "csqa.jsonl"
+    with serve() as server:
+        teach(raw, out, "--seed", "7", env=env, base_url=server.base_url, check=True)
+    assert {line["split_seed"] for line in read_output_lines(out)} == {7}
+
+    def build(*args):
+        return subprocess.run([sys.executable, "-m", "tinythinker", "build", "csqa", "--raw", str(raw), "--responses", str(out),
+                               "--out", str(tmp_path / "data"), "--no-progress", *args],
+                              env=env, capture_output=True, text=True, timeout=180)
+
+    refused = build()  # the default --seed 42 splits the questions otherwise
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "Error: the teacher was asked about the questions of the --seed 7 splits (teach --seed 7), and --seed 42 "
+        "splits them otherwise: paid-for training questions would become validation or test questions; build "
+        "with --seed 7")
+    assert not (tmp_path / "data").exists()
+    built = build("--seed", "7")
+    assert built.returncode == 0, built.stderr
+    card = (tmp_path / "data" / "README.md").read_text()
+    assert "Splits (seed 7)" in card
 
 
 def test_teach_help_lists_both_subcommands(env):

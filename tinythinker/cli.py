@@ -61,6 +61,11 @@ class LazyGroup(click.Group):
         except TinyThinkerError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except PermissionError as error:  # a read-only folder met after the output lock (which says so itself)
+            where = f" {error.filename}" if error.filename else ""
+            click.echo(f"Error: cannot write{where}: {error.strerror or error}; choose an output folder you can write, "
+                       "or change the permissions", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:  # the long commands that keep finished work say so themselves (train, reflect, ...)
             click.echo("Interrupted; nothing half-written was kept. Rerun the same command to continue "
                        "(what was finished is kept) or to start it again.", err=True)

@@ -138,6 +138,15 @@ def _is_network_error(error: BaseException) -> bool:
     return False
 
 
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status of the first response in ``error``'s chain, None when no response came."""
+    for item in _chain(error):
+        status = getattr(getattr(item, "response", None), "status_code", None)
+        if status is not None:
+            return status
+    return None
+
+
 def hub_error(error: BaseException, repo_id: str, *, repo_type: str = "dataset", revision: str | None = None,
               doing: str = "read") -> TinyThinkerError:
     """One line for a failed Hub call about ``repo_id``: what went wrong and what to do; never the token."""
@@ -149,8 +158,7 @@ def hub_error(error: BaseException, repo_id: str, *, repo_type: str = "dataset",
     where = endpoint()
     chain = list(_chain(error))
     names = {type(item).__name__ for item in chain}
-    status = next((getattr(getattr(item, "response", None), "status_code", None) for item in chain
-                   if getattr(getattr(item, "response", None), "status_code", None) is not None), None)
+    status = _http_status(error)
     message = " ".join(str(item) for item in chain)
     if any(isinstance(item, RevisionNotFoundError) for item in chain) or "RevisionNotFound" in message:
         return TinyThinkerError(f"{repo_id}: the {kind} has no revision {revision or 'main'!r} on {where}; pass an existing "
@@ -314,6 +322,19 @@ def push_folder(
                 f"push to {repo_id} failed: {api.endpoint} does not serve Xet storage, and hf_xet (installed here) "
                 "uploads large and binary files only through Xet; set HF_HUB_DISABLE_XET=1 to upload them "
                 "through LFS, then push again"
+            ) from None
+        status = _http_status(error)
+        if status == 401:
+            raise TinyThinkerError(
+                f"push to {repo_id} failed: {api.endpoint} refused your token (401, not a valid token); set HF_TOKEN "
+                "to a valid token with write access, or run `hf auth login`, then push again"
+            ) from None
+        if status == 403:
+            namespace = repo_id.split("/")[0]
+            raise TinyThinkerError(
+                f"push to {repo_id} failed: your token may not write to {namespace!r} on {api.endpoint} (403, a "
+                f"read-only token or another account's namespace); use a token with write access to {namespace!r} "
+                "(a fine-grained one needs write access to that namespace's repos), or push to a namespace you own"
             ) from None
         raise TinyThinkerError(
             f"push to {repo_id} failed ({error.__class__.__name__}: {_scrub(error, token)[:300]}); "

@@ -200,6 +200,32 @@ class Student:
         """The Hub's task of this kind of model (for model cards)."""
         return "text2text-generation" if self.is_seq2seq else "text-generation"
 
+    @property
+    def position_limit(self) -> int | None:
+        """The longest sequence the model can take at all: the size of a learned absolute position table
+        (GPT-2's ``wpe``, OPT's ``embed_positions``); None for relative or rotary positions (T5, Llama),
+        which take any length (if not well)."""
+        for name, module in self.model.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(module, torch.nn.Embedding) and (leaf == "wpe" or "position" in leaf) and "relative" not in leaf:
+                return module.num_embeddings - int(getattr(module, "offset", 0))
+        return None
+
+    def count_over_positions(self, prompts: Sequence[str], targets: Sequence[str], *, max_length: int,
+                             max_input_length: int | None) -> int:
+        """How many (prompt, target) rows, cut as :meth:`encode` cuts them, are longer than
+        :attr:`position_limit` (0 when there is none): the encoder input of a seq2seq model, the prompt
+        and target together of a decoder-only one."""
+        limit = self.position_limit
+        if limit is None:
+            return 0
+        inputs = [len(row) for row in self._prompt_ids(list(prompts), max_input_length)]
+        if self.is_seq2seq:  # the decoder's learned positions hold the target
+            lengths = [max(a, min(len(t), max_length)) for a, t in zip(inputs, self._target_ids(list(targets)))]
+        else:
+            lengths = [a + min(len(t), max_length) for a, t in zip(inputs, self._target_ids(list(targets)))]
+        return sum(length > limit for length in lengths)
+
     def count_long_inputs(self, prompts: Sequence[str], limit: int) -> int:
         """How many of ``prompts`` are longer than ``limit`` tokens (what a cap at ``limit`` would cut)."""
         return sum(len(row) > limit for row in self._prompt_ids(list(prompts), None))
@@ -266,7 +292,18 @@ class Student:
                      batch_size: int | None = None, on_batch: Callable[[list[int], float], None] | None = None,
                      **engine) -> list[list[str]]:
         """:meth:`generate` on prompts already tokenised (by :meth:`tokenize_prompts`), through the
-        engine of :mod:`tinythinker.decoding` (``engine``: its ``memory_budget`` and ``plain``)."""
+        engine of :mod:`tinythinker.decoding` (``engine``: its ``memory_budget`` and ``plain``).
+
+        A causal student with a position table (:attr:`position_limit`) keeps the end of each prompt and
+        generates at most what the table leaves room for: a longer sequence would index past it."""
+        limit = self.position_limit
+        if limit is not None and not self.is_seq2seq:
+            max_new_tokens = min(max_new_tokens, limit // 2) if max_new_tokens >= limit else max_new_tokens
+            room = limit - max_new_tokens
+            ids = [row[-room:] if len(row) > room else row for row in ids]
+        elif limit is not None:  # seq2seq: encoder and decoder each have their own table
+            max_new_tokens = min(max_new_tokens, limit - 1)
+            ids = [row[-limit:] if len(row) > limit else row for row in ids]
         return _decode(self, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                        top_k=top_k, num_return_sequences=num_return_sequences, seed=seed, batch_size=batch_size,
                        on_batch=on_batch, **engine)

@@ -199,6 +199,26 @@ def card_context(
     return metadata, context
 
 
+def check_split_seed(teacher: TeacherResponses, seed: int) -> None:
+    """Refuse a ``--seed`` whose splits differ from those the teacher was asked about: questions it was
+    paid for would become validation or test questions (``tinythinker teach`` records its seed in
+    each line as ``split_seed``; lines without one, as from other tools, are not checked)."""
+    asked = sorted(teacher.split_seeds)
+    if not asked or asked == [seed]:
+        return
+    if len(asked) == 1:
+        raise TinyThinkerError(
+            f"the teacher was asked about the questions of the --seed {asked[0]} splits (teach --seed {asked[0]}), "
+            f"and --seed {seed} splits them otherwise: paid-for training questions would become validation or "
+            f"test questions; build with --seed {asked[0]}"
+        )
+    counts = ", ".join(f"--seed {value}: {teacher.split_seeds[value]:,} lines" for value in asked)
+    raise TinyThinkerError(
+        f"the responses were asked from the splits of several seeds ({counts}); build them separately, each "
+        "with its own --seed, or ask the teacher again with one --seed"
+    )
+
+
 def build_dataset(
     dataset: str,
     raw: str | Path | None,
@@ -225,6 +245,7 @@ def build_dataset(
     files = [Path(p) for p in responses]
     read_task = progress.add_task("reading responses", total=len(files))
     teacher = read_responses(files, questions, on_file=lambda _: progress.advance(read_task))
+    check_split_seed(teacher, seed)
     select_task = progress.add_task("parsing and selecting", total=sum(questions.sizes().values()))
     selection = select_rationales(questions, teacher, seed=seed, on_question=lambda: progress.advance(select_task))
     teacher.by_question.clear()  # the sample texts are parsed now: free them before writing

@@ -344,6 +344,25 @@ class SFTTrainer(TrainLoop):
                                       batch_size=s.batch_size, epochs=s.epochs, seed=s.seed, mixed=s.schedule == MIXED,
                                       max_steps=s.max_steps, eval_every=s.eval_every)
         super().setup()
+        self.check_positions()
+
+    def check_positions(self) -> None:
+        """Refuse, before the first step, rows longer than the student's position table: they would end
+        training at the first batch that holds one, with an index error deep in the model."""
+        s, limit = self.settings, self.student.position_limit
+        if limit is None:
+            return
+        over = {stage: self.student.count_over_positions(*self.data.records(stage, np.arange(len(split))), max_length=s.max_length,
+                                                         max_input_length=s.max_input_length)
+                for stage, split in self.data.splits.items()}
+        if any(over.values()):
+            counts = ", ".join(f"{stage} {n:,} of {len(self.data.splits[stage]):,}" for stage, n in over.items() if n)
+            whole = "input" if self.student.is_seq2seq else "input and target together"
+            raise TinyThinkerError(
+                f"{s.student} takes at most {limit:,} tokens ({whole}), and these training rows are longer: {counts}; "
+                f"pass --max-input-length (cuts inputs from the left, keeping what to generate) and --max-length "
+                f"(cuts targets) so that they fit {limit:,}, or use a student with more positions"
+            )
 
     def batches(self, step: Step, share: np.ndarray, size: int) -> list[dict]:
         s = self.settings

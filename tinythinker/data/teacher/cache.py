@@ -15,9 +15,11 @@ An output line::
 
     {"id": "batch_req_<hash[:24]>", "custom_id": "<question id>",
      "response": {"status_code": 200, "request_id": "...", "body": <chat.completion, all choices>},
-     "error": null, "round": 1, "request_hash": "<sha256 hex of the request body>", "max_tokens": 256}
+     "error": null, "round": 1, "request_hash": "<sha256 hex of the request body>", "max_tokens": 256,
+     "split_seed": 42}
 
-(``round``, ``request_hash`` and ``max_tokens`` are ours; readers of Batch output ignore them.)
+(``round``, ``request_hash``, ``max_tokens`` and ``split_seed`` are ours; readers of Batch output ignore
+them. ``split_seed`` is the ``--seed`` whose splits the question was asked from: ``build`` refuses another.)
 
 The API key is never part of a request body, so it never reaches either file.
 """
@@ -78,22 +80,27 @@ def normalise_response(response: Mapping) -> dict:
     return {"status_code": int(response.get("status_code", 200)), "request_id": response.get("request_id"), "body": response["body"]}
 
 
-def _line_ends(request: Mapping, round_index: int, digest: str) -> tuple[dict, dict]:
+def _line_ends(request: Mapping, round_index: int, digest: str, split_seed: int | None) -> tuple[dict, dict]:
     head = {"id": f"batch_req_{digest[:24]}", "custom_id": request["custom_id"]}
     tail = {"error": None, "round": round_index, "request_hash": digest, "max_tokens": request["body"].get("max_tokens")}
+    if split_seed is not None:
+        tail["split_seed"] = split_seed
     return head, tail
 
 
-def output_line(request: Mapping, response: Mapping, *, round_index: int, digest: str | None = None) -> dict:
-    """The Batch-API-output line for one answered request."""
-    head, tail = _line_ends(request, round_index, digest or request_hash(request))
+def output_line(request: Mapping, response: Mapping, *, round_index: int, digest: str | None = None,
+                split_seed: int | None = None) -> dict:
+    """The Batch-API-output line for one answered request (``split_seed``: see the module docstring;
+    None where it is not known)."""
+    head, tail = _line_ends(request, round_index, digest or request_hash(request), split_seed)
     return {**head, "response": normalise_response(response), **tail}
 
 
-def output_line_text(request: Mapping, encoded_response: str, *, round_index: int, digest: str) -> str:
+def output_line_text(request: Mapping, encoded_response: str, *, round_index: int, digest: str,
+                     split_seed: int | None = None) -> str:
     """:func:`output_line` as a JSON text line around an already encoded (normalised) response:
     an answer is written twice (cache and output) but encoded once."""
-    head, tail = _line_ends(request, round_index, digest)
+    head, tail = _line_ends(request, round_index, digest, split_seed)
     return _dumps(head)[:-1] + ',"response":' + encoded_response + "," + _dumps(tail)[1:] + "\n"
 
 

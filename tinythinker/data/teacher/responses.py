@@ -68,6 +68,7 @@ class TeacherResponses:
     max_tokens: Counter = field(default_factory=Counter)
     n: Counter = field(default_factory=Counter)
     matched_by_text: int = 0
+    split_seeds: Counter = field(default_factory=Counter)  # lines by the --seed their questions were asked from
 
     def get(self, question_id: str) -> QuestionResponses | None:
         return self.by_question.get(question_id)
@@ -285,4 +286,7 @@ def _read_batch_line(obj: dict, origin: str, round_index: int, matcher: _Matcher
     max_tokens = obj.get("max_tokens") if isinstance(obj.get("max_tokens"), int) else None
     if max_tokens is not None:
         result.max_tokens[max_tokens] += 1
+    split_seed = obj.get("split_seed")
+    if isinstance(split_seed, int) and not isinstance(split_seed, bool):
+        result.split_seeds[split_seed] += 1
     _record(result, question, round_index, origin, _choices(body, origin) if ok else None, max_tokens)

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from rich.progress import Progress, ProgressColumn
 from rich.text import Text
 
-from tinythinker.artifacts import iter_jsonl
+from tinythinker.artifacts import atomic_write_text, iter_jsonl
 from tinythinker.errors import TinyThinkerError, where
 from tinythinker.progress import progress_bar
 from tinythinker.data.sources import SPLITS, QuestionSet, load_questions
@@ -212,7 +212,8 @@ def _cache(options: TeachOptions) -> ResponseCache:
     return ResponseCache(options.cache_dir or default_cache_dir())
 
 
-def _take_known(hashed: Sequence[tuple[dict, str]], round_index: int, output: ResponsesFile, cache: ResponseCache, report: RoundReport) -> list[tuple[dict, str]]:
+def _take_known(hashed: Sequence[tuple[dict, str]], round_index: int, output: ResponsesFile, cache: ResponseCache, report: RoundReport,
+                split_seed: int) -> list[tuple[dict, str]]:
     """Write cached answers into the output; return the (request, hash) pairs still to be asked."""
     pending = []
     for request, digest in hashed:
@@ -221,7 +222,7 @@ def _take_known(hashed: Sequence[tuple[dict, str]], round_index: int, output: Re
             continue
         cached = cache.get(digest)
         if cached is not None:
-            output.append(output_line(request, cached, round_index=round_index, digest=digest))
+            output.append(output_line(request, cached, round_index=round_index, digest=digest, split_seed=split_seed))
             report.cached += 1
         else:
             pending.append((request, digest))
@@ -279,11 +280,11 @@ def teach(
                     result.estimate, result.estimate_round = estimate(to_send, options, batch=batch_api), round_index
                     return result
                 continue  # a dry run writes nothing: later rounds cannot be known yet
-            pending = _take_known(hashed, round_index, output, cache, report)
+            pending = _take_known(hashed, round_index, output, cache, report, options.seed)
             if not pending:
                 continue
             if batch_api:
-                result.batch_file = write_batch_input(options.out, round_index, [r for r, _ in pending])
+                result.batch_file = write_batch_input(options.out, round_index, [r for r, _ in pending], split_seed=options.seed)
                 return result
             _send(pending, round_index, options, endpoint, output, cache, report, price, progress)
             if report.failed:
@@ -298,8 +299,9 @@ class _AnswerWriter:
     the event loop and costs a few syscalls per batch, not per answer. A kill loses only the answers
     still waiting (``interval``'s worth); Ctrl-C and normal ends write everything (``close``)."""
 
-    def __init__(self, cache: ResponseCache, output: ResponsesFile, round_index: int, interval: float = 0.02):
+    def __init__(self, cache: ResponseCache, output: ResponsesFile, round_index: int, split_seed: int, interval: float = 0.02):
         self._cache, self._output, self._round, self._interval = cache, output, round_index, interval
+        self._split_seed = split_seed
         self._pending: list[tuple[str, list[dict], dict]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -327,7 +329,8 @@ class _AnswerWriter:
             encoded = [(digest, members, encode_response(response)) for digest, members, response in batch]
             self._cache.put_encoded((digest, text) for digest, _, text in encoded)  # first: never paid for twice
             self._output.append_texts(
-                (member["custom_id"], digest, self._round, output_line_text(member, text, round_index=self._round, digest=digest))
+                (member["custom_id"], digest, self._round, output_line_text(member, text, round_index=self._round, digest=digest,
+                                                                    split_seed=self._split_seed))
                 for digest, members, text in encoded for member in members
             )
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
@@ -352,7 +355,7 @@ def _send(pending, round_index, options, endpoint, output, cache, report, price,
     digest_of = {id(request): digest for digest, (request, *_) in groups.items()}
     display = progress() if progress is not None else None
     started = time.monotonic()
-    writer = _AnswerWriter(cache, output, round_index)
+    writer = _AnswerWriter(cache, output, round_index, options.seed)
 
     def on_warning(message: str) -> None:
         report.warnings.append(message)
@@ -469,10 +472,27 @@ def batch_input_path(out: Path, round_index: int) -> Path:
     return out.with_name(f"{stem}.round{round_index}.batch-input.jsonl")
 
 
-def write_batch_input(out: Path, round_index: int, requests: Sequence[dict]) -> Path:
+def batch_input_meta_path(batch_input: Path) -> Path:
+    """``csqa.round1.batch-input.jsonl`` -> ``csqa.round1.batch-input.json``: the split seed its questions
+    were asked from (a Batch input line holds only what the Batch API takes)."""
+    return batch_input.with_suffix(".json")
+
+
+def write_batch_input(out: Path, round_index: int, requests: Sequence[dict], *, split_seed: int) -> Path:
     path = batch_input_path(out, round_index)
     write_jsonl(path, requests)
+    atomic_write_text(batch_input_meta_path(path), json.dumps({"split_seed": split_seed, "round": round_index}) + "\n")
     return path
+
+
+def _batch_split_seed(requests_path: Path) -> int | None:
+    """The split seed recorded beside a Batch input file by ``teach --batch-api``; None when absent."""
+    meta = batch_input_meta_path(requests_path)
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8")).get("split_seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def batch_limits_warning(path: Path) -> str | None:
@@ -513,6 +533,7 @@ def import_batch(
         if custom_id in requests:
             raise TinyThinkerError(f"{where(requests_path, number)}: custom_id {custom_id!r} appears twice; one Batch file holds one request per question")
         requests[custom_id] = (request, request_hash(request))
+    split_seed = _batch_split_seed(Path(requests_path))
     report = ImportReport()
     with ResponseCache(cache_dir or default_cache_dir()) as cache, ResponsesFile(out) as output:
         for path in batch_outputs:
@@ -536,7 +557,7 @@ def import_batch(
                     continue
                 kept = {"status_code": 200, "request_id": response.get("request_id"), "body": body}
                 cache.put(digest, kept)
-                if output.append(output_line(request, kept, round_index=round_index, digest=digest)):
+                if output.append(output_line(request, kept, round_index=round_index, digest=digest, split_seed=split_seed)):
                     report.imported += 1
                 else:
                     report.already += 1
