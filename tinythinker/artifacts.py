@@ -144,6 +144,13 @@ def watch_interrupts() -> None:
         signal.signal(signal.SIGINT, _interrupt)
 
 
+def ignore_interrupts() -> None:
+    """On the way out after a Ctrl-C: a second one (or a first still pending in the interpreter) must not
+    turn the exit with its resume hint and status 130 into a traceback or a death by SIGINT."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold a Ctrl-C until the block ends, then raise it: pyarrow's parquet writer aborts the whole process

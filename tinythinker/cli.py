@@ -53,7 +53,7 @@ class LazyGroup(click.Group):
         return one_writer(getattr(module, attribute))
 
     def invoke(self, ctx):
-        from tinythinker.artifacts import watch_interrupts
+        from tinythinker.artifacts import ignore_interrupts, watch_interrupts
 
         watch_interrupts()
         try:
@@ -67,6 +67,7 @@ class LazyGroup(click.Group):
                        "or change the permissions", err=True)
             sys.exit(2)
         except KeyboardInterrupt:  # the long commands that keep finished work say so themselves (train, reflect, ...)
+            ignore_interrupts()
             click.echo("Interrupted; nothing half-written was kept. Rerun the same command to continue "
                        "(what was finished is kept) or to start it again.", err=True)
             sys.exit(130)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from tinythinker.artifacts import ignore_interrupts
 from tinythinker.commands.options import FiniteFloatRange
 
 from tinythinker.train.settings import LoopOptions, ReflectSettings
@@ -82,6 +83,7 @@ def reflect(student, data, revision, config, out, iterations, stages, samples, t
         result = run_reflection(settings, out, overwrite=overwrite, progress=progress, console=console,
                                 micro_batch_size=micro_batch_size, report_to=report_to)
     except KeyboardInterrupt as stop:
+        ignore_interrupts()
         console.print(f"Interrupted{': ' + str(stop) if str(stop) else ''}; rerun the same command to continue.")
         sys.exit(130)
     from accelerate import PartialState

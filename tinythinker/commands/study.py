@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tinythinker.artifacts import ignore_interrupts
 from tinythinker.commands import options
 from tinythinker.data.sources import DATASETS
 from tinythinker.study import StudySettings
@@ -60,6 +61,7 @@ def study(dataset, seed, seeds, out, questions, sizes, max_steps, eval_every, pa
     try:
         result = run_study(out, settings, progress=progress, console=console, command=command)
     except KeyboardInterrupt:
+        ignore_interrupts()
         console.print("Interrupted; rerun the same command to continue (finished rows are kept).")
         sys.exit(130)
     click.echo(f"{len(result['cells'])} cells from {len(result['records'])} runs: {out / CLAIMS_JSON}, {out / CLAIMS_MD}, "

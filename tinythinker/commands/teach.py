@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from tinythinker.artifacts import ignore_interrupts
 from tinythinker.commands.options import FiniteFloatRange
 
 from tinythinker.errors import TinyThinkerError
@@ -106,6 +107,7 @@ def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit
         result = run_teach(options, api_key=api_key, dry_run=dry_run, batch_api=batch_api,
                            progress=(lambda: LiveProgress(console, enabled=progress)) if sending else None)
     except KeyboardInterrupt:
+        ignore_interrupts()
         console.print(f"[yellow]Interrupted.[/] Answers so far are in {escape(str(out))}; run the same command again to continue.")
         sys.exit(130)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from tinythinker.artifacts import ignore_interrupts
 from tinythinker.commands.options import FiniteFloatRange
 
 from tinythinker.protocol import VARIANTS
@@ -87,6 +88,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
                            log_every=log_every, overwrite=overwrite, progress=progress, console=console, report_to=report_to)
     except KeyboardInterrupt as stop:
+        ignore_interrupts()
         console.print(f"Interrupted{': ' + str(stop) if str(stop) else ''}; rerun the same command to continue.")
         sys.exit(130)
     from accelerate import PartialState
