@@ -176,12 +176,44 @@ def test_student_from_the_hub_loads_with_transformers_and_student_load(hub, loca
                       "revision": hub.repo(STUDENT, "model").commits[-1]}
 
 
-def test_train_sft_reads_the_hub_and_names_the_commit(hub, tmp_path):
+INFER_REVISIONS = [("v1", 2), ("old", 2), (None, 4)]  # "old": the commit of the earlier version
+
+
+@pytest.fixture(scope="module")
+def hub_reads(hub, local, tmp_path_factory) -> dict:
+    """{name: (its folder, its outcome)} of every command that reads the local Hub with the right token, run in
+    one interpreter (tests/cli_batch.py) with one cache, as one user's runs: the reading commands below and the
+    failure cases of that token and endpoint (HUB_FAILURES)."""
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=hub.endpoint, token=TOKEN).create_branch(DATA, repo_type="dataset", branch="v1", revision=hub.old_commit,
+                                                             exist_ok=True)
+    root = tmp_path_factory.mktemp("hub-reads")
+    commands = {
+        "train": lambda t: ("train", "sft", "--data", DATA, "--config", "csqa-full", "--student", STUDENT, "--out", t / "sft",
+                            "--epochs", "1", "--interval", "1", "--batch-size", "4", "--eval-limit", "2", "--no-progress"),
+        "eval": lambda t: ("eval", "--student", STUDENT, "--data", DATA, "--revision", "main", "--config", "csqa-full",
+                           "--out", t / "results", "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8"),
+        **{f"infer-{revision}": (lambda revision: lambda t: (
+            "infer", "--student", STUDENT, "--data", DATA,
+            *(["--revision", hub.old_commit if revision == "old" else revision] if revision else []),
+            "--config", "csqa-full", "--out", t / "t.jsonl"))(revision) for revision, _ in INFER_REVISIONS},
+        "private": lambda t: _infer(t, PRIVATE),
+        "local-revision": lambda t: _infer(t, local["data"], local["student"], "--revision", "v1"),
+        **{case_id: case[0] for case_id, case in zip(HUB_FAILURE_IDS, HUB_FAILURES) if case[2] == TOKEN and case[3] is None},
+    }
+    folders = {name: root / name for name in commands}
+    for folder in folders.values():
+        folder.mkdir()
+    done = run_many([command(folders[name]) for name, command in commands.items()], env=environment(hub.endpoint, root / "hf"),
+                    cwd=root)
+    return {"home": root / "hf", **{name: (folders[name], result) for name, result in zip(commands, done)}}
+
+
+def test_train_sft_reads_the_hub_and_names_the_commit(hub, hub_reads):
     commit = hub.repo(DATA).commits[-1]
-    run = tmp_path / "sft"
-    done = tinythinker("train", "sft", "--data", DATA, "--config", "csqa-full", "--student", STUDENT, "--out", run,
-                       "--epochs", "1", "--interval", "1", "--batch-size", "4", "--eval-limit", "2", "--no-progress",
-                       endpoint=hub.endpoint, home=tmp_path / "hf")
+    folder, done = hub_reads["train"]
+    run = folder / "sft"
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"of {DATA} at commit {commit}" in done.stderr
     settings = json.loads((run / "run.json").read_text())
@@ -190,53 +222,38 @@ def test_train_sft_reads_the_hub_and_names_the_commit(hub, tmp_path):
     assert f"data_revision: {commit}" in card and f"at commit [`{commit}`]" in card and f"--revision {commit}" in card
 
 
-def test_eval_reads_the_hub_and_the_results_name_the_commits(hub, tmp_path):
+def test_eval_reads_the_hub_and_the_results_name_the_commits(hub, hub_reads):
     commit, student_commit = hub.repo(DATA).commits[-1], hub.repo(STUDENT, "model").commits[-1]
-    results = tmp_path / "results"
-    done = tinythinker("eval", "--student", STUDENT, "--data", DATA, "--revision", "main", "--config", "csqa-full",
-                       "--out", results, "--limit", "2", "--device", "cpu", "--model_args", "max_new_tokens=8",
-                       endpoint=hub.endpoint, home=tmp_path / "hf", cwd=tmp_path)
+    folder, done = hub_reads["eval"]
     assert done.returncode == 0, done.stderr[-3000:]
-    [path] = results.rglob("results_*.json")
+    [path] = (folder / "results").rglob("results_*.json")
     report = json.loads(path.read_text())
     assert set(report["results"]) == {"tinythinker_csqa", "tinythinker_csqa_analyze_oracle", "tinythinker_csqa_summarize_oracle"}
     assert {task: config["metadata"].get("data_revision") for task, config in report["configs"].items()} == dict.fromkeys(report["results"], commit)
     assert report["config"]["model_args"]["revision"] == student_commit == report["config"]["tinythinker_student_revision"]
 
 
-def test_infer_pins_a_branch_tag_or_commit(hub, tmp_path):
-    from huggingface_hub import HfApi
-
-    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
-    api.create_branch(DATA, repo_type="dataset", branch="v1", revision=hub.old_commit, exist_ok=True)
-    cases = [("v1", 2), (hub.old_commit, 2), (None, 4)]
-    runs = run_many([("infer", "--student", STUDENT, "--data", DATA, *(["--revision", revision] if revision else []),
-                      "--config", "csqa-full", "--out", tmp_path / f"{revision}.jsonl") for revision, _ in cases],
-                    env=environment(hub.endpoint, tmp_path / "hf"), cwd=REPO)  # one cache, as one user's runs
-    for (revision, questions), done in zip(cases, runs):
-        out = tmp_path / f"{revision}.jsonl"
+def test_infer_pins_a_branch_tag_or_commit(hub, hub_reads):
+    for revision, questions in INFER_REVISIONS:
+        folder, done = hub_reads[f"infer-{revision}"]
         assert done.returncode == 0, done.stderr[-3000:]
-        summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+        summary = json.loads((folder / "t.summary.json").read_text())
         expected = hub.old_commit if revision else hub.repo(DATA).commits[-1]
         assert (summary["data_revision"], summary["questions"]) == (expected, questions)
         assert summary["student_revision"] == hub.repo(STUDENT, "model").commits[-1]
 
 
-def test_offline_a_revision_resolves_to_the_commit_the_cache_saw(hub, tmp_path):
-    home = tmp_path / "hf"
-    online = tinythinker(*_infer(tmp_path, DATA, STUDENT, "--limit", "1"), endpoint=hub.endpoint, home=home)
-    assert online.returncode == 0, online.stderr[-3000:]
-    out = tmp_path / "offline.jsonl"
-    offline = tinythinker("infer", "--student", STUDENT, "--data", DATA, "--config", "csqa-full", "--limit", "1", "--out", out,
-                          endpoint=hub.endpoint, home=home, HF_HUB_OFFLINE="1")
+def test_offline_a_revision_resolves_to_the_commit_the_cache_saw(hub, hub_reads, tmp_path):
+    """With HF_HUB_OFFLINE=1 and the cache of the runs above, main resolves to the commit that cache saw; an id
+    the cache never saw is one line."""
+    offline, never = run_many([_infer(tmp_path / "offline", DATA, STUDENT, "--limit", "1"), _infer(tmp_path / "never", "org/never-read")],
+                              env={**environment(hub.endpoint, hub_reads["home"]), "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
     assert offline.returncode == 0, offline.stderr[-3000:]
-    summary = json.loads(out.with_name("offline.summary.json").read_text())
+    summary = json.loads((tmp_path / "offline" / "t.summary.json").read_text())
     assert summary["data_revision"] == hub.repo(DATA).commits[-1]
     assert summary["student_revision"] == hub.repo(STUDENT, "model").commits[-1]
-
-    empty = tinythinker(*_infer(tmp_path / "empty", DATA), endpoint=hub.endpoint, home=tmp_path / "empty", HF_HUB_OFFLINE="1")
-    assert one_error_line(empty).startswith(f"Error: {DATA}: no local folder of that name, and no Hub dataset repo of that id in the local cache "
-                                         "(HF_HUB_OFFLINE=1 keeps the Hub out of reach)")
+    assert one_error_line(never).startswith("Error: org/never-read: no local folder of that name, and no Hub dataset repo of that "
+                                            "id in the local cache (HF_HUB_OFFLINE=1 keeps the Hub out of reach)")
 
 
 # --- bad input: one line naming the repo and the fix, never a traceback, never the token ------------------
@@ -299,15 +316,17 @@ HUB_FAILURE_IDS = ["missing-infer", "missing-train", "missing-eval", "revision-i
 
 
 @pytest.fixture(scope="module")
-def hub_failures(hub, tmp_path_factory) -> dict:
+def hub_failures(hub, hub_reads, tmp_path_factory) -> dict:
     """{case id: (its folder, its outcome)}: the cases that share an endpoint and a token run in one
-    interpreter (tests/cli_batch.py), each in a folder of its own."""
+    interpreter (tests/cli_batch.py), each in a folder of its own; those of the right token and the local
+    Hub ran with the reading commands (hub_reads)."""
     root = tmp_path_factory.mktemp("hub-failures")
     groups: dict[tuple, list[str]] = {}
     for case_id, (_, _, token, endpoint, _) in zip(HUB_FAILURE_IDS, HUB_FAILURES):
-        groups.setdefault((token, endpoint or hub.endpoint), []).append(case_id)
+        if case_id not in hub_reads:
+            groups.setdefault((token, endpoint or hub.endpoint), []).append(case_id)
     command = {case_id: case[0] for case_id, case in zip(HUB_FAILURE_IDS, HUB_FAILURES)}
-    outcomes = {}
+    outcomes = {case_id: hub_reads[case_id] for case_id in HUB_FAILURE_IDS if case_id in hub_reads}
     for index, ((token, endpoint), case_ids) in enumerate(groups.items()):
         folders = [root / case_id for case_id in case_ids]
         for folder in folders:
@@ -329,17 +348,16 @@ def test_hub_failures_are_one_line(hub, hub_failures, request, command, repo, to
         assert token not in done.stderr
 
 
-def test_private_repo_reads_with_the_token(hub, tmp_path):
-    done = tinythinker(*_infer(tmp_path, PRIVATE), endpoint=hub.endpoint, home=tmp_path / "hf")
+def test_private_repo_reads_with_the_token(hub_reads):
+    _, done = hub_reads["private"]
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on 2 questions" in done.stdout
 
 
-def test_revision_of_a_local_folder_is_refused(hub, local, tmp_path):
-    done = tinythinker(*_infer(tmp_path, local["data"], local["student"], "--revision", "v1"), endpoint=hub.endpoint,
-                       home=tmp_path / "hf")
-    assert one_error_line(done) == (f"Error: --revision v1 names a Hub commit, but {local['data']} is a local folder; "
-                                    "leave --revision out or pass a Hub id (ORG/NAME)")
+def test_revision_of_a_local_folder_is_refused(local, hub_reads):
+    assert one_error_line(hub_reads["local-revision"][1]) == (
+        f"Error: --revision v1 names a Hub commit, but {local['data']} is a local folder; leave --revision out or pass a Hub id "
+        "(ORG/NAME)")
 
 
 def test_eval_pins_data_and_student_commits(tmp_path):

@@ -32,7 +32,7 @@ from tinythinker.data.world import write_world
 
 pytestmark = pytest.mark.slow
 
-SFT = dict(schedule="mixed", lr=3e-3, batch_size=32, interval=20, epochs=4, eval_limit=0, seed=42)
+SFT = dict(schedule="mixed", lr=3e-3, batch_size=32, interval=20, epochs=3, eval_limit=0, seed=42)  # 96% at 3 epochs, 25% at 2
 TEST_QUESTIONS = 150
 PIPELINE_AT_LEAST = 0.7  # chance 0.2
 SUMMARIZE_ORACLE_AT_LEAST = 0.9
