@@ -87,8 +87,11 @@ def test_rule3_period_appended_unless_ending_in_period_or_quote(general, expecte
     assert parse_teacher_sample(sample(general=general), 3).general == expected
 
 
-def test_empty_general_knowledge_is_rejected():
-    assert parse_teacher_sample(sample(general=""), 3).reason == protocol.REJECT_EMPTY_KNOWLEDGE
+def test_rule3_empty_key_information_is_kept_with_recall_a_period():
+    # the reference appends "." to whatever follows `Key Information:`, the empty text too
+    for text in (sample(general=""), sample(general="   ")):
+        parsed = parse_teacher_sample(text, 3)
+        assert isinstance(parsed, ParsedSample) and parsed.general == "." and parsed.answer == "A"
 
 
 def test_rule4_only_n_lines_after_the_first_are_looked_at():

@@ -260,10 +260,8 @@ def parse_teacher_sample(text: str, n_options: int, finish_reason: str | None = 
     lines = normalise_teacher_text(text or "")
     if not lines or "Key Information:" not in lines[0]:
         return Rejected(REJECT_NO_KEY_INFORMATION)
-    general = lines[0].split("Key Information:", 1)[1].strip()
-    if not general:  # checked before the period is added (ensure_period("") is ".")
-        return Rejected(REJECT_EMPTY_KNOWLEDGE, "general knowledge")
-    general = ensure_period(general)
+    # an empty Key Information is kept, its recall "." (REFERENCE 4.3: the reference appends "." to any text)
+    general = ensure_period(lines[0].split("Key Information:", 1)[1])
 
     explanations: list[tuple[str, str]] = []
     answer = None
