@@ -157,7 +157,7 @@ def test_next_round_request_file(tmp_path):
     assert line["body"]["messages"][1]["content"].startswith("Question q?\nOptions: A. w, B. x, C. y, D. z")
     path = write_request_file(tmp_path / "next.jsonl", lines)
     assert [json.loads(x) for x in path.read_text().splitlines()] == lines
-    assert next_round_requests(selection, qs, model="other", round_index=5)[0]["body"]["model"] == "other"
+    assert next_round_requests(selection, qs, model="other")[0]["body"]["model"] == "other"
 
 
 def test_same_inputs_same_selection():

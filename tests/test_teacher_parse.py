@@ -10,7 +10,7 @@ import pytest
 
 from tinythinker.errors import TinyThinkerError
 from tinythinker.data.sources import Question, QuestionSet
-from tinythinker.data.teacher.requests import build_request, match_key, question_match_key, user_message
+from tinythinker.data.teacher.requests import build_request, exemplars, instruction, match_key, question_match_key, render_exemplar, user_message
 from tinythinker.data.teacher.responses import read_responses
 
 QUESTIONS = [
@@ -51,6 +51,21 @@ def test_reference_pairs_are_matched_by_text(tmp_path):
     assert responses.matched_by_text == 1
     assert responses.teacher_model() == "gpt-4o-2024-05-13"
     assert responses.temperatures == {0.8: 1} and responses.n == {8: 1}
+
+
+@pytest.mark.parametrize("dataset,k", [("csqa", 8), ("obqa", 7), ("strategyqa", 8)])
+def test_every_request_of_a_data_set_carries_one_system_message(dataset, k):
+    """REFERENCE 3: the reference drew its k exemplars once per data set; every request (and round) shares them."""
+    questions = [Question(f"q{i}", f"Question {i}?", ("yes", "no"), "A") for i in range(20)]
+    systems = {build_request(q, dataset=dataset, model="m", seed=7, n=n, max_tokens=t)["body"]["messages"][0]["content"]
+               for q in questions for n, t in ((None, 256), (3, 512))}
+    assert len(systems) == 1
+    system = systems.pop()
+    rendered = [render_exemplar(e) for e in exemplars(dataset)]
+    assert system.startswith(instruction()) and sum(r.strip() in system for r in rendered) == k
+    # the seed picks the draw (recorded in the card), still one for the whole data set
+    other = {build_request(q, dataset=dataset, model="m", seed=8)["body"]["messages"][0]["content"] for q in questions}
+    assert len(other) == 1 and other != {system}
 
 
 def test_text_match_ignores_whitespace_of_unstripped_raw_text():

@@ -1,7 +1,8 @@
 """Teacher requests exactly as REFERENCE section 3, as OpenAI Batch API input lines.
 
 One request per training question: the instruction plus k seeded few-shot exemplars as the system
-message, the question with a gold-label hint as the user message. A request is a dict shaped like a
+message (one system message per data set and seed, the same for every request and round, as the
+reference drew its exemplars once), the question with a gold-label hint as the user message. A request is a dict shaped like a
 Batch API input line (``custom_id`` = question id), so the same object is what the async client
 sends, what ``--batch-api`` writes, and what ``build`` writes for "needs another round".
 """
@@ -14,7 +15,7 @@ import random
 from functools import lru_cache
 from importlib import resources
 
-from tinythinker.data.sources import DatasetSpec, Question, get_spec
+from tinythinker.data.sources import Question, get_spec
 
 TEMPERATURE = 0.8
 MAX_TOKENS = 256
@@ -48,9 +49,11 @@ def render_exemplar(example: dict) -> str:
     )
 
 
-def system_message(spec: DatasetSpec, rng: random.Random) -> str:
-    pool = exemplars(spec.name)
-    chosen = rng.sample(pool, min(spec.exemplars, len(pool)))
+@lru_cache(maxsize=None)
+def system_message(dataset: str, seed: int) -> str:
+    """The data set's one system message: k exemplars drawn once with ``seed`` (REFERENCE 3)."""
+    spec, pool = get_spec(dataset), exemplars(dataset)
+    chosen = random.Random(f"{seed}:{dataset}:exemplars").sample(pool, min(spec.exemplars, len(pool)))
     return (instruction() + "".join(render_exemplar(e) for e in chosen)).strip()
 
 
@@ -78,29 +81,22 @@ def question_match_key(question: Question) -> str:
     return match_key(user_message(question))
 
 
-def request_rng(seed: int, question_id: str, round_index: int) -> random.Random:
-    """One generator per (seed, question, round): requests do not depend on order or on resuming."""
-    return random.Random(f"{seed}:{question_id}:{round_index}")
-
-
 def build_request(
     question: Question,
     *,
     dataset: str,
     model: str,
     seed: int = 42,
-    round_index: int = 1,
     n: int | None = None,
     max_tokens: int = MAX_TOKENS,
     temperature: float = TEMPERATURE,
 ) -> dict:
     """A Batch-API-shaped request line for one question (``n`` defaults to the data set's samples)."""
     spec = get_spec(dataset)
-    rng = request_rng(seed, question.id, round_index)
     body = {
         "model": model,
         "messages": [
-            {"role": "system", "content": system_message(spec, rng)},
+            {"role": "system", "content": system_message(dataset, seed)},
             {"role": "user", "content": user_message(question)},
         ],
         "temperature": temperature,

@@ -271,13 +271,12 @@ def next_round_requests(
     *,
     model: str | None = None,
     seed: int | None = None,
-    round_index: int | None = None,
 ) -> list[dict]:
     """Batch-API request lines (``teacher/requests.build_request``) for every question that needs
     another round: ``n`` = the missing count, ``max_tokens`` as :func:`select_rationales` decided.
 
     ``model`` defaults to the teacher model of the responses, ``seed`` to the selection's seed (the
-    one the requests were built with), ``round_index`` to the round after the last file read."""
+    one the requests were built with)."""
     model = model or selection.teacher_model
     if selection.needs_round and not model:
         raise TinyThinkerError("the responses name no teacher model; pass the model for the next round's requests")
@@ -288,7 +287,6 @@ def next_round_requests(
             dataset=selection.dataset,
             model=model,
             seed=selection.seed if seed is None else seed,
-            round_index=selection.next_round if round_index is None else round_index,
             n=need.missing,
             max_tokens=need.max_tokens,
         )

@@ -132,7 +132,7 @@ def asked_questions(options: TeachOptions) -> QuestionSet:
 
 def first_round_requests(questions: QuestionSet, options: TeachOptions) -> list[dict]:
     return [
-        build_request(q, dataset=options.dataset, model=options.model, seed=options.seed, round_index=1)
+        build_request(q, dataset=options.dataset, model=options.model, seed=options.seed)
         for q in questions.all()
     ]
 
@@ -148,7 +148,7 @@ def later_round_requests(questions: QuestionSet, options: TeachOptions, done_rou
             return []
         responses = read_responses([path], questions)  # reads each line's round and max_tokens
     selection = select_rationales(questions, responses, seed=options.seed)
-    return next_round_requests(selection, questions, model=options.model, seed=options.seed, round_index=round_index)
+    return next_round_requests(selection, questions, model=options.model, seed=options.seed)
 
 
 @contextlib.contextmanager
