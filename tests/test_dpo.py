@@ -178,27 +178,39 @@ def test_reference_logprobs_are_cached_by_model_and_data_fingerprint(checkpoints
     hook.remove()
 
 
-def test_dpo_schedule_alternates_whole_passes_of_recall_and_analyze_pairs():
+def test_dpo_step_count_and_validation_cadence_are_the_references():
+    """REFERENCE code (dpo.py): R = r//B + 1, A = (a//r + 1) x R, max_steps = 10 x (R + A), eval every R + A."""
+    from tinythinker.train.dpo import dpo_schedule, dpo_steps
+
+    assert dpo_steps({"recall": 1000, "analyze": 3500}, 32) == {"recall": 32, "analyze": 128}
+    plan = dpo_schedule({"recall": 1000, "analyze": 3500}, batch_size=32, cycles=10, seed=1)
+    assert plan.total_steps == 1600 and plan.eval_every == 160 and plan.cycles == 10
+    assert plan.steps_per_epoch == 32 + 110  # each block ends when its pairs run out
+    assert dpo_steps({"recall": 64, "analyze": 64}, 32) == {"recall": 3, "analyze": 6}  # r % B == 0: one more step
+    assert dpo_steps({"recall": 0, "analyze": 3500}, 32) == {"analyze": 110}  # one stage alone: a // B + 1
+    assert dpo_steps({"recall": 1000, "analyze": 0}, 32) == {"recall": 32}
+
+
+def test_dpo_schedule_alternates_passes_of_recall_and_analyze_pairs_and_validates_every_r_plus_a():
     from tinythinker.train.dpo import dpo_schedule
 
+    # R = 10//4 + 1 = 3, A = (45//10 + 1) x 3 = 15; an epoch is 3 recall + 12 analyze batches
     plan = dpo_schedule({"recall": 10, "analyze": 45}, batch_size=4, cycles=3, seed=1)
     steps = list(plan.steps())
-    # per cycle: every recall pair once (3 batches), then every analyze pair once (12 batches)
-    assert len(steps) == plan.total_steps == 3 * (3 + 12)
-    for cycle in range(3):
-        in_cycle = [s for s in steps if s.cycle == cycle]
-        assert [s.stage for s in in_cycle] == ["recall"] * 3 + ["analyze"] * 12
+    assert len(steps) == plan.total_steps == 3 * (3 + 15)
+    epoch = ["recall"] * 3 + ["analyze"] * 12
+    assert [s.stage for s in steps] == (epoch * 4)[:54]
+    assert [s.index + 1 for s in steps if s.cycle_end] == [18, 36, 54]  # mid-epoch, as the reference's eval_steps
+    for e in range(3):  # every whole epoch shows every pair once
         for stage, size in (("recall", 10), ("analyze", 45)):
-            rows = sorted(int(r) for s in in_cycle if s.stage == stage for r in s.rows)
-            assert rows == list(range(size))
-        assert [s.cycle_end for s in in_cycle].count(True) == 1 and in_cycle[-1].cycle_end
-    orders = [[int(r) for s in steps if s.cycle == c and s.stage == "recall" for r in s.rows] for c in range(3)]
-    assert orders[0] != orders[1]  # reshuffled every cycle
+            assert sorted(int(r) for s in steps if s.epoch == e and s.stage == stage for r in s.rows) == list(range(size))
+    orders = [[int(r) for s in steps if s.epoch == e and s.stage == "recall" for r in s.rows] for e in range(2)]
+    assert orders[0] != orders[1]  # reshuffled every epoch
     assert [s.rows.tolist() for s in dpo_schedule({"recall": 10, "analyze": 45}, batch_size=4, cycles=3, seed=1).steps()] == \
         [s.rows.tolist() for s in steps]  # seeded
-    # a stage without pairs is left out; the other keeps one pass per cycle
+    # a stage without pairs is left out; the other trains alone: 9//4 + 1 = 3 steps per cycle
     only = dpo_schedule({"recall": 0, "analyze": 9}, batch_size=4, cycles=2, seed=1)
-    assert [s.stage for s in only.steps()] == ["analyze"] * 6 and only.cycles_per_epoch == 1
+    assert [s.stage for s in only.steps()] == ["analyze"] * 6 and only.eval_every == 3
     with pytest.raises(ValueError):
         dpo_schedule({"recall": 0, "analyze": 0}, batch_size=4, cycles=2, seed=1)
 
@@ -211,11 +223,12 @@ def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind,
     reference = Student.load(reference_path, device="cpu")
     pairs = {"recall": [PAIRS[0], PAIRS[2]], "analyze": [PAIRS[1]]}
     ref = {stage: reference_logprobs(reference, rows, cache_dir=tmp_path / "cache") for stage, rows in pairs.items()}
-    settings = DPOSettings(lr=5e-3, batch_size=2, cycles=4, nll_weight=0.1, warmup_ratio=0.0)
+    settings = DPOSettings(lr=5e-3, batch_size=2, cycles=2, nll_weight=0.1, warmup_ratio=0.0)
     run = DPORun(reference_path, pairs, ref, settings, tmp_path / "run", progress=False, log_every=1)
     run.setup()
     result = run.train()
-    assert result.steps == result.total_steps == 4 * (1 + 1) and result.best_accuracy is None  # no validation items
+    # R = 2//2 + 1 = 2, A = (1//2 + 1) x 2 = 2: 2 cycles of 4 steps; an epoch is 1 recall + 1 analyze batch
+    assert result.steps == result.total_steps == 2 * (2 + 2) and result.best_accuracy is None  # no validation items
     trained = [r for r in result.records if r["kind"] == "train"]
     assert [r["stage"] for r in trained] == ["recall", "analyze"] * 4
     assert trained[-1]["reward_margin"] > trained[0]["reward_margin"]
@@ -270,11 +283,12 @@ def test_a_mid_cycle_resume_under_two_processes_logs_what_an_uninterrupted_run_l
     reference_path, policy_path = checkpoints["seq2seq"]  # starting off the reference: rewards far from 0 (no ties) from step 1
     reference = Student.load(reference_path, device="cpu")
     # batches of 3 over 2 processes: process 0 trains 2 pairs of each, process 1 one, so figures carried
-    # over from the wrong process show; per cycle 2 recall steps, then 4 analyze steps
+    # over from the wrong process show; per epoch 2 recall steps, then 4 analyze steps; one cycle of
+    # R + A = 3 + 9 = 12 steps (two epochs)
     pairs = {stage: [{**PAIRS[i % 3], "chosen": f"{PAIRS[i % 3]['chosen']} {i}"} for i in range(n)]
              for stage, n in (("recall", 6), ("analyze", 12))}
     ref = {stage: reference_logprobs(reference, rows, cache_dir=tmp_path / "cache") for stage, rows in pairs.items()}
-    settings = dict(lr=5e-3, batch_size=3, cycles=2, nll_weight=0.1)
+    settings = dict(lr=5e-3, batch_size=3, cycles=1, nll_weight=0.1)
     whole = DPORun(policy_path, pairs, ref, DPOSettings(**settings), tmp_path / "one", progress=False)
     whole.setup()
     whole.train()

@@ -45,7 +45,7 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=LoopOptions.micro_batch_size,
               help="Pairs per forward pass on one process (gradient accumulation; saves memory, same result).")
 @click.option("--cycles", type=click.IntRange(min=1), default=ReflectSettings.cycles, show_default=True,
-              help="Cycles per iteration (one pass over the recall pairs, then the analyze pairs); validation after each.")
+              help="Cycles per iteration, each R + A steps as the reference (docs/reflection.md); validation after each.")
 @click.option("--max-length", type=click.IntRange(min=1), default=ReflectSettings.max_length, show_default=True, help="Token cap of prompts and responses.")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=ReflectSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep each iteration's final model).")

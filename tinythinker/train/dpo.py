@@ -21,15 +21,14 @@ fingerprints: a rerun (a resumed iteration) reads them back instead of recomputi
 
 :class:`DPORun` trains one self-reflection iteration on the one training loop
 (:mod:`tinythinker.train.loop`): recall-pair and analyze-pair blocks alternate on the SFT trainer's
-schedule (:func:`dpo_schedule`), validation of the whole pipeline after every cycle keeps the best
-checkpoint, and ``last/`` resumes exactly.
+schedule with the reference's step count (:func:`dpo_schedule`), validation of the whole pipeline
+every cycle keeps the best checkpoint, and ``last/`` resumes exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -184,20 +183,36 @@ def reference_logprobs(
 
 # --- the DPO training loop -----------------------------------------------------------------------
 
-def dpo_schedule(sizes: Mapping[str, int], *, batch_size: int, cycles: int, seed: int) -> StageSchedule:
-    """Recall-pair and analyze-pair blocks alternating as in SFT (:class:`sft.StageSchedule`).
-
-    One cycle is one pass over the recall pairs, then one pass over the analyze pairs: the
-    reference's DPO blocks (recall ``len // batch + 1`` batches, analyze about ``len(analyze) /
-    len(recall)`` times as many) rounded to whole passes. ``cycles`` cycles, each stage reshuffled
-    per cycle by its own seeded generator; validation follows every cycle. Stages without pairs are
-    left out."""
+def dpo_steps(sizes: Mapping[str, int], batch_size: int) -> dict[str, int]:
+    """The reference's DPO block lengths in steps (its ``recall_interval`` / ``analyze_interval``):
+    recall ``R = r // B + 1``; analyze ``A = (a // r + 1) x R`` (``a // B + 1`` when it trains alone),
+    with ``r``, ``a`` the numbers of recall and analyze pairs and ``B`` the batch size. Each is at least
+    one pass over its pairs, so a block ends when its pairs are used up."""
     sizes = {stage: n for stage, n in sizes.items() if n}
     if not sizes:
         raise ValueError("no preference pairs to train on")
-    batches = [math.ceil(n / batch_size) for n in sizes.values()]
-    ratio = max(math.ceil(b / batches[0]) for b in batches)
-    return StageSchedule(sizes, n_options=ratio, interval=batches[0], batch_size=batch_size, epochs=cycles, seed=seed)
+    first = next(iter(sizes.values()))
+    recall = first // batch_size + 1
+    return {stage: recall if i == 0 else (n // first + 1) * recall for i, (stage, n) in enumerate(sizes.items())}
+
+
+def dpo_schedule(sizes: Mapping[str, int], *, batch_size: int, cycles: int, seed: int) -> StageSchedule:
+    """The reference's DPO schedule: ``cycles x (R + A)`` steps (:func:`dpo_steps`), validation every
+    ``R + A`` steps. Blocks alternate as in SFT (:class:`sft.StageSchedule`): each epoch is a pass over
+    the recall pairs, then a pass over the analyze pairs (a block of R or A steps ends early when its
+    pairs run out, as the reference's iterators did), each stage reshuffled per epoch by its own seeded
+    generator. R + A is a little longer than an epoch, so validation falls inside epochs, and the steps
+    run on past the last whole epoch. Stages without pairs are left out.
+
+    E.g. r = 1,000, a = 3,500, B = 32: R = 32, A = 128, 1,600 steps, validation every 160 (an epoch is
+    32 + 110 = 142 steps)."""
+    sizes = {stage: n for stage, n in sizes.items() if n}
+    blocks = dpo_steps(sizes, batch_size)
+    first = next(iter(blocks.values()))
+    ratio = max(n // first for n in blocks.values())  # the analyze block is a whole multiple of the recall block
+    every = sum(blocks.values())
+    return StageSchedule(sizes, n_options=ratio, interval=first, batch_size=batch_size, epochs=1, seed=seed,
+                         max_steps=cycles * every, eval_every=every)
 
 
 class DPORun(TrainLoop):

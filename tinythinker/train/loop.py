@@ -493,7 +493,7 @@ class TrainLoop:
         schedule = self.schedule
         if self.log_epochs:
             return f"{self.label} epoch {step.epoch + 1}/{schedule.epochs} cycle {step.cycle + 1} {step.stage}"
-        return f"{self.label} cycle {step.cycle + 1}/{schedule.epochs * schedule.cycles_per_epoch} {step.stage}"
+        return f"{self.label} cycle {step.cycle + 1}/{schedule.cycles} {step.stage}"
 
     def train(self) -> TrainResult:
         c, acc, total = self.counters, self.accelerator, self.schedule.total_steps

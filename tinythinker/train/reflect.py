@@ -371,7 +371,7 @@ class Reflection:
             body = render_card("reflection_model.md.j2", iteration=k, start=start, settings=asdict(s), data_commit=self.data_commit,
                                pairs={stage: len(p.rows) for stage, p in sets.items()},
                                preference_config=config_name(self.data.dataset, k), steps_done=c.step,
-                               total_steps=run.schedule.total_steps, cycle=" · ".join(f"{stage} {n:,}" for stage, n in run.schedule.batches.items()) + " pair batches per cycle",
+                               total_steps=run.schedule.total_steps, cycle=" + ".join(f"{stage} {n:,}" for stage, n in run.schedule.lengths.items()) + " steps per cycle",
                                best=c.best, curve=c.curve, eval_questions=len(run.items), hyperparameters=hyperparameters,
                                version=__version__)
             write_card(folder, front, body)

@@ -66,7 +66,7 @@ class DPOSettings:
     nll_weight: float = 0.5
     lr: float = 5e-6
     batch_size: int = 32
-    cycles: int = 10  # validation points per iteration (the reference ran 10 cycles and kept the best)
+    cycles: int = 10  # validation points per iteration, each R + A steps (the reference's max_steps = 10 x (R + A))
     max_length: int = REFERENCE_MAX_LENGTH
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0

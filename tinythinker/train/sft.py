@@ -118,6 +118,11 @@ class StageSchedule:
     def __len__(self) -> int:
         return self.total_steps
 
+    @property
+    def cycles(self) -> int:
+        """Cycles in the whole run (each ends in a validation)."""
+        return math.ceil(self.total_steps / self.eval_every) if self.eval_every else self.epochs * self.cycles_per_epoch
+
     def _epoch_blocks(self) -> list[Block]:
         """The same for every epoch: it depends on the number of batches per stage only."""
         done = dict.fromkeys(self.pools, 0)
