@@ -161,10 +161,9 @@ def test_run_survives_sigkill_and_skips_finished_steps(tmp_path, world):
                                  start_new_session=True)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and first.poll() is None:
-            if state.exists() and "student" in json.loads(state.read_text())["finished"]:
-                time.sleep(3)  # inside the SFT step
-                break
-            time.sleep(0.5)
+            if state.exists() and "student" in json.loads(state.read_text())["finished"] and (run_dir / "sft-full" / "run.json").exists():
+                break  # inside the SFT step: it has written its settings
+            time.sleep(0.2)
         assert first.poll() is None, first.stderr.read()
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

@@ -4,6 +4,7 @@ set (the zoo of tests/helpers_sft.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 from tinythinker.protocol import VARIANT_STAGES
 from tinythinker.train.loop import read_last
 
-from helpers_sft import cli, make_student, read_metrics, train, weights, write_stage_data
+from cli_batch import run_many
+from helpers_sft import REPO, make_student, read_metrics, train, weights, write_stage_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,18 +162,22 @@ def test_a_run_folder_with_other_settings_is_refused(zoo, trained, tmp_path):
 
 # --- the command line ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
+USER_ERRORS = [
     (["--config", "zoo-nothing"], "does not end in a variant"),
     (["--config", "zoo-nothing", "--variant", "full"], "no config 'zoo-nothing'; choose one of zoo-full, zoo-no_analyze"),
     (["--config", "zoo-full", "--variant", "no_recall"], "holds the full variant's records, not no_recall's"),
-])
-def test_user_errors_end_in_one_line(zoo, tmp_path, args, message):
+]
+
+
+def test_user_errors_end_in_one_line(zoo, tmp_path):
     data, student = zoo
-    done = cli("train", "sft", "--data", data, "--student", student, "--out", tmp_path / "run", "--no-progress", *args)
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], done.stderr
-    assert not (tmp_path / "run").exists()  # a failed start leaves no run.json to refuse the corrected rerun
+    commands = [["train", "sft", "--data", data, "--student", student, "--out", tmp_path / f"run{i}", "--no-progress", *args]
+                for i, (args, _) in enumerate(USER_ERRORS)]
+    for i, ((_, message), done) in enumerate(zip(USER_ERRORS, run_many(commands, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO))):
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], done.stderr
+        assert not (tmp_path / f"run{i}").exists()  # a failed start leaves no run.json to refuse the corrected rerun
 
 
 # --- interruption and resume (real processes: helpers_sft.interrupted_sft) ------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers_sft import cli, read_metrics, sft_args, tensorboard_scalars, write_stage_data
+from cli_batch import run_many
+from helpers_sft import REPO, cli, read_metrics, sft_args, tensorboard_scalars, write_stage_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -44,29 +45,26 @@ def test_tensorboard_gets_the_metrics_lines_and_a_resumed_run_logs_each_step_onc
     assert hyperparameters and "lr: 0.003" in hyperparameters[-1].read_text()
 
 
-@pytest.mark.parametrize("command", ["train", "reflect", "run"])
-def test_a_missing_tracker_package_is_one_line_before_anything_runs(command, tmp_path):
+def test_a_missing_tracker_package_is_one_line_before_anything_runs(tmp_path):
     try:
         __import__("trackio")
         pytest.skip("trackio is installed here")
     except ImportError:
         pass
     data = write_stage_data(tmp_path / "data")
-    out = tmp_path / "out"
-    if command == "train":
-        args = sft_args(data, tmp_path / "student", out, "--report-to", "trackio")
-    elif command == "reflect":
-        args = ["reflect", "--student", tmp_path / "student", "--data", data, "--config", "zoo-full", "--out", out,
-                "--report-to", "trackio", "--no-progress"]
-    else:
-        recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(f"dataset: csqa\nraw: world\nteacher:\n  responses: world\nstudent: tiny-seq2seq\nreport_to: trackio\n"
-                          f"run_dir: {out}\n")
-        args = ["run", recipe]
-    done = cli(*args)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == "Error: --report-to trackio needs the trackio package: pip install trackio"
-    assert not out.exists()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset: csqa\nraw: world\nteacher:\n  responses: world\nstudent: tiny-seq2seq\nreport_to: trackio\n"
+                      f"run_dir: {tmp_path / 'run'}\n")
+    commands = {  # in one interpreter (tests/cli_batch.py), each a real CLI call
+        "train": sft_args(data, tmp_path / "student", tmp_path / "train", "--report-to", "trackio"),
+        "reflect": ["reflect", "--student", tmp_path / "student", "--data", data, "--config", "zoo-full", "--out",
+                    tmp_path / "reflect", "--report-to", "trackio", "--no-progress"],
+        "run": ["run", recipe],
+    }
+    for command, done in zip(commands, run_many(list(commands.values()), env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)):
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.strip() == "Error: --report-to trackio needs the trackio package: pip install trackio", command
+        assert not (tmp_path / command).exists(), command
 
 
 # --- the curves in the report -----------------------------------------------------------------------
