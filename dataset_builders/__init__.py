@@ -4,16 +4,10 @@
 runs them for every variant and writes a folder laid out like a Hub dataset repo.
 """
 
-from tinythinker.data.builder import StageConfig, TinyThinkerBuilder
+from tinythinker.data.builder import BUILDERS, StageConfig, TinyThinkerBuilder
 
 from .csqa import CsqaBuilder
 from .obqa import ObqaBuilder
 from .strategyqa import StrategyqaBuilder
-
-BUILDERS: dict[str, type[TinyThinkerBuilder]] = {
-    "csqa": CsqaBuilder,
-    "obqa": ObqaBuilder,
-    "strategyqa": StrategyqaBuilder,
-}
 
 __all__ = ["BUILDERS", "CsqaBuilder", "ObqaBuilder", "StageConfig", "StrategyqaBuilder", "TinyThinkerBuilder"]

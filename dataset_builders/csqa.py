@@ -1,5 +1,5 @@
 """`datasets` builder for the TinyThinker stage records of CommonsenseQA (5 options)."""
 
-from tinythinker.data.builder import builder_class
+from tinythinker.data.builder import CsqaBuilder
 
-CsqaBuilder = builder_class("csqa")
+__all__ = ["CsqaBuilder"]

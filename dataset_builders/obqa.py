@@ -1,5 +1,5 @@
 """`datasets` builder for the TinyThinker stage records of OpenBookQA (4 options)."""
 
-from tinythinker.data.builder import builder_class
+from tinythinker.data.builder import ObqaBuilder
 
-ObqaBuilder = builder_class("obqa")
+__all__ = ["ObqaBuilder"]

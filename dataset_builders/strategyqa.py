@@ -1,5 +1,5 @@
 """`datasets` builder for the TinyThinker stage records of StrategyQA (yes / no)."""
 
-from tinythinker.data.builder import builder_class
+from tinythinker.data.builder import StrategyqaBuilder
 
-StrategyqaBuilder = builder_class("strategyqa")
+__all__ = ["StrategyqaBuilder"]
