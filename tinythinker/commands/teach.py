@@ -90,7 +90,8 @@ def ask(dataset, raw, revision, out, model, base_url, api_key_env, splits, limit
     from rich.markup import escape
 
     from tinythinker.data.teacher.client import Limits
-    from tinythinker.data.teacher.teach import LiveProgress, TeachOptions, batch_limits_warning, parse_splits, teach as run_teach
+    from tinythinker.commands.teach_display import LiveProgress
+    from tinythinker.data.teacher.teach import TeachOptions, batch_limits_warning, parse_splits, teach as run_teach
 
     base_url = base_url or _default_base_url()
     options = TeachOptions(
