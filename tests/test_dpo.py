@@ -215,6 +215,42 @@ def test_dpo_schedule_alternates_passes_of_recall_and_analyze_pairs_and_validate
         dpo_schedule({"recall": 0, "analyze": 0}, batch_size=4, cycles=2, seed=1)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_log_ratio_is_zero_at_step_0_though_reference_and_training_batches_differ(checkpoints, bf16, tmp_path):
+    """Reference log-probs come in batches of 64, training in shuffled batches of 32 (other padding): both
+    are scored in fp32 (also under --bf16, whose autocast would make them differ), so the ratio starts at 0."""
+    from tinythinker.train.dpo import DPORun, DPOSettings
+
+    reference_path, _ = checkpoints["seq2seq"]
+    reference = Student.load(reference_path, device="cpu", bf16=bf16)
+    words = "cold ice keeps water in a freezer and scissors cut paper".split()
+    pairs = [{"prompt": f"{PAIRS[i % 3]['prompt']} {i}", "chosen": " ".join(words[: 1 + i % 11]),
+              "rejected": " ".join(words[i % 5 :])} for i in range(80)]
+    ref = {"recall": reference_logprobs(reference, pairs, cache_dir=tmp_path / "cache", batch_size=64)}
+    ratios = []
+
+    class FirstStep(DPORun):
+        def loss(self, batch, totals):
+            if not ratios:
+                with torch.no_grad(), self.student.full_precision():
+                    chosen, rejected = pair_logprobs(self.student, batch[1], model=self.model)
+                ratios.append(torch.cat([chosen - batch[0][:, 0], rejected - batch[0][:, 1]]))
+            return super().loss(batch, totals)
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # accelerate keeps one precision per process: this test's own, then a fresh one
+    try:
+        run = FirstStep(reference_path, {"recall": pairs}, ref, DPOSettings(batch_size=32, cycles=1, bf16=bf16),
+                        tmp_path / "run", progress=False)
+        assert run.accelerator.mixed_precision == ("bf16" if bf16 else "no")
+        run.setup()
+        run._train_step(next(iter(run.schedule.steps())))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert len(ratios[0]) == 64 and ratios[0].abs().max() < 1e-6
+
+
 @pytest.mark.parametrize("kind", ["causal", "seq2seq"])
 def test_dpo_run_trains_either_kind_and_keeps_a_loadable_best(checkpoints, kind, tmp_path):
     from tinythinker.train.dpo import DPORun, DPOSettings

@@ -61,7 +61,7 @@ class Student:
     """A model and its tokenizer behind the few operations the recipe needs (train, score, generate).
 
     ``bf16`` turns on bfloat16 autocast for generation and scoring (CUDA, and CPUs where it is faster);
-    the weights keep their dtype."""
+    the weights keep their dtype. :meth:`full_precision` turns it off for a while."""
 
     def __init__(self, model, tokenizer, *, device=None, bf16: bool = False):
         self.model = model
@@ -256,6 +256,23 @@ class Student:
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """fp32 inside, whatever ``bf16`` and a bf16 ``accelerate`` preparation (which wraps the model's
+        forward in autocast) say: validation decodes as ``eval`` does, and DPO scores its reference and
+        its policy alike, so the log-ratio starts at 0."""
+        model, flag = self.model, self.bf16
+        patched = "forward" in vars(model) and hasattr(model, "_original_forward")
+        if patched:
+            wrapped, model.forward = model.forward, model._original_forward
+        self.bf16 = False
+        try:
+            yield self
+        finally:
+            self.bf16 = flag
+            if patched:
+                model.forward = wrapped
 
     def tokenize_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids of generation prompts, all tokenised in one call (no truncation)."""

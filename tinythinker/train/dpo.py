@@ -132,8 +132,9 @@ def data_fingerprint(pairs: Sequence[Mapping[str, str]], max_length: int) -> str
     return digest.hexdigest()
 
 
-def reference_cache_path(cache_dir: str | Path, model_fp: str, data_fp: str, bf16: bool) -> Path:
-    key = hashlib.sha256(f"{model_fp}|{data_fp}|bf16={bf16}".encode()).hexdigest()[:32]
+def reference_cache_path(cache_dir: str | Path, model_fp: str, data_fp: str) -> Path:
+    # always fp32 scores (Student.full_precision); "fp32" keeps the bf16-era files of older versions unread
+    key = hashlib.sha256(f"{model_fp}|{data_fp}|fp32".encode()).hexdigest()[:32]
     return Path(cache_dir) / f"ref-logps-{key}.pt"
 
 
@@ -151,7 +152,7 @@ def reference_logprobs(
     """[N, 2] (chosen, rejected) log-probabilities of ``pairs`` under ``student`` (the frozen
     reference), read from ``cache_dir`` when this model and these pairs were scored before."""
     model_fp = model_fp or model_fingerprint(student)
-    path = reference_cache_path(cache_dir, model_fp, data_fingerprint(pairs, max_length), student.bf16)
+    path = reference_cache_path(cache_dir, model_fp, data_fingerprint(pairs, max_length))
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
     out = torch.empty((len(pairs), 2), dtype=torch.float32)
@@ -159,7 +160,7 @@ def reference_logprobs(
     was_training = student.model.training
     student.model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), student.full_precision():  # as DPORun.loss scores the policy
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start : start + batch_size]
                 chosen, rejected = pair_logprobs(student, encode_pairs(student, chunk, max_length))
@@ -258,7 +259,10 @@ class DPORun(TrainLoop):
 
     def loss(self, batch, totals: tuple[int, int]):
         (ref, encoded), s = batch, self.settings
-        chosen, rejected = pair_logprobs(self.student, encoded, model=self.model)
+        # fp32 even under --bf16 (which speeds up sampling): scored in bf16, the policy's sums differ from the
+        # reference's by more than beta x ratio at step 0 (reference batches differ from training batches)
+        with self.student.full_precision():
+            chosen, rejected = pair_logprobs(self.student, encoded, model=self.model)
         loss, metrics = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta=s.beta, nll_weight=s.nll_weight,
                                  chosen_tokens=totals[0], pairs=totals[1])
         n = len(ref)

@@ -66,10 +66,11 @@ def make_accelerator(bf16: bool, report_to: str | None = None, out: Path | None 
 
 
 def validate(accelerator, student, items: Sequence, *, variant: str, batch_size: int, seed: int) -> dict:
-    """Greedy accuracy of the whole pipeline on ``items``, shared out between processes."""
+    """Greedy accuracy of the whole pipeline on ``items``, shared out between processes, in fp32 whatever
+    ``bf16``: the checkpoint is chosen by what ``eval`` (fp32) will measure."""
     from tinythinker.evaluate.engine import run_pipeline
 
-    with accelerator.split_between_processes(list(items)) as shard:
+    with accelerator.split_between_processes(list(items)) as shard, student.full_precision():
         traces = run_pipeline(student, list(shard), variant=variant, batch_size=batch_size, seed=seed,
                               progress=False) if shard else []
     counts = torch.tensor([sum(t.correct for t in traces), len(shard)], device=accelerator.device)

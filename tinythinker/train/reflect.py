@@ -357,7 +357,7 @@ class Reflection:
                 "beta": s.beta, "NLL weight (on chosen)": s.nll_weight, "learning rate": s.lr,
                 "batch size (all processes)": s.batch_size, "cycles": s.cycles, "max length": s.max_length,
                 "warm-up ratio": run.settings.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",
-                "max grad norm": run.settings.max_grad_norm, "precision": "bf16 autocast" if s.bf16 else "fp32",
+                "max grad norm": run.settings.max_grad_norm, "precision": "bf16 autocast sampling (DPO and validation fp32)" if s.bf16 else "fp32",
                 "samples per question / recall": s.samples, "sampling": f"temperature {s.temperature}, top-k {s.top_k or 'off'}",
                 "processes": self.accelerator.num_processes, "seed": s.seed,
             }

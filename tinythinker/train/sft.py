@@ -430,7 +430,7 @@ class SFTTrainer(TrainLoop):
             "learning rate": s.lr, "batch size (all processes)": s.batch_size, "epochs": schedule.epochs, **({"max steps": s.max_steps} if s.max_steps else {}),
             **({"patience (validations)": s.patience} if s.patience else {}), "interval": s.interval,
             "max length": s.max_length, "warm-up ratio": s.warmup_ratio, "lr schedule": "cosine", "optimizer": "AdamW",
-            "weight decay": s.weight_decay, "max grad norm": s.max_grad_norm, "precision": "bf16 autocast" if s.bf16 else "fp32",
+            "weight decay": s.weight_decay, "max grad norm": s.max_grad_norm, "precision": "bf16 autocast (validation fp32)" if s.bf16 else "fp32",
             "processes": self.accelerator.num_processes, "seed": s.seed,
         }
         front = {"library_name": "transformers", "pipeline_tag": self.student.pipeline_tag,
