@@ -175,3 +175,85 @@ def test_causal_analyze_prompts_share_their_prefix_and_keep_their_texts(trained,
     sampled = dict(max_new_tokens=30, do_sample=True, num_return_sequences=2, seed=4)
     monkeypatch.setattr(decoding, "SHARE_PREFIXES", True)
     assert generate_ids(trained, ids, **sampled) == generate_ids(trained, ids, **sampled)
+
+
+# --- what the engine expects of transformers (a release that changes it fails here first) ----------------
+
+# every field of the installed transformers' GenerationConfig: a release that adds one fails this test, so that
+# it is read and classified in tinythinker.decoding (until then a checkpoint that sets it goes to model.generate)
+GENERATION_FIELDS = {
+    "_from_model_config", "assistant_confidence_threshold", "assistant_early_exit", "assistant_ensemble_weight",
+    "assistant_lookbehind", "bad_words_ids", "begin_suppress_tokens", "bos_token_id", "cache_config", "cache_implementation",
+    "compile_config", "constraints", "continuous_batching_config", "decoder_start_token_id", "disable_compile",
+    "diversity_penalty", "do_sample", "dola_layers", "early_stopping", "encoder_no_repeat_ngram_size",
+    "encoder_repetition_penalty", "eos_token_id", "epsilon_cutoff", "eta_cutoff", "exponential_decay_length_penalty",
+    "force_words_ids", "forced_bos_token_id", "forced_eos_token_id", "guidance_scale", "is_assistant", "length_penalty",
+    "low_memory", "max_cache_len", "max_length", "max_matching_ngram_size", "max_new_tokens", "max_time", "min_length",
+    "min_new_tokens", "min_p", "no_repeat_ngram_size", "num_assistant_tokens", "num_assistant_tokens_schedule",
+    "num_beam_groups", "num_beams", "num_return_sequences", "output_attentions", "output_hidden_states", "output_logits",
+    "output_scores", "pad_token_id", "penalty_alpha", "prefill_chunk_size", "prompt_lookup_num_tokens",
+    "remove_invalid_values", "renormalize_logits", "repetition_penalty", "return_dict_in_generate", "sequence_bias",
+    "speculation_type", "stop_strings", "suppress_tokens", "target_lookbehind", "temperature", "token_healing", "top_h",
+    "top_k", "top_p", "transformers_version", "typical_p", "use_cache", "use_mtp", "watermarking_config",
+}
+
+
+def test_the_engine_contract_holds_for_the_installed_transformers():
+    from transformers import GenerationConfig
+
+    from tinythinker.decoding import ENGINE_FIELDS, IGNORED_FIELDS, IGNORED_WHEN_SAMPLING, engine_contract
+
+    assert engine_contract() is None
+    assert set(GenerationConfig().to_dict()) == GENERATION_FIELDS
+    handled = ENGINE_FIELDS | set(IGNORED_FIELDS) | set(IGNORED_WHEN_SAMPLING)
+    assert handled <= GENERATION_FIELDS  # no stale names
+
+
+def test_a_field_the_engine_does_not_implement_sends_the_checkpoint_to_model_generate(untrained):
+    from tinythinker.decoding import plain_only
+
+    config = untrained.model.generation_config
+    assert plain_only(untrained.model) is None
+    for name, value in (("min_new_tokens", 3), ("stop_strings", ["."]), ("top_h", 0.5), ("some_later_field", 1)):
+        setattr(config, name, value)
+        try:
+            assert plain_only(untrained.model) == name
+        finally:
+            delattr(config, name) if name == "some_later_field" else setattr(config, name, None)
+    for name, value in (("encoder_no_repeat_ngram_size", 2), ("repetition_penalty", 1.3), ("min_p", 0.2), ("num_beams", 4)):
+        setattr(config, name, value)  # ignored by both paths: the call decides the decoding
+        try:
+            assert plain_only(untrained.model) is None
+            ids = untrained.tokenize_prompts(stage_prompts()[:3])
+            assert generate_ids(untrained, ids, max_new_tokens=6) == plain_generate_ids(untrained, ids, max_new_tokens=6)
+        finally:
+            setattr(config, name, None)
+
+
+def test_a_transformers_without_the_cache_internals_decodes_with_model_generate_and_one_warning(untrained, monkeypatch, caplog):
+    """A later release without DynamicCache.layer_class_to_replicate (emulated: the class replaced): the same texts
+    as model.generate, and one warning line however many calls."""
+    import transformers
+
+    from tinythinker import decoding
+
+    class ChangedCache(transformers.DynamicCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.__dict__.pop("layer_class_to_replicate", None)
+
+    ids = untrained.tokenize_prompts(stage_prompts()[:3])
+    expected = plain_generate_ids(untrained, ids, max_new_tokens=6)
+    monkeypatch.setattr(transformers, "DynamicCache", ChangedCache)
+    decoding.engine_contract.cache_clear()
+    monkeypatch.setattr(decoding, "_warned", set())
+    try:
+        with caplog.at_level("WARNING", logger="tinythinker"):
+            assert [generate_ids(untrained, ids, max_new_tokens=6) for _ in range(2)] == [expected, expected]
+        assert [r.getMessage() for r in caplog.records] == [
+            "the generation engine cannot run with this transformers release (transformers' cache has no "
+            "layer_class_to_replicate); decoding with model.generate instead (the same texts, slower)"]
+    finally:
+        monkeypatch.undo()
+        decoding.engine_contract.cache_clear()
+    assert decoding.engine_contract() is None

@@ -37,17 +37,37 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import time
 from typing import Callable, Sequence
 
 import torch
 
-# generation_config fields that add a logits processor or change stopping: the lean loop does not
-# implement them, so a checkpoint that sets any of these is decoded by model.generate instead
-_PLAIN_ONLY = ("forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
-               "bad_words_ids", "sequence_bias", "min_length", "min_new_tokens", "exponential_decay_length_penalty",
-               "forced_decoder_ids", "stop_strings", "max_time")
-
+# How a checkpoint's generation_config is read (every field of transformers' GenerationConfig is in one of
+# these, or forces model.generate: tests/test_decoding.py pins the list against the installed release).
+# The call decides the decoding: greedy, or sampling with temperature and top-k.
+ENGINE_FIELDS = frozenset({
+    # what the engine does itself: length, the call's decoding, the special tokens
+    "max_length", "max_new_tokens", "do_sample", "temperature", "top_k", "num_return_sequences",
+    "pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id",
+    # what does not change the tokens: outputs, caches, compilation, memory, speculative decoding
+    "use_cache", "output_attentions", "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+    "transformers_version", "_from_model_config", "cache_implementation", "cache_config", "max_cache_len",
+    "compile_config", "disable_compile", "prefill_chunk_size", "continuous_batching_config", "low_memory",
+    "remove_invalid_values", "renormalize_logits", "is_assistant", "assistant_confidence_threshold",
+    "assistant_early_exit", "assistant_lookbehind", "target_lookbehind", "num_assistant_tokens",
+    "num_assistant_tokens_schedule", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+})
+# other search strategies and logits processors: the plain path states these neutral values (when it samples,
+# the sampling warpers too), so that neither path takes the checkpoint's (docs/students.md lists them)
+IGNORED_FIELDS = {"num_beams": 1, "num_beam_groups": 1, "diversity_penalty": 0.0, "early_stopping": False,
+                  "length_penalty": 1.0, "penalty_alpha": 0.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                  "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0}
+IGNORED_WHEN_SAMPLING = {"top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+# Any other field set to something other than its neutral value (forced or suppressed tokens, a minimum length,
+# stop strings, ...: fields the engine does not implement, including those of later transformers releases) makes
+# the engine hand the checkpoint to model.generate, which honours it.
+NEUTRAL = {"min_length": 0, "min_new_tokens": 0, "token_healing": False, "guidance_scale": 1.0}
 CPU_MEMORY_BUDGET = 1 << 30  # bytes per generation batch on a CPU
 CUDA_MEMORY_FRACTION = 0.25  # of the device's memory (the weights and other work need the rest)
 MAX_ROWS = 4096  # sequences per batch at most, however small the model
@@ -71,13 +91,48 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -
 
 
 def plain_only(model) -> str | None:
-    """Why the lean loop cannot decode ``model`` (its generation config asks for more), else None."""
+    """The first generation_config field of ``model`` that the lean loop does not implement and that is set
+    (:data:`ENGINE_FIELDS`, :data:`IGNORED_FIELDS`), else None: such a checkpoint is decoded by model.generate."""
     config = getattr(model, "generation_config", None)
-    for name in _PLAIN_ONLY:
-        value = getattr(config, name, None)
-        if value not in (None, 0, [], ()):
-            return name
+    if config is None:
+        return None
+    handled = ENGINE_FIELDS | set(IGNORED_FIELDS) | set(IGNORED_WHEN_SAMPLING)
+    for name, value in sorted(config.to_dict().items()):
+        if name in handled or value is None or value in ([], (), {}) or value == NEUTRAL.get(name):
+            continue
+        return name
     return None
+
+
+@functools.cache
+def engine_contract() -> str | None:
+    """What the lean loop needs of transformers' cache classes, checked once: None when all is there, else
+    what is missing (a later release that changes these internals: the engine then hands every batch to
+    model.generate, with one warning)."""
+    try:
+        from transformers import DynamicCache, EncoderDecoderCache
+        from transformers.cache_utils import DynamicLayer
+        from transformers.modeling_outputs import BaseModelOutput  # noqa: F401
+
+        cache = DynamicCache()
+        missing = [name for name in ("layers", "layer_class_to_replicate", "batch_select_indices", "batch_repeat_interleave")
+                   if not hasattr(cache, name)]
+        layer = DynamicLayer()
+        missing += [f"DynamicLayer.{name}" for name in ("keys", "values", "is_initialized", "update", "get_seq_length")
+                    if not hasattr(layer, name)]
+        EncoderDecoderCache(DynamicCache(), DynamicCache())
+    except Exception as error:  # noqa: BLE001 - any change of these internals means: do not use them
+        return f"{type(error).__name__}: {error}"
+    return f"transformers' cache has no {', '.join(missing)}" if missing else None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("tinythinker").warning(message)
 
 
 def bytes_per_row(model, prompt_len: int, max_new_tokens: int) -> int:
@@ -131,9 +186,11 @@ def _forward_parameters(model_class: type) -> frozenset[str]:
     return frozenset(inspect.signature(model_class.forward).parameters)
 
 
-def _cache_kwarg(model) -> str:
-    """``cache`` (transformers >= 5.x) or ``past_key_values`` (older): what the forward calls its KV cache."""
-    return "cache" if "cache" in _forward_parameters(type(model)) else "past_key_values"
+def _cache_kwarg(model) -> str | None:
+    """``cache`` (transformers >= 5.x) or ``past_key_values`` (older): what the forward calls its KV cache;
+    None when it takes neither (the engine cannot feed it one)."""
+    parameters = _forward_parameters(type(model))
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
 def _last_logits_only(model) -> dict:
@@ -495,7 +552,12 @@ def generate_ids(student, ids: Sequence[Sequence[int]], *, max_new_tokens: int =
     steps it ran in); the seconds of all calls sum to the time spent. ``plain=True``: one
     ``model.generate`` per fixed batch (:func:`plain_generate_ids`)."""
     _check_settings(num_return_sequences, do_sample, temperature, batch_size)
-    if plain or plain_only(student.model) is not None:
+    broken = engine_contract() or (None if _cache_kwarg(student.model) else
+                                   f"{type(student.model).__name__}.forward takes no cache or past_key_values")
+    if broken and not plain:
+        _warn_once(f"the generation engine cannot run with this transformers release ({broken}); decoding with "
+                   "model.generate instead (the same texts, slower)")
+    if plain or broken or plain_only(student.model) is not None:
         return plain_generate_ids(student, ids, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_k=top_k, num_return_sequences=num_return_sequences, seed=seed,
                                   batch_size=batch_size or 64, on_batch=on_batch)
@@ -589,9 +651,9 @@ def _generation_config(student, max_new_tokens, do_sample, temperature, top_k, n
     )
     # every logits processor stated: a value left None is filled from transformers' global defaults
     # (top_k 50) or from the checkpoint's own generation_config, and would change what is sampled
-    settings.update(repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+    settings.update(IGNORED_FIELDS)
     if do_sample:  # (greedy runs no sampling warpers; naming them there only draws warnings)
-        settings.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=None, typical_p=1.0)
+        settings.update(temperature=temperature, top_k=top_k, **IGNORED_WHEN_SAMPLING)
     return GenerationConfig(**settings)
 
 
