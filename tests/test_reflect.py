@@ -112,6 +112,9 @@ def test_two_iterations_end_to_end(finished, toy):
     assert state["iterations"]["1"]["start"] == str(toy["student"])
     assert state["iterations"]["2"]["start"] == str(out / "iter1" / "best")  # each iteration starts from the previous best
     assert list(state["iterations"]["1"]["steps"]) == ["sample", "pairs", "reference", "dpo", "next"]
+    from tinythinker.runs import run_method
+
+    assert run_method(out) == "dpo"
 
     # the preference set: one loadable config per iteration, columns for DPO tools, a card with the counts
     for k in (1, 2):

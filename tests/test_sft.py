@@ -42,6 +42,9 @@ def test_a_tiny_student_learns_to_answer_its_training_questions(zoo, trained):
     out, result = trained
     assert result.steps == result.total_steps == 30 * 5  # 6 recall, 18 analyze, 6 summarize rows; batch 8
     assert result.best_accuracy == 1.0
+    from tinythinker.runs import read_settings, run_method
+
+    assert run_method(out) == "sft" and read_settings(out)["config"] == "zoo-full"  # the run folder's owner reads it
     # the kept checkpoint loads like any other and answers every training question right, greedily
     student = Student.load(out / "best", device="cpu")
     traces = run_pipeline(student, items_from_dataset(data, "zoo-full", "validation"), progress=False)

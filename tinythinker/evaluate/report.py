@@ -29,10 +29,9 @@ from tinythinker.artifacts import checkpoint_provenance, iter_jsonl, umask_mode
 from tinythinker.errors import TinyThinkerError
 from tinythinker.evaluate.metrics import OUTCOMES, attribution, attribution_summary
 from tinythinker.protocol import config_parts
+from tinythinker.runs import METRICS, read_settings, run_method
 
 TASK_RE = re.compile(r"^tinythinker_(?P<dataset>[a-z]+?)(?:_(?P<kind>analyze_oracle|summarize_oracle|sc))?$")
-REFLECT_METRICS = "metrics.jsonl"  # the metrics log of a training run, SFT or self-reflection
-RUN_SETTINGS = "run.json"  # the settings every training run writes when it starts
 MARKDOWN_FILE, JSON_FILE = "report.md", "report.json"  # what `tinythinker report --out DIR` writes besides the plots
 
 # The rows of the stage table: (stage, label, task kind, metric)
@@ -197,20 +196,14 @@ def reflection_folder(student: str) -> Path | None:
     """The self-reflection run a checkpoint belongs to (``OUT/best`` or ``OUT/iter<k>/best``)."""
     path = Path(student)
     for folder in (path.parent, path.parent.parent):
-        if (folder / REFLECT_METRICS).is_file():
+        if (folder / METRICS).is_file():
             return folder
     return None
 
 
 def run_kind(folder: Path) -> str | None:
-    """``sft`` or ``dpo`` for a training run folder (by the settings its trainer wrote), else None."""
-    try:
-        settings = json.loads((Path(folder) / RUN_SETTINGS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(settings, dict) or not (Path(folder) / REFLECT_METRICS).is_file():
-        return None
-    return "dpo" if "iterations" in settings else "sft" if "interval" in settings else None
+    """``sft`` or ``dpo`` for a training run folder (:func:`tinythinker.runs.run_method`), else None."""
+    return run_method(folder)
 
 
 def training_folder(student: str) -> Path | None:
@@ -228,7 +221,7 @@ def load_training(folder: Path, run: str) -> TrainingRun | None:
         return None
     records = []
     try:
-        for _, record in iter_jsonl(Path(folder) / REFLECT_METRICS, what="training metrics log"):
+        for _, record in iter_jsonl(Path(folder) / METRICS, what="training metrics log"):
             records.append(record)
     except TinyThinkerError:
         pass
@@ -238,7 +231,7 @@ def load_training(folder: Path, run: str) -> TrainingRun | None:
 def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
     """Validation accuracy per iteration from a reflection run's ``metrics.jsonl``."""
     curve = Curve(run=run, dataset=dataset, folder=str(folder))
-    path = folder / REFLECT_METRICS
+    path = folder / METRICS
     for _, record in iter_jsonl(path, what="reflection metrics log"):
         if record.get("kind") == "eval" and record.get("iteration") == 0 and "step" not in record:
             curve.points.append({"iteration": 0, "accuracy": record.get("accuracy"), "questions": record.get("questions"),
@@ -247,12 +240,8 @@ def load_curve(folder: Path, run: str, dataset: str | None = None) -> Curve:
             curve.points.append({"iteration": record["iteration"], "accuracy": record["best_accuracy"],
                                  "pairs": record.get("pairs") or {}})
     if curve.dataset is None:
-        settings = folder / "run.json"
-        try:
-            config = json.loads(settings.read_text(encoding="utf-8")).get("config", "")
-            curve.dataset = config_parts(str(config))[0] or None
-        except (OSError, json.JSONDecodeError):
-            pass
+        config = (read_settings(folder) or {}).get("config", "")
+        curve.dataset = config_parts(str(config))[0] or None
     curve.points.sort(key=lambda p: p["iteration"])
     return curve
 
@@ -265,7 +254,7 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
     curves: dict[str, Curve] = {}
     training: dict[str, Path] = {}  # resolved folder -> folder, in the order found
     for root in roots:
-        if (root / REFLECT_METRICS).is_file():  # a training run given directly
+        if (root / METRICS).is_file():  # a training run given directly
             training.setdefault(str(root.resolve()), root)
             if run_kind(root) != "sft":  # a reflection run (also when its settings file is missing)
                 curves[str(root.resolve())] = load_curve(root, root.name)

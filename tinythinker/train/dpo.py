@@ -42,7 +42,8 @@ from tinythinker.protocol import REFERENCE_MAX_LENGTH
 from tinythinker.train.settings import DPOSettings
 from tinythinker.train.sft import StageSchedule
 from tinythinker.students import Student
-from tinythinker.train.loop import METRICS_FILE, TrainLoop, chunks, read_rows
+from tinythinker.runs import METRICS as METRICS_FILE
+from tinythinker.train.loop import TrainLoop, chunks, read_rows
 
 
 def encode_pairs(student: Student, pairs: Sequence[Mapping[str, str]], max_length: int = REFERENCE_MAX_LENGTH) -> dict[str, torch.Tensor]:

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 from tinythinker.errors import TinyThinkerError
+from tinythinker.runs import BEST, LAST, METRICS as METRICS_FILE
 from tinythinker.students import distributed_on_cpus
 from tinythinker.train.settings import LoopOptions
 from tinythinker.train.tracking import TRACKING_DIR, check_report_to, restart_at, scalars
 
-BEST, LAST, METRICS_FILE = "best", "last", "metrics.jsonl"
 STATE_FILE, TENSORS_FILE = "resume.json", "resume.safetensors"  # OUT/last besides model/
 # what accelerate's save_state wrote (and torch.save writes): pickles, which are never read from a run folder
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")

@@ -52,9 +52,10 @@ from tinythinker.data.preferences import (
 from tinythinker.protocol import ANALYZE, RECALL, config_parts
 from tinythinker.train.settings import DPOSettings, ReflectSettings, first_change
 from tinythinker.train.tracking import scalars, tracking
-from tinythinker.train.loop import BEST, LAST, make_accelerator, validate
+from tinythinker.runs import BEST, LAST, METRICS as METRICS_FILE, RUN_SETTINGS as SETTINGS_FILE, write_settings
+from tinythinker.train.loop import make_accelerator, validate
 
-SETTINGS_FILE, STATE_FILE, METRICS_FILE, PREFERENCES = "run.json", "state.json", "metrics.jsonl", "preferences"
+STATE_FILE, PREFERENCES = "state.json", "preferences"
 STEPS = ("sample", "pairs", "reference", "dpo", "next")
 
 
@@ -211,7 +212,7 @@ class Reflection:
                 self.out.mkdir(parents=True)
             # written on every start: the iteration count may grow; everything else must match it
             record = {**asdict(self.settings), "data_commit": self.data_commit}
-            atomic_write_text(self.out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
+            write_settings(self.out, record, method="dpo")
         self.accelerator.wait_for_everyone()
         self.state = self._read_state()
 

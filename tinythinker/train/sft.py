@@ -37,6 +37,7 @@ from tinythinker.hub import is_hub_id, pin
 from tinythinker.protocol import ANALYZE, COT, LABEL, RATIONALE, RECALL, SUMMARIZE, TRAINED_STAGES, VARIANT_STAGES, VARIANTS
 from tinythinker.protocol import config_parts
 from tinythinker.protocol import REFERENCE_MAX_LENGTH
+from tinythinker.runs import RUN_SETTINGS as SETTINGS_FILE, write_settings
 from tinythinker.train.settings import SCHEDULES, SFTSettings, absolute, first_change
 from tinythinker.train.tracking import tracking
 from tinythinker.train.loop import TrainLoop, TrainResult, chunks, make_accelerator
@@ -272,7 +273,6 @@ class StageData:
 
 # --- the run folder -------------------------------------------------------------------------------
 
-SETTINGS_FILE = "run.json"
 
 
 def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> bool:
@@ -320,13 +320,11 @@ class SFTTrainer(TrainLoop):
         self.accelerator.wait_for_everyone()
         self.started_fresh = self.is_main and not resuming
         if self.started_fresh:  # a fresh start: an empty folder with the settings
-            from tinythinker.artifacts import atomic_write_text
-
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True)
             record = {**asdict(settings), "data_commit": self.data_commit, "student_commit": self.student_commit}
-            atomic_write_text(out / SETTINGS_FILE, json.dumps(record, indent=2) + "\n")
+            write_settings(out, record, method="sft")
         self.accelerator.wait_for_everyone()
 
     def undo_fresh_start(self) -> None:
