@@ -119,7 +119,7 @@ def test_rows_longer_than_the_students_positions_are_counted_at_train_start(inpu
         ["train", "sft", "--data", data, "--config", "zoo-full", "--student", decoder, "--out", tmp_path / "sft",
          "--epochs", 1, "--no-progress"],
         ["train", "sft", "--data", data, "--config", "zoo-full", "--student", decoder, "--out", tmp_path / "sft-cut",
-         "--epochs", 1, "--max-input-length", 24, "--max-length", 24, "--no-progress"],
+         "--epochs", 1, "--max-input-length", 24, "--max-length", 24, "--eval-limit", 1, "--no-progress"],
     ], env=ENV, cwd=REPO)
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]

@@ -13,7 +13,7 @@ from tinythinker.errors import TinyThinkerError
 from tinythinker.study import (REFLECT_ROW, SFT_ROWS, StudySettings, bootstrap_interval, drawn_ids, open_study, paired_bootstrap,
                                parse_size, run_study, t_interval)
 
-SMALL = StudySettings(questions=80, seeds=1, sizes=("1/2", "1"), max_steps=16, eval_every=8, batch_size=16, eval_limit=5,
+SMALL = StudySettings(questions=80, seeds=1, sizes=("1/2", "1"), max_steps=16, eval_every=8, batch_size=16, eval_limit=2,
                       reflect_iterations=1, reflect_samples=2, reflect_cycles=1, reflect_batch_size=8, reflect_train_limit=6)
 
 
