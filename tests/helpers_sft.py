@@ -114,7 +114,8 @@ def make_student(folder: Path, *, d_model: int = 128, kind: str = "seq2seq") -> 
 def train(data, student, out, **settings):
     from tinythinker.train.sft import SFTSettings, train_sft
 
-    options = dict(interval=2, epochs=30, lr=1e-3, batch_size=8, seed=0)
+    # validation caps of 24 tokens: an untrained student runs to the cap, and the tests need no longer texts
+    options = dict(interval=2, epochs=30, lr=1e-3, batch_size=8, seed=0, max_new_tokens=24)
     run_options = {k: settings.pop(k) for k in ("micro_batch_size", "log_every", "overwrite") if k in settings}
     return train_sft(SFTSettings(data=str(data), config=settings.pop("config", "zoo-full"), student=str(student),
                                  **{**options, **settings}), out, progress=False, **run_options)
@@ -170,7 +171,7 @@ def checkpoint_step(out: Path) -> int:
     return state["step"] if state else 0
 
 
-INTERRUPTED = dict(interval=2, epochs=6, lr=3e-3, batch_size=8, seed=0)  # 30 steps, a checkpoint every 5
+INTERRUPTED = dict(interval=2, epochs=6, lr=3e-3, batch_size=8, seed=0, max_new_tokens=24)  # 30 steps, a checkpoint every 5
 
 
 def sft_args(data, student, out, *extra) -> list:

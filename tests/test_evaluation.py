@@ -362,3 +362,10 @@ def test_environment_report_ahead_hands_lm_eval_the_report(tmp_path, monkeypatch
     with ev_harness._environment_report_ahead():
         add_env_info(stored)
     assert stored["pretty_env_info"] == "the report" and computed == [1]  # the second time from the cache
+
+
+def test_one_generation_cap_sets_recall_and_analyze_and_leaves_summarize_its_own():
+    from tinythinker.evaluate.engine import MAX_NEW_TOKENS, stage_caps
+
+    assert stage_caps(None) is None
+    assert stage_caps(24) == {"recall": 24, "analyze": 24} and {**MAX_NEW_TOKENS, **stage_caps(24)}["summarize"] == MAX_NEW_TOKENS["summarize"]

@@ -140,8 +140,9 @@ def _small_recipe(base_url: str, run_dir: Path, raw: Path) -> dict:
         "teacher": {"model": "gpt-4o-2024-05-13", "base_url": base_url, "rounds": 1, "concurrency": 8,
                     "splits": "train,validation,test"},
         "student": "tiny-seq2seq",
-        "sft": {"epochs": 1, "batch_size": 64, "interval": 2, "lr": 1.0e-3, "eval_limit": 3},
-        "reflect": {"iterations": 1, "samples": 2, "batch_size": 32, "cycles": 1, "eval_limit": 3, "train_limit": 6},
+        "sft": {"epochs": 1, "batch_size": 64, "interval": 2, "lr": 1.0e-3, "eval_limit": 3, "max_new_tokens": 24},
+        "reflect": {"iterations": 1, "samples": 2, "batch_size": 32, "cycles": 1, "eval_limit": 3, "train_limit": 6,
+                    "max_new_tokens": 24},
         "eval": {"limit": 3, "batch_size": 32},
     }
 
@@ -229,3 +230,15 @@ def test_recipes_pass_trackers_and_hub_revisions_to_their_steps():
         validate_recipe({**base, "student": "tiny-seq2seq", "student_revision": "v1"})
     with pytest.raises(TinyThinkerError, match="raw_revision pins a Hub data set, but raw is world"):
         validate_recipe({**base, "raw": "world", "raw_revision": "v1"})
+
+
+def test_the_generation_cap_of_validation_and_sampling_is_a_recipe_key():
+    recipe = validate_recipe({"dataset": "csqa", "sft": {"max_new_tokens": 32}, "reflect": {"iterations": 1, "max_new_tokens": 48}})
+    steps = {s.name: s for s in plan(recipe, "/tmp/never-written").steps}
+    for name, cap in (("sft-full", "32"), ("reflect", "48")):
+        argv = steps[name].argv
+        assert argv[argv.index("--max-new-tokens") + 1] == cap, name
+    default = {s.name: s for s in plan(validate_recipe({"dataset": "csqa"}), "/tmp/never-written").steps}
+    assert "--max-new-tokens" not in default["sft-full"].argv  # the engine's caps unless a recipe sets one
+    with pytest.raises(TinyThinkerError, match="sft.max_new_tokens"):
+        validate_recipe({"dataset": "csqa", "sft": {"max_new_tokens": 0}})

@@ -58,7 +58,7 @@ def toy(tmp_path_factory):
 def reflect_argv(toy, out) -> list[str]:
     return ["reflect", "--student", str(toy["student"]), "--data", str(toy["data"]), "--config", "toy-full", "--out", str(out),
             "--iterations", "2", "--samples", "3", "--temperature", "1.5", "--lr", "1e-4", "--batch-size", "4", "--cycles", "2",
-            "--eval-limit", "2", "--seed", "7", "--no-progress", "--report-to", "tensorboard"]
+            "--eval-limit", "2", "--max-new-tokens", "24", "--seed", "7", "--no-progress", "--report-to", "tensorboard"]
 
 
 def run_cli(args, **kwargs) -> subprocess.CompletedProcess:

@@ -56,9 +56,11 @@ DEFAULTS: dict = {
     "student_revision": None,  # of a Hub student: branch, tag or commit id (None: main); SFT pins it to its commit
     "report_to": "none",  # SFT and reflection also send their curves to tensorboard, wandb or trackio
     "processes": 1,  # > 1: SFT and reflection run under `accelerate launch --num_processes N`
-    "sft": {"variants": ["full"], **defaults(SFTSettings, "epochs", "lr", "batch_size", "interval", "schedule", "bf16", "eval_limit")},
+    "sft": {"variants": ["full"], **defaults(SFTSettings, "epochs", "lr", "batch_size", "interval", "schedule", "bf16", "eval_limit",
+                                                   "max_new_tokens")},
     # cycles None: not passed, so the command's default (ReflectSettings.cycles) applies
-    "reflect": {**defaults(ReflectSettings, "iterations", "samples", "beta", "nll_weight", "lr", "batch_size", "bf16", "eval_limit"),
+    "reflect": {**defaults(ReflectSettings, "iterations", "samples", "beta", "nll_weight", "lr", "batch_size", "bf16", "eval_limit",
+                         "max_new_tokens"),
                 "cycles": None, "train_limit": ReflectSettings.train_limit},
     "eval": {"split": "test", "limit": None, "batch_size": None},
 }
@@ -135,12 +137,12 @@ VALUE_RULES: dict[str, tuple] = {
     "report_to": (TEXT, None, False, None, False), "processes": (INT, 1, False, None, False),
     "sft.epochs": (INT, 1, False, None, False), "sft.lr": (NUMBER, 0, True, None, False), "sft.batch_size": (INT, 1, False, None, False),
     "sft.interval": (INT, 1, False, None, False), "sft.schedule": (TEXT, None, False, None, False), "sft.bf16": (BOOL, None, False, None, False),
-    "sft.eval_limit": (INT, 0, False, None, True),
+    "sft.eval_limit": (INT, 0, False, None, True), "sft.max_new_tokens": (INT, 1, False, None, True),
     "reflect.iterations": (INT, 0, False, None, False), "reflect.samples": (INT, 1, False, None, False),
     "reflect.beta": (NUMBER, 0, True, None, False), "reflect.nll_weight": (NUMBER, 0, False, None, False),
     "reflect.lr": (NUMBER, 0, True, None, False), "reflect.batch_size": (INT, 1, False, None, False),
     "reflect.bf16": (BOOL, None, False, None, False), "reflect.eval_limit": (INT, 0, False, None, True),
-    "reflect.cycles": (INT, 1, False, None, True), "reflect.train_limit": (INT, 1, False, None, True),
+    "reflect.max_new_tokens": (INT, 1, False, None, True), "reflect.cycles": (INT, 1, False, None, True), "reflect.train_limit": (INT, 1, False, None, True),
     "eval.split": (TEXT, None, False, None, False), "eval.limit": (INT, 1, False, None, True), "eval.batch_size": (INT, 1, False, None, True),
 }
 
@@ -258,7 +260,8 @@ def plan(recipe: dict, run_dir: str | Path | None = None, *, progress: bool = Tr
         steps.append(Step(f"sft-{variant}", ["train", "sft", "--data", str(data), "--config", config_name(ds, variant), "--student", str(student),
                                              *_opt("--student-revision", recipe["student_revision"]), "--out", str(out), "--seed", seed,
                                              *_opt("--epochs", sft["epochs"]), *_opt("--lr", sft["lr"]), *_opt("--batch-size", sft["batch_size"]),
-                                             *_opt("--interval", sft["interval"]), *_opt("--schedule", sft["schedule"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"])],
+                                             *_opt("--interval", sft["interval"]), *_opt("--schedule", sft["schedule"]), *_opt("--bf16", sft["bf16"]), *_opt("--eval-limit", sft["eval_limit"]),
+                                             *_opt("--max-new-tokens", sft["max_new_tokens"])],
                           out / "best", int(recipe["processes"]), reporting))
         steps.append(_eval_step(f"eval-sft-{variant}", out / "best", data, ds, variant, evaluation, run / "results" / f"sft-{variant}",
                                 quiet))
@@ -271,6 +274,7 @@ def plan(recipe: dict, run_dir: str | Path | None = None, *, progress: bool = Tr
                                       *_opt("--iterations", reflect["iterations"]), *_opt("--samples", reflect["samples"]), *_opt("--beta", reflect["beta"]),
                                       *_opt("--nll-weight", reflect["nll_weight"]), *_opt("--lr", reflect["lr"]), *_opt("--batch-size", reflect["batch_size"]),
                                       *_opt("--bf16", reflect["bf16"]), *_opt("--eval-limit", reflect["eval_limit"]),
+                                      *_opt("--max-new-tokens", reflect["max_new_tokens"]),
                                       *_opt("--cycles", reflect["cycles"]), *_opt("--train-limit", reflect["train_limit"])],
                           out / "best", int(recipe["processes"]), reporting))
         steps.append(_eval_step("eval-dpo", out / "best", data, ds, "full", evaluation, run / "results" / "dpo", quiet))

@@ -47,6 +47,9 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--cycles", type=click.IntRange(min=1), default=ReflectSettings.cycles, show_default=True,
               help="Cycles per iteration, each R + A steps as the reference (docs/reflection.md); validation after each.")
 @click.option("--max-length", type=click.IntRange(min=1), default=ReflectSettings.max_length, show_default=True, help="Token cap of prompts and responses.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Cap on the new tokens of each recall and analysis in sampling and validation (default: the engine's per-stage caps, "
+                   "docs/students.md); small caps keep runs of untrained students short.")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=ReflectSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep each iteration's final model).")
 @click.option("--train-limit", type=click.IntRange(min=1), default=ReflectSettings.train_limit, help="Sample only the first N training questions (a quick trial).")
@@ -60,7 +63,7 @@ def _stages(value: str) -> tuple[str, ...]:
 @click.option("--overwrite", is_flag=True, help="Start over in an existing --out instead of continuing it.")
 @options.progress
 def reflect(student, data, revision, config, out, iterations, stages, samples, temperature, top_k, beta, nll_weight, lr, batch_size,
-            micro_batch_size, cycles, max_length, eval_limit, train_limit, eval_batch_size, report_to, seed, bf16, overwrite, progress):
+            micro_batch_size, cycles, max_length, eval_limit, max_new_tokens, train_limit, eval_batch_size, report_to, seed, bf16, overwrite, progress):
     """Self-reflection: each iteration samples the student's own recalls and analyses of the training
     questions, makes recall and analyze preference pairs (OUT/preferences, config {dataset}-dpo-iter<k>),
     trains DPO + NLL from the previous best checkpoint (also the frozen reference) and keeps the
@@ -77,7 +80,7 @@ def reflect(student, data, revision, config, out, iterations, stages, samples, t
     settings = ReflectSettings(student=student, data=data, config=config, iterations=iterations, stages=_stages(stages),
                                samples=samples, temperature=temperature, top_k=top_k, beta=beta, nll_weight=nll_weight, lr=lr,
                                batch_size=batch_size, cycles=cycles, max_length=max_length, seed=seed, bf16=bf16,
-                               eval_limit=eval_limit, train_limit=train_limit, eval_batch_size=eval_batch_size,
+                               eval_limit=eval_limit, max_new_tokens=max_new_tokens, train_limit=train_limit, eval_batch_size=eval_batch_size,
                                revision=revision)
     try:
         result = run_reflection(settings, out, overwrite=overwrite, progress=progress, console=console,

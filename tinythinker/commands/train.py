@@ -54,6 +54,9 @@ def train():
               help="Token cap of inputs, keeping their end (default: no cap, as the reference; longer inputs are counted and reported).")
 @click.option("--warmup-ratio", type=FiniteFloatRange(0, 1), default=SFTSettings.warmup_ratio, show_default=True, help="Share of steps with linear warm-up.")
 @click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs that have it; CPUs too, slowly on most).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Cap on the new tokens of each recall and analysis in validation (default: the engine's per-stage caps, "
+                   "docs/students.md); small caps keep runs of untrained students short.")
 @click.option("--eval-limit", type=click.IntRange(min=0), default=SFTSettings.eval_limit,
               help="Validation questions per evaluation (default: all; 0: no validation, keep the final model).")
 @options.gen_batch_size("eval_batch_size", default=LoopOptions.eval_batch_size, help="Sequences per generation batch of the validation pipeline.")
@@ -68,7 +71,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
         batch_size,
         micro_batch_size,
         max_length, max_input_length, warmup_ratio,
-        bf16, eval_limit, eval_batch_size, log_every, report_to, seed, overwrite, progress):
+        bf16, eval_limit, max_new_tokens, eval_batch_size, log_every, report_to, seed, overwrite, progress):
     """Stage-interleaved SFT: recall, analyze and summarize blocks; validation of the whole pipeline
     after every cycle; the best checkpoint (with a model card) in OUT/best.
 
@@ -83,7 +86,7 @@ def sft(data, revision, config, student, student_revision, out, variant, interva
                            epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, max_input_length=max_input_length,
                            seed=seed, bf16=bf16, eval_limit=eval_limit, warmup_ratio=warmup_ratio, revision=revision,
                            student_revision=student_revision, max_steps=max_steps, eval_every=eval_every,
-                           patience=patience)
+                           patience=patience, max_new_tokens=max_new_tokens)
     try:
         result = train_sft(settings, out, micro_batch_size=micro_batch_size, eval_batch_size=eval_batch_size,
                            log_every=log_every, overwrite=overwrite, progress=progress, console=console, report_to=report_to)

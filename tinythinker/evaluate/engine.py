@@ -27,6 +27,12 @@ from tinythinker.protocol import ANALYZE, RECALL, SUMMARIZE, VARIANT_STAGES
 MAX_NEW_TOKENS = {RECALL: 96, ANALYZE: 96, SUMMARIZE: 16}
 
 
+def stage_caps(max_new_tokens: int | None) -> dict[str, int] | None:
+    """The per-stage caps of one ``max_new_tokens`` setting: recall and analyze capped at it, summarize (a
+    short sentence) keeping its own; None: :data:`MAX_NEW_TOKENS` as they are."""
+    return None if max_new_tokens is None else {RECALL: int(max_new_tokens), ANALYZE: int(max_new_tokens)}
+
+
 def one_pass_cap(caps: dict[str, int], stage: str, n_options: int) -> int:
     """The new-token cap of a one-pass stage (a baseline's): ``caps[stage]`` when given, else the caps
     of the stage texts its target holds, summed (analyze once per option), so the one pass may write

@@ -143,7 +143,9 @@ class TinyThinkerLM(LM):
                      "(--model_args gen_batch_size=N)", batch_size, self.gen_batch_size)
         self.seed = int(seed)
         # a cap on recall and analysis length (the engine's defaults otherwise): bounds runaway text
-        self.stage_tokens = None if max_new_tokens in (None, "") else {"recall": int(max_new_tokens), "analyze": int(max_new_tokens)}
+        from tinythinker.evaluate.engine import stage_caps
+
+        self.stage_tokens = stage_caps(None if max_new_tokens in (None, "") else int(max_new_tokens))
         self.accelerator = _accelerator()
         if self.accelerator is not None:
             # data parallel (lm-eval's LM API): this process answers every world_size-th doc. The global

@@ -65,14 +65,16 @@ def make_accelerator(bf16: bool, report_to: str | None = None, out: Path | None 
         raise TinyThinkerError(f"cannot set up training ({error}); leave --bf16 out on this hardware") from None
 
 
-def validate(accelerator, student, items: Sequence, *, variant: str, batch_size: int, seed: int) -> dict:
+def validate(accelerator, student, items: Sequence, *, variant: str, batch_size: int, seed: int,
+             max_new_tokens: int | None = None) -> dict:
     """Greedy accuracy of the whole pipeline on ``items``, shared out between processes, in fp32 whatever
-    ``bf16``: the checkpoint is chosen by what ``eval`` (fp32) will measure."""
-    from tinythinker.evaluate.engine import run_pipeline
+    ``bf16``: the checkpoint is chosen by what ``eval`` (fp32) will measure. ``max_new_tokens``: the
+    recall and analyze cap (:func:`~tinythinker.evaluate.engine.stage_caps`; None: the engine's)."""
+    from tinythinker.evaluate.engine import run_pipeline, stage_caps
 
     with accelerator.split_between_processes(list(items)) as shard, student.full_precision():
         traces = run_pipeline(student, list(shard), variant=variant, batch_size=batch_size, seed=seed,
-                              progress=False) if shard else []
+                              max_new_tokens=stage_caps(max_new_tokens), progress=False) if shard else []
     counts = torch.tensor([sum(t.correct for t in traces), len(shard)], device=accelerator.device)
     correct, total = accelerator.reduce(counts, reduction="sum").tolist()
     return {"accuracy": correct / total if total else 0.0, "correct": int(correct), "questions": int(total)}
@@ -425,7 +427,8 @@ class TrainLoop:
     def _validate(self, step) -> dict:
         began, c = time.perf_counter(), self.counters
         point = {**self._position(step), **validate(self.accelerator, self.student, self.items, variant=self.settings.variant,
-                                                    batch_size=self.options.eval_batch_size, seed=self.settings.seed)}
+                                                    batch_size=self.options.eval_batch_size, seed=self.settings.seed,
+                                                    max_new_tokens=self.settings.max_new_tokens)}
         self.student.model.train(self.dropout)
         improved = c.best is None or point["accuracy"] > c.best["accuracy"]
         c.curve.append(point)

@@ -63,7 +63,7 @@ def dpo_settings(settings: ReflectSettings, iteration: int, variant: str) -> DPO
     """How iteration ``iteration`` trains: the run's DPO settings, with a seed of its own."""
     return DPOSettings(beta=settings.beta, nll_weight=settings.nll_weight, lr=settings.lr, batch_size=settings.batch_size,
                        cycles=settings.cycles, max_length=settings.max_length, seed=derived_seed(settings.seed, iteration, "dpo"),
-                       bf16=settings.bf16, variant=variant)
+                       bf16=settings.bf16, variant=variant, max_new_tokens=settings.max_new_tokens)
 
 
 def derived_seed(seed: int, iteration: int, step: str, *more: int) -> int:
@@ -127,15 +127,21 @@ class ReflectData:
 CHUNK = 64  # questions (or recalls) per chunk file
 
 
-def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_size: int = 64) -> list:
+def _caps(max_new_tokens: int | None) -> dict:
+    """The recall/analyze cap keyword of the engine's stage primitives (none: their own)."""
+    return {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+
+
+def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_size: int = 64, max_new_tokens: int | None = None) -> list:
     """``n`` sampled recalls per question, each completed with greedy analyze and summarize
     (distinct recalls of a question are completed once). One trace per (question, sample)."""
     from tinythinker.evaluate.engine import GREEDY, Trace, generate_analyses, generate_recalls, generate_summaries
 
-    recalls = generate_recalls(student, items, n, sampling, seed, batch_size=batch_size)
+    recalls = generate_recalls(student, items, n, sampling, seed, batch_size=batch_size, **_caps(max_new_tokens))
     by_id = {item.id: item for item in items}
     units = list(dict.fromkeys((item.id, recall) for item in items for recall in recalls[item.id]))
-    analyses = generate_analyses(student, [(by_id[qid], recall) for qid, recall in units], 1, GREEDY, seed, batch_size=batch_size)
+    analyses = generate_analyses(student, [(by_id[qid], recall) for qid, recall in units], 1, GREEDY, seed, batch_size=batch_size,
+                                 **_caps(max_new_tokens))
     summaries = generate_summaries(student, [(by_id[qid], recall, runs[0]) for (qid, recall), runs in zip(units, analyses)],
                                    batch_size=batch_size)
     done = {unit: (runs[0], summary) for unit, runs, summary in zip(units, analyses, summaries)}
@@ -148,12 +154,13 @@ def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_s
     return traces
 
 
-def sample_analysis_traces(student, units, n: int, sampling, seed: int, *, batch_size: int = 64) -> list:
+def sample_analysis_traces(student, units, n: int, sampling, seed: int, *, batch_size: int = 64,
+                           max_new_tokens: int | None = None) -> list:
     """For every (question, chosen recall): ``n`` sampled analysis runs (every option), each
     summarized greedily. One trace per (unit, run)."""
     from tinythinker.evaluate.engine import Trace, generate_analyses, generate_summaries
 
-    runs = generate_analyses(student, list(units), n, sampling, seed, batch_size=batch_size)
+    runs = generate_analyses(student, list(units), n, sampling, seed, batch_size=batch_size, **_caps(max_new_tokens))
     flat = [(item, recall, run) for (item, recall), unit_runs in zip(units, runs) for run in unit_runs]
     summaries = generate_summaries(student, flat, batch_size=batch_size)
     return [Trace(id=item.id, sample=k % n, recall=recall, analyses=run, summary=summary, answer=answer, gold=item.gold,
@@ -308,7 +315,8 @@ class Reflection:
         with self._progress() as bar:
             recall_traces = sample_in_chunks(
                 "recall", data.items, folder,
-                lambda chunk, seed: sample_recall_traces(get_student(), chunk, s.samples, sampling, seed, batch_size=self.eval_batch_size),
+                lambda chunk, seed: sample_recall_traces(get_student(), chunk, s.samples, sampling, seed, batch_size=self.eval_batch_size,
+                                                         max_new_tokens=s.max_new_tokens),
                 lambda c: derived_seed(s.seed, k, "sample", 0, c), accelerator=self.accelerator, progress=bar)
             recall_set = recall_pairs(recall_traces, data.questions, data.teacher_recalls, pair_rng(s.seed, k, RECALL))
             sets = {RECALL: recall_set}
@@ -316,7 +324,8 @@ class Reflection:
                 units = [(data.questions[qid], recall) for qid, recall in chosen_recalls(recall_set)]
                 analysis_traces = sample_in_chunks(
                     "analyze", units, folder,
-                    lambda chunk, seed: sample_analysis_traces(get_student(), chunk, s.samples, sampling, seed, batch_size=self.eval_batch_size),
+                    lambda chunk, seed: sample_analysis_traces(get_student(), chunk, s.samples, sampling, seed,
+                                                               batch_size=self.eval_batch_size, max_new_tokens=s.max_new_tokens),
                     lambda c: derived_seed(s.seed, k, "sample", 1, c), accelerator=self.accelerator, progress=bar)
                 sets[ANALYZE] = analyze_pairs(analysis_traces, data.questions, data.teacher_analyses, pair_rng(s.seed, k, ANALYZE))
         timings.setdefault("sample", time.perf_counter() - began)
@@ -468,7 +477,7 @@ class Reflection:
                   f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}")
         if self.data.validation and self.state["baseline"] is None:
             accuracy = validate(self.accelerator, self.start_student, self.data.validation, variant=self.data.variant,
-                                batch_size=self.eval_batch_size, seed=s.seed)
+                                batch_size=self.eval_batch_size, seed=s.seed, max_new_tokens=s.max_new_tokens)
             self.state["baseline"] = {"student": s.student, **accuracy}
             self.state["chosen"] = {"iteration": 0, "accuracy": self.state["baseline"]["accuracy"], "student": s.student}
             self._save_state()

@@ -56,6 +56,7 @@ class SFTSettings:
     # convergence rule: a row ends when its validation accuracy has stopped rising, not when a schedule runs out
     patience: int | None = None
     student_revision: str | None = None  # of a Hub base model, likewise
+    max_new_tokens: int | None = None  # validation's recall and analyze cap (None: the engine's)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class DPOSettings:
     seed: int = 42
     bf16: bool = False
     variant: str = "full"  # the pipeline validation runs
+    max_new_tokens: int | None = None  # validation's recall and analyze cap (None: the engine's)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ReflectSettings:
     seed: int = 42
     bf16: bool = False
     eval_limit: int | None = None  # validation questions per evaluation (None: all; 0: no validation)
+    max_new_tokens: int | None = None  # recall and analyze cap in sampling and validation (None: the engine's)
     train_limit: int | None = None  # training questions sampled (None: all)
     eval_batch_size: int = LoopOptions.eval_batch_size  # per generation batch (sampled texts depend on it: fixed per run)
     revision: str | None = None  # of a Hub data set: branch, tag or commit id (None: main); pinned to its commit
@@ -116,8 +119,8 @@ class ReflectSettings:
         unknown = [s for s in self.stages if s not in PAIR_STAGES]
         if unknown or not self.stages:
             raise TinyThinkerError(f"--stages {','.join(self.stages) or '(none)'}: choose from {', '.join(PAIR_STAGES)} (comma-separated)")
-        for name in ("iterations", "samples", "batch_size", "cycles", "max_length", "eval_batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("iterations", "samples", "batch_size", "cycles", "max_length", "eval_batch_size", "max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TinyThinkerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("beta", "lr", "temperature"):
             if not getattr(self, name) > 0:

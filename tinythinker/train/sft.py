@@ -227,7 +227,7 @@ def checked(settings: SFTSettings) -> SFTSettings:
         raise TinyThinkerError(f"unknown schedule {settings.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if settings.max_input_length is not None and settings.max_input_length < 1:
         raise TinyThinkerError(f"max_input_length must be at least 1, got {settings.max_input_length}")
-    for name in ("interval", "epochs", "batch_size", "max_length", "max_steps", "eval_every", "patience"):
+    for name in ("interval", "epochs", "batch_size", "max_length", "max_steps", "eval_every", "patience", "max_new_tokens"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise TinyThinkerError(f"{name} must be at least 1, got {getattr(settings, name)}")
     for name in ("lr", "warmup_ratio", "weight_decay", "max_grad_norm"):
