@@ -143,7 +143,7 @@ def _small_recipe(base_url: str, run_dir: Path, raw: Path) -> dict:
         "sft": {"epochs": 1, "batch_size": 64, "interval": 2, "lr": 1.0e-3, "eval_limit": 3, "max_new_tokens": 24},
         "reflect": {"iterations": 1, "samples": 2, "batch_size": 32, "cycles": 1, "eval_limit": 3, "train_limit": 6,
                     "max_new_tokens": 24},
-        "eval": {"limit": 3, "batch_size": 32},
+        "eval": {"limit": 3, "batch_size": 32, "max_new_tokens": 24},
     }
 
 
@@ -233,11 +233,15 @@ def test_recipes_pass_trackers_and_hub_revisions_to_their_steps():
 
 
 def test_the_generation_cap_of_validation_and_sampling_is_a_recipe_key():
-    recipe = validate_recipe({"dataset": "csqa", "sft": {"max_new_tokens": 32}, "reflect": {"iterations": 1, "max_new_tokens": 48}})
+    recipe = validate_recipe({"dataset": "csqa", "sft": {"max_new_tokens": 32}, "reflect": {"iterations": 1, "max_new_tokens": 48},
+                              "eval": {"max_new_tokens": 40}})
     steps = {s.name: s for s in plan(recipe, "/tmp/never-written").steps}
     for name, cap in (("sft-full", "32"), ("reflect", "48")):
         argv = steps[name].argv
         assert argv[argv.index("--max-new-tokens") + 1] == cap, name
+    for name in ("eval-sft-full", "eval-dpo"):
+        argv = steps[name].argv
+        assert argv[argv.index("--model_args") + 1] == "max_new_tokens=40", name
     default = {s.name: s for s in plan(validate_recipe({"dataset": "csqa"}), "/tmp/never-written").steps}
     assert "--max-new-tokens" not in default["sft-full"].argv  # the engine's caps unless a recipe sets one
     with pytest.raises(TinyThinkerError, match="sft.max_new_tokens"):

@@ -13,7 +13,7 @@ from tinythinker.errors import TinyThinkerError
 from tinythinker.study import (REFLECT_ROW, SFT_ROWS, StudySettings, bootstrap_interval, drawn_ids, open_study, paired_bootstrap,
                                parse_size, run_study, t_interval)
 
-SMALL = StudySettings(questions=80, seeds=1, sizes=("1/2", "1"), max_steps=16, eval_every=8, batch_size=16, eval_limit=2,
+SMALL = StudySettings(questions=80, seeds=1, max_new_tokens=24, sizes=("1/2", "1"), max_steps=16, eval_every=8, batch_size=16, eval_limit=2,
                       reflect_iterations=1, reflect_samples=2, reflect_cycles=1, reflect_batch_size=8, reflect_train_limit=6)
 
 
@@ -44,6 +44,8 @@ def test_claims_hold_every_row_and_size_with_accuracies_from_the_samples_files(s
     for record in scored:
         assert math.isclose(record["accuracy"], _samples_accuracy(out / record["samples_file"]), abs_tol=1e-9)
         assert (out / record["results_file"]).exists() and record["wall_seconds"] > 0
+        scoring = json.loads((out / record["results_file"]).read_text(encoding="utf-8"))["config"]
+        assert scoring["tinythinker_max_new_tokens"] == {"recall": 24, "analyze": 24}  # the study's one cap, every row
         if record["row"] in SFT_ROWS:
             assert record["steps"] == SMALL.max_steps and record["stopped_early"] is False and record["target_tokens"] > 0 and 1 <= record["best_step"] <= SMALL.max_steps
             assert [step for step, _ in record["validation_curve"]] == [8, 16]

@@ -62,7 +62,7 @@ DEFAULTS: dict = {
     "reflect": {**defaults(ReflectSettings, "iterations", "samples", "beta", "nll_weight", "lr", "batch_size", "bf16", "eval_limit",
                          "max_new_tokens"),
                 "cycles": None, "train_limit": ReflectSettings.train_limit},
-    "eval": {"split": "test", "limit": None, "batch_size": None},
+    "eval": {"split": "test", "limit": None, "batch_size": None, "max_new_tokens": None},
 }
 
 
@@ -144,6 +144,7 @@ VALUE_RULES: dict[str, tuple] = {
     "reflect.bf16": (BOOL, None, False, None, False), "reflect.eval_limit": (INT, 0, False, None, True),
     "reflect.max_new_tokens": (INT, 1, False, None, True), "reflect.cycles": (INT, 1, False, None, True), "reflect.train_limit": (INT, 1, False, None, True),
     "eval.split": (TEXT, None, False, None, False), "eval.limit": (INT, 1, False, None, True), "eval.batch_size": (INT, 1, False, None, True),
+    "eval.max_new_tokens": (INT, 1, False, None, True),
 }
 
 
@@ -286,7 +287,9 @@ def plan(recipe: dict, run_dir: str | Path | None = None, *, progress: bool = Tr
 def _eval_step(name: str, student: Path, data: Path, ds: str, variant: str, evaluation: dict, out: Path, quiet: list[str]) -> Step:
     return Step(name, ["eval", "--student", str(student), "--data", str(data), "--config", config_name(ds, variant),
                        "--split", evaluation["split"], "--out", str(out), *_opt("--limit", evaluation["limit"]),
-                       *_opt("--gen-batch-size", evaluation["batch_size"])], out, reporting=quiet)
+                       *_opt("--gen-batch-size", evaluation["batch_size"]),
+                       *(["--model_args", f"max_new_tokens={evaluation['max_new_tokens']}"] if evaluation["max_new_tokens"] else [])],
+                out, reporting=quiet)
 
 
 def _die_with_parent() -> None:

@@ -68,6 +68,7 @@ class StudySettings:
     reflect_batch_size: int = 16
     reflect_train_limit: int | None = 60
     scaled: bool = False  # also the full@4x and cot@4x rows (a larger student)
+    max_new_tokens: int | None = None  # recall/analyze cap of validation, sampling and scoring (None: the engine's)
 
     def check(self) -> "StudySettings":
         from tinythinker.data.sources import get_spec
@@ -75,8 +76,8 @@ class StudySettings:
         get_spec(self.dataset)
         if self.seeds < 1:
             raise TinyThinkerError(f"--seeds {self.seeds}: run at least 1 seed")
-        for name in ("max_steps", "eval_every", "batch_size", "patience"):
-            if getattr(self, name) < 1:
+        for name in ("max_steps", "eval_every", "batch_size", "patience", "max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TinyThinkerError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.reflect_iterations < 0:
             raise TinyThinkerError(f"--reflect-iterations must be 0 or more, got {self.reflect_iterations}")
@@ -311,7 +312,7 @@ def _timed(folder: Path):
         atomic_write_text(file, json.dumps(clock) + "\n")
 
 
-def evaluate(student: Path, data: Path, config: str, out: Path, log: Path) -> dict:
+def evaluate(student: Path, data: Path, config: str, out: Path, log: Path, max_new_tokens: int | None = None) -> dict:
     """lm-eval's pipeline task of ``config`` on the test split (its results and samples files in ``out``;
     lm-eval's request cache makes a rerun resume); -> accuracy and the files it came from."""
     from tinythinker.evaluate.harness import lm_eval_argv, run_lm_eval
@@ -322,7 +323,7 @@ def evaluate(student: Path, data: Path, config: str, out: Path, log: Path) -> di
     found = [r for r in load_results(out) if r.task == task] if out.exists() else []
     if not found:
         argv = lm_eval_argv(["--tasks", task, "--verbosity", "ERROR"], student=str(student), data=str(data), config=config,
-                            split="test", output_path=str(out), progress=False)
+                            split="test", output_path=str(out), progress=False, max_new_tokens=max_new_tokens)
         with _logged(log):
             run_lm_eval(argv)
         found = [r for r in load_results(out) if r.task == task]
@@ -354,11 +355,11 @@ def run_sft_row(study: Study, unit: Unit) -> list[dict]:
         student = make_student(study, unit.seed, row.shape)
     settings = SFTSettings(data=str(data), config=config, student=str(student), schedule="mixed", lr=s.lr, batch_size=s.batch_size,
                            max_steps=s.max_steps, eval_every=s.eval_every, patience=s.patience, warmup_ratio=s.warmup_ratio,
-                           eval_limit=s.eval_limit, seed=unit.seed)
+                           eval_limit=s.eval_limit, seed=unit.seed, max_new_tokens=s.max_new_tokens)
     with _timed(folder) as clock:
         with _logged(folder / "train.log") as console:
             result = train_sft(settings, folder / "sft", progress=False, console=console)
-        scored = evaluate(result.best, data, config, folder / "eval", folder / "eval.log")
+        scored = evaluate(result.best, data, config, folder / "eval", folder / "eval.log", s.max_new_tokens)
     train_rows = [r for r in result.records if r.get("kind") == "train"]
     curve = [[point["step"], point["accuracy"]] for point in result.curve]
     return [{**_base_record(study, unit, row.name), "variant": row.variant, "student": row.shape, "parameters": parameters(student),
@@ -377,7 +378,8 @@ def run_reflection(study: Study, unit: Unit) -> list[dict]:
     start = study.folder(Unit("sft", unit.seed, unit.size, unit.questions, Row("full"))) / "sft" / "best"
     settings = ReflectSettings(student=str(start), data=str(data), config=config, iterations=s.reflect_iterations,
                                samples=s.reflect_samples, cycles=s.reflect_cycles, lr=s.reflect_lr, batch_size=s.reflect_batch_size,
-                               eval_limit=s.eval_limit, train_limit=s.reflect_train_limit, seed=unit.seed)
+                               eval_limit=s.eval_limit, train_limit=s.reflect_train_limit, seed=unit.seed,
+                               max_new_tokens=s.max_new_tokens)
     records = []
     with _timed(folder) as clock:
         with _logged(folder / "reflect.log") as console:
@@ -387,7 +389,8 @@ def run_reflection(study: Study, unit: Unit) -> list[dict]:
             if summary.get("best_step") is None and summary.get("stopped"):
                 continue  # no preference pairs: no student for this iteration
             began = time.perf_counter()
-            scored = evaluate(folder / "run" / f"iter{k}" / "best", data, config, folder / f"eval-iter{k}", folder / "eval.log")
+            scored = evaluate(folder / "run" / f"iter{k}" / "best", data, config, folder / f"eval-iter{k}", folder / "eval.log",
+                              s.max_new_tokens)
             records.append({**_base_record(study, unit, REFLECT_ROW.format(k=k)), "variant": "full", "student": "tiny",
                             "parameters": parameters(start), **scored, "results_file": _relative(study, scored["results_file"]),
                             "samples_file": _relative(study, scored["samples_file"]), "steps": summary["steps"],

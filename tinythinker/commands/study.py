@@ -40,11 +40,14 @@ DEFAULTS = StudySettings()
               help="Self-reflection iterations from each full student (0: none).")
 @click.option("--reflect-train-limit", type=click.IntRange(min=1), default=DEFAULTS.reflect_train_limit, show_default=True,
               help="Training questions sampled per reflection iteration.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Cap on each recall and analysis in validation, sampling and scoring, the same for every row "
+                   "(default: the engine's per-stage caps).")
 @click.option("--with-4x", "scaled", is_flag=True,
               help="Also the full@4x and cot@4x rows: a student with about 4x the tiny one's parameters (beyond the default budget).")
 @options.progress
 def study(dataset, seed, seeds, out, questions, sizes, max_steps, eval_every, patience, eval_limit, reflect_iterations, reflect_train_limit,
-          scaled, progress):
+          max_new_tokens, scaled, progress):
     """Replay the claims on one world: every row (full, no_recall, no_analyze, summarize_only, cot, dsbs) to the same step
     cap at each training-set size and seed, self-reflection from each full student, lm-eval on test; writes
     OUT/claims.json, claims.md and claims.png (mean test accuracy with 95% intervals, full − X paired differences)."""
@@ -55,7 +58,7 @@ def study(dataset, seed, seeds, out, questions, sizes, max_steps, eval_every, pa
     settings = StudySettings(dataset=dataset, seed=seed, seeds=seeds, questions=questions,
                              sizes=tuple(part for part in sizes.split(",") if part.strip()), max_steps=max_steps,
                              eval_every=eval_every, patience=patience, eval_limit=eval_limit, reflect_iterations=reflect_iterations,
-                             reflect_train_limit=reflect_train_limit, scaled=scaled)
+                             reflect_train_limit=reflect_train_limit, scaled=scaled, max_new_tokens=max_new_tokens)
     console = Console(stderr=True)
     command = shlex.join(["tinythinker", "study", *sys.argv[2:]]) if len(sys.argv) > 1 and sys.argv[1] == "study" else ""
     try:

@@ -35,7 +35,8 @@ def _student_fingerprint(student: str, revision: str | None = None) -> str:
 def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data: str | None = None, config: str | None = None,
                  split: str | None = None, output_path: str | None = None, limit: float | None = None,
                  batch_size: int | None = None, device: str | None = None, self_consistency: bool = False,
-                 data_revision: str | None = None, student_revision: str | None = None, progress: bool = True) -> list[str]:
+                 data_revision: str | None = None, student_revision: str | None = None, progress: bool = True,
+                 max_new_tokens: int | None = None) -> list[str]:
     """lm-eval ``run`` arguments for `tinythinker eval`: its own options translated, ``extra``
     (any lm_eval arguments) passed through unchanged after them.
 
@@ -73,6 +74,8 @@ def lm_eval_argv(extra: Sequence[str] = (), *, student: str | None = None, data:
         model_args.append(f"gen_batch_size={batch_size}")
     if not progress and ours:
         model_args.append("progress=False")
+    if max_new_tokens is not None and ours:  # the recall and analyze cap (engine.stage_caps)
+        model_args.append(f"max_new_tokens={max_new_tokens}")
     if model_args:
         argv += ["--model_args", *model_args]
     metadata = ([f"data={data}"] if data else []) + ([f"data_revision={data_revision}"] if data_revision else []) \
