@@ -22,7 +22,7 @@ from tinythinker.artifacts import OWNER_MARK
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest)
 
-SETTINGS = dict(interval=2, epochs=1, lr=1e-3, batch_size=8, seed=0)
+SETTINGS = dict(interval=2, epochs=1, lr=1e-3, batch_size=8, seed=0, max_new_tokens=24)
 
 
 class Probe:
