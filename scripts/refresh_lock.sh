@@ -50,4 +50,13 @@ EOF
 echo "== the README's test command on the newest releases =="
 (cd "$repo" && PATH="$venv/bin:$PATH" HF_HOME="$venv/hf" ruff check && PATH="$venv/bin:$PATH" HF_HOME="$venv/hf" python -m pytest -q -p no:cacheprovider)
 cp "$fresh" "$repo/constraints.txt"
-echo "the suite passed: constraints.txt refreshed (commit it)"
+# the locked packages published only as source archives, as wheels (the README installs with --find-links wheels)
+sdist_only=$(python3 - "$repo/constraints.txt" <<'EOF2'
+import sys
+wanted = {"rouge-score", "rouge_score", "sqlitedict", "word2number"}
+print(" ".join(l.strip() for l in open(sys.argv[1]) if l.split("==")[0].lower().replace("_", "-") in {w.replace("_", "-") for w in wanted}))
+EOF2
+)
+rm -f "$repo"/wheels/*.whl
+"$venv/bin/python" -m pip wheel -q --no-deps -w "$repo/wheels" $sdist_only
+echo "the suite passed: constraints.txt and wheels/ refreshed (commit them)"

@@ -20,8 +20,8 @@ import pytest
 from hermetic import UNSET_ENV, cache_env
 
 # session fixtures made once for the modules that read them: the lm-eval run (test_lm_eval, test_report) and
-# the interrupted SFT run (test_sft, test_tracking)
-pytest_plugins = ("lm_eval_run", "helpers_sft")
+# the interrupted SFT run (test_sft, test_tracking); registered in pytest_configure (below)
+FIXTURE_PLUGINS = ("lm_eval_run", "helpers_sft")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -48,6 +48,16 @@ def module_group(nodeid: str) -> str:
     """The worker group of a test: its module's name, or the module it shares session fixtures with."""
     name = Path(nodeid.split("::")[0]).stem
     return GROUPS.get(name, name)
+
+
+def pytest_configure(config):
+    """The fixture plugins where tests run: in each xdist worker, or in a run without workers. The xdist
+    controller runs none, so it does not import torch, transformers and datasets for them (3 s before the
+    workers start)."""
+    controller = getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER")
+    if not controller:
+        for name in FIXTURE_PLUGINS:
+            config.pluginmanager.import_plugin(name)
 
 
 @pytest.hookimpl(tryfirst=True)
