@@ -18,16 +18,14 @@ Fixed seeds; thresholds leave a wide margin below the measured figures.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
 from tinythinker.data.build import build_dataset
-from tinythinker.data.splits import items_from_dataset, oracles_from_dataset
+from tinythinker.data.splits import items_from_dataset, oracles_from_dataset, tokenizer_texts
 from tinythinker.evaluate.engine import accuracy, run_pipeline
 from tinythinker.train.sft import SFTSettings, train_sft
-from tinythinker.students import Student
+from tinythinker.students import Student, make_tiny_student
 from tinythinker.data.world import write_world
 
 pytestmark = pytest.mark.slow
@@ -46,9 +44,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("learning")
     world = write_world("csqa", root / "world", seed=42)
     data = build_dataset("csqa", world / "raw", [world / "teacher.jsonl"], root / "data", seed=42).out
-    student = root / "student"  # as a user makes it: the CLI (tokenizer trained on the data set's texts)
-    subprocess.run([sys.executable, "-m", "tinythinker", "student", "init", "--kind", "causal", "--data", str(data),
-                    "--config", "csqa-full", "--out", str(student)], check=True, capture_output=True)
+    # what `tinythinker student init --kind causal --data DATA --config csqa-full` makes (test_cli_students runs the
+    # CLI): a tokenizer trained on the config's texts, random weights of seed 0; in-process, without a second interpreter
+    student = make_tiny_student("causal", tokenizer_texts(str(data), "csqa-full", None), root / "student", seed=0, shape="tiny")
     runs = {variant: train_sft(SFTSettings(data=str(data), config=f"csqa-{variant}", student=str(student), **SFT),
                                root / variant, progress=False).best
             for variant in ("full", "summarize_only")}
