@@ -152,6 +152,19 @@ def ignore_interrupts() -> None:
 
 
 @contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (main thread; elsewhere signals do not arrive anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Hold a Ctrl-C until the block ends, then raise it: pyarrow's parquet writer aborts the whole process
     (a failed C++ check, no cleanup) when a KeyboardInterrupt is raised inside one of its writes."""
@@ -182,20 +195,26 @@ def staged_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     temporary folder is removed; a leftover from a killed process is removed by the next call."""
     out = Path(out)
     check_output_folder(out, overwrite=overwrite)
+    tmp = None
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in _stale_partials(out):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
-    except OSError as error:
-        raise TinyThinkerError(f"{out}: cannot create the output folder ({error.strerror or error}); choose another --out") from None
-    try:
+        # a Ctrl-C while the folder is made is raised once it is known, so that it is removed below
+        with interrupts_deferred():
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                for stale in _stale_partials(out):
+                    shutil.rmtree(stale, ignore_errors=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL_MARK}", dir=out.parent))
+            except OSError as error:
+                raise TinyThinkerError(f"{out}: cannot create the output folder ({error.strerror or error}); "
+                                       "choose another --out") from None
         yield tmp
         if _interrupted:  # a Ctrl-C that some library swallowed: the write is not finished work
             raise KeyboardInterrupt
         (tmp / OWNER_MARK).write_text(OWNER_TEXT, encoding="utf-8")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with _interrupts_ignored():  # a second Ctrl-C (or one a library re-raises) must not stop the clean-up
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
     tmp.chmod(umask_mode(0o777))
     if out.exists():
