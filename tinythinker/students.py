@@ -15,6 +15,7 @@ texts and saves it like any checkpoint (tests, demos, benchmarks); real users pa
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -200,7 +201,7 @@ class Student:
         """The Hub's task of this kind of model (for model cards)."""
         return "text2text-generation" if self.is_seq2seq else "text-generation"
 
-    @property
+    @functools.cached_property
     def position_limit(self) -> int | None:
         """The longest sequence the model can take at all: the size of a learned absolute position table
         (GPT-2's ``wpe``, OPT's ``embed_positions``); None for relative or rotary positions (T5, Llama),
@@ -315,7 +316,8 @@ class Student:
         generates at most what the table leaves room for: a longer sequence would index past it."""
         limit = self.position_limit
         if limit is not None and not self.is_seq2seq:
-            max_new_tokens = min(max_new_tokens, limit // 2) if max_new_tokens >= limit else max_new_tokens
+            if max_new_tokens >= limit:
+                max_new_tokens = limit // 2
             room = limit - max_new_tokens
             ids = [row[-room:] if len(row) > room else row for row in ids]
         elif limit is not None:  # seq2seq: encoder and decoder each have their own table

@@ -201,22 +201,17 @@ def reflection_folder(student: str) -> Path | None:
     return None
 
 
-def run_kind(folder: Path) -> str | None:
-    """``sft`` or ``dpo`` for a training run folder (:func:`tinythinker.runs.run_method`), else None."""
-    return run_method(folder)
-
-
 def training_folder(student: str) -> Path | None:
     """The training run a checkpoint comes from (``OUT/best``, ``OUT/iter<k>/best``), by the run's own
     files, not the checkpoint's card (a reflection whose iterations all lost keeps a copy of its start)."""
     path = Path(student)
-    return next((folder for folder in (path.parent, path.parent.parent) if run_kind(folder)), None)
+    return next((folder for folder in (path.parent, path.parent.parent) if run_method(folder)), None)
 
 
 def load_training(folder: Path, run: str) -> TrainingRun | None:
     """A training run's metrics log; None when it has none or no lines yet. A run still being written
     may end in a torn line: the lines before it are kept."""
-    kind = run_kind(folder)
+    kind = run_method(folder)
     if kind is None:
         return None
     records = []
@@ -256,7 +251,7 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
     for root in roots:
         if (root / METRICS).is_file():  # a training run given directly
             training.setdefault(str(root.resolve()), root)
-            if run_kind(root) != "sft":  # a reflection run (also when its settings file is missing)
+            if run_method(root) != "sft":  # a reflection run (also when its settings file is missing)
                 curves[str(root.resolve())] = load_curve(root, root.name)
             continue
         found = load_results(root, prefix=prefix)
@@ -269,7 +264,7 @@ def build_report(paths: Sequence[Path], compare: Sequence[Path] = ()) -> Report:
             if folder is not None:
                 training.setdefault(str(folder.resolve()), folder)
             # by the run's files, not the card: a reflection whose iterations all lost keeps an SFT card on OUT/best
-            reflection = folder if folder is not None and run_kind(folder) == "dpo" else \
+            reflection = folder if folder is not None and run_method(folder) == "dpo" else \
                 reflection_folder(result.student) if result.method == "dpo" else None
             if reflection is not None and str(reflection.resolve()) not in curves:
                 curves[str(reflection.resolve())] = load_curve(reflection, result.run, result.dataset)

@@ -127,21 +127,17 @@ class ReflectData:
 CHUNK = 64  # questions (or recalls) per chunk file
 
 
-def _caps(max_new_tokens: int | None) -> dict:
-    """The recall/analyze cap keyword of the engine's stage primitives (none: their own)."""
-    return {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-
-
 def sample_recall_traces(student, items, n: int, sampling, seed: int, *, batch_size: int = 64, max_new_tokens: int | None = None) -> list:
     """``n`` sampled recalls per question, each completed with greedy analyze and summarize
     (distinct recalls of a question are completed once). One trace per (question, sample)."""
-    from tinythinker.evaluate.engine import GREEDY, Trace, generate_analyses, generate_recalls, generate_summaries
+    from tinythinker.evaluate.engine import GREEDY, MAX_NEW_TOKENS, Trace, generate_analyses, generate_recalls, generate_summaries
 
-    recalls = generate_recalls(student, items, n, sampling, seed, batch_size=batch_size, **_caps(max_new_tokens))
+    recalls = generate_recalls(student, items, n, sampling, seed, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[RECALL])
     by_id = {item.id: item for item in items}
     units = list(dict.fromkeys((item.id, recall) for item in items for recall in recalls[item.id]))
     analyses = generate_analyses(student, [(by_id[qid], recall) for qid, recall in units], 1, GREEDY, seed, batch_size=batch_size,
-                                 **_caps(max_new_tokens))
+                                 max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[ANALYZE])
     summaries = generate_summaries(student, [(by_id[qid], recall, runs[0]) for (qid, recall), runs in zip(units, analyses)],
                                    batch_size=batch_size)
     done = {unit: (runs[0], summary) for unit, runs, summary in zip(units, analyses, summaries)}
@@ -158,9 +154,10 @@ def sample_analysis_traces(student, units, n: int, sampling, seed: int, *, batch
                            max_new_tokens: int | None = None) -> list:
     """For every (question, chosen recall): ``n`` sampled analysis runs (every option), each
     summarized greedily. One trace per (unit, run)."""
-    from tinythinker.evaluate.engine import Trace, generate_analyses, generate_summaries
+    from tinythinker.evaluate.engine import MAX_NEW_TOKENS, Trace, generate_analyses, generate_summaries
 
-    runs = generate_analyses(student, list(units), n, sampling, seed, batch_size=batch_size, **_caps(max_new_tokens))
+    runs = generate_analyses(student, list(units), n, sampling, seed, batch_size=batch_size,
+                             max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[ANALYZE])
     flat = [(item, recall, run) for (item, recall), unit_runs in zip(units, runs) for run in unit_runs]
     summaries = generate_summaries(student, flat, batch_size=batch_size)
     return [Trace(id=item.id, sample=k % n, recall=recall, analyses=run, summary=summary, answer=answer, gold=item.gold,

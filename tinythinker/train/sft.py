@@ -273,8 +273,6 @@ class StageData:
 
 # --- the run folder -------------------------------------------------------------------------------
 
-
-
 def read_run(out: Path, settings: SFTSettings, *, overwrite: bool) -> bool:
     """Whether ``out`` is this run, to continue (False: start fresh); refuses a folder that is not this run's.
 
